@@ -1,0 +1,64 @@
+#pragma once
+// One options struct, one setup_x(CLI::App&) and one run_x(opts) per subcommand (the
+// CLI11 subcom_in_files model). run_x returns the process exit code.
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "client/client.hpp"
+#include "protocol/address.hpp"
+
+namespace ftx::app {
+
+struct ServeOptions {
+  std::string root = "./ftx-data";
+  std::string listen = "127.0.0.1:7021";
+  unsigned threads = 0;  // 0 = number of cores
+};
+
+struct ClientOptions {
+  std::string server = "127.0.0.1:7021";  // --server, else $FTX_SERVER
+};
+
+struct PutOptions {
+  ClientOptions client;
+  std::string local;
+  std::string remote;  // empty = base name of local
+};
+
+struct GetOptions {
+  ClientOptions client;
+  std::string remote;
+  std::string local;  // empty = ./<base name>
+};
+
+struct LsOptions {
+  ClientOptions client;
+};
+
+CLI::App* setup_serve(CLI::App& app, ServeOptions& opts);
+CLI::App* setup_put(CLI::App& app, PutOptions& opts);
+CLI::App* setup_get(CLI::App& app, GetOptions& opts);
+CLI::App* setup_ls(CLI::App& app, LsOptions& opts);
+
+int run_serve(const ServeOptions& opts);
+int run_put(const PutOptions& opts);
+int run_get(const GetOptions& opts);
+int run_ls(const LsOptions& opts);
+
+// Shared by the client commands.
+void add_server_option(CLI::App& cmd, ClientOptions& opts);
+// Prints "ftx: <message>" on stderr.
+void print_error(const std::string& message);
+// Parses --server; on a bad address prints the error and returns nullopt.
+std::optional<protocol::Address> server_address(const ClientOptions& opts);
+// Runs a client action, mapping every failure to its message and exit code.
+int run_client_action(const std::function<void()>& action);
+int exit_code_for(client::Failure f);
+
+}  // namespace ftx::app
+
+namespace ftx::app {
+// "0 B", "512 B", "1.5 KiB", "3.2 GiB".
+std::string human_size(std::uint64_t bytes);
+}  // namespace ftx::app

@@ -1,0 +1,65 @@
+#include <cstdio>
+#include <functional>
+#include <optional>
+
+#include "apps/ftx/commands.hpp"
+#include "apps/ftx/exit_codes.hpp"
+
+namespace ftx::app {
+
+void print_error(const std::string& message) { std::fprintf(stderr, "ftx: %s\n", message.c_str()); }
+
+void add_server_option(CLI::App& cmd, ClientOptions& opts) {
+  cmd.add_option("-s,--server", opts.server, "server address HOST:PORT")
+      ->envname("FTX_SERVER")
+      ->capture_default_str();
+}
+
+std::optional<protocol::Address> server_address(const ClientOptions& opts) {
+  std::string error;
+  auto address = protocol::parse_address(opts.server, error);
+  if (!address) print_error("invalid --server: " + error);
+  return address;
+}
+
+int exit_code_for(client::Failure f) {
+  switch (f) {
+    case client::Failure::kConnection: return kConnection;
+    case client::Failure::kNotFound: return kNotFound;
+    case client::Failure::kRejected: return kRejected;
+    case client::Failure::kIntegrity: return kIntegrity;
+    case client::Failure::kLocalIo: return kLocalIo;
+    case client::Failure::kProtocol: return kProtocol;
+  }
+  return kInternal;
+}
+
+int run_client_action(const std::function<void()>& action) {
+  try {
+    action();
+    return kOk;
+  } catch (const client::Error& e) {
+    print_error(e.what());
+    return exit_code_for(e.kind());
+  }
+}
+
+}  // namespace ftx::app
+
+namespace ftx::app {
+
+std::string human_size(std::uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double v = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  while (v >= 1024 && unit + 1 < std::size(kUnits)) {
+    v /= 1024;
+    ++unit;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[unit]);
+  return buf;
+}
+
+}  // namespace ftx::app

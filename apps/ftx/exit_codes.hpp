@@ -1,0 +1,19 @@
+#pragma once
+// The exit codes of `ftx`, part of the command-line contract (README.md, docs/cli.md).
+// Scripts depend on them: never renumber, only add. Below 100; CLI11 uses 100 and up.
+
+namespace ftx::app {
+
+enum ExitCode : int {
+  kOk = 0,
+  kInternal = 1,      // a bug or an unexpected condition
+  kUsage = 2,         // bad command line
+  kConnection = 3,    // cannot connect / listen, connection lost, no answer
+  kNotFound = 4,      // the remote file does not exist
+  kRejected = 5,      // the server refused the request (name, conflict, storage, ...)
+  kIntegrity = 6,     // SHA-256 mismatch
+  kLocalIo = 7,       // a local file or folder cannot be read or written
+  kProtocol = 8,      // the peer is not an ftx server of this protocol version
+};
+
+}  // namespace ftx::app

@@ -1,0 +1,63 @@
+// ftx: one binary, four subcommands. Parsing lives here; each subcommand's work lives in
+// its own file, and every failure path ends in a one-line message and a documented exit
+// code (exit_codes.hpp).
+
+#include <CLI/CLI.hpp>
+
+#include "apps/ftx/commands.hpp"
+#include "apps/ftx/exit_codes.hpp"
+#include "client/local_file.hpp"
+
+namespace {
+
+constexpr const char* kFooter = R"(Examples:
+  ftx serve --root ./ftx-data --listen 127.0.0.1:7021
+  ftx put report.pdf                  upload as "report.pdf"
+  ftx put report.pdf docs/q3.pdf      upload under another name (folders are created)
+  ftx get docs/q3.pdf                 download to ./q3.pdf
+  ftx get docs/q3.pdf - | less        stream to standard output
+  ftx ls -s 10.0.0.5:7021
+
+The server address defaults to $FTX_SERVER, else 127.0.0.1:7021.
+Exit codes: 0 ok, 1 internal error, 2 usage, 3 connection, 4 not found,
+5 rejected by server, 6 integrity (SHA-256 mismatch), 7 local I/O, 8 protocol.)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace ftx::app;
+  CLI::App app{"ftx: file transfer over TCP, every byte verified with SHA-256", "ftx"};
+  app.set_version_flag("--version", std::string("ftx ") + FTX_VERSION);
+  app.require_subcommand(1);
+  app.footer(kFooter);
+
+  ServeOptions serve_opts;
+  PutOptions put_opts;
+  GetOptions get_opts;
+  LsOptions ls_opts;
+  CLI::App* serve = setup_serve(app, serve_opts);
+  CLI::App* put = setup_put(app, put_opts);
+  CLI::App* get = setup_get(app, get_opts);
+  CLI::App* ls = setup_ls(app, ls_opts);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help, --version (CallForHelp derives from Success)
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    print_error(std::string(e.what()) + " (run 'ftx --help' for usage)");
+    return kUsage;
+  }
+
+  ftx::client::install_interrupt_cleanup();
+  try {
+    if (serve->parsed()) return run_serve(serve_opts);
+    if (put->parsed()) return run_put(put_opts);
+    if (get->parsed()) return run_get(get_opts);
+    if (ls->parsed()) return run_ls(ls_opts);
+  } catch (const std::exception& e) {
+    print_error(std::string("internal error: ") + e.what());
+    return kInternal;
+  }
+  return kUsage;
+}

@@ -1,0 +1,44 @@
+#pragma once
+// SHA-256 over OpenSSL 3's EVP interface. Not thread-safe: one Sha256 per stream of bytes.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "protocol/frame.hpp"
+
+namespace ftx::hash {
+
+using protocol::Digest;
+
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(Sha256&&) noexcept;
+  Sha256& operator=(Sha256&&) noexcept;
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+
+  void update(std::span<const std::uint8_t> data);
+  void update(std::string_view data);
+  // Returns the digest of everything updated so far and starts over.
+  Digest finish();
+
+ private:
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
+};
+
+Digest sha256(std::span<const std::uint8_t> data);
+Digest sha256(std::string_view data);
+
+// Lower-case hex, 64 characters.
+std::string to_hex(const Digest& d);
+// Parses 64 hex digits (either case); returns false on anything else.
+bool from_hex(std::string_view hex, Digest& out);
+
+}  // namespace ftx::hash

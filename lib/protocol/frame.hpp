@@ -1,0 +1,90 @@
+#pragma once
+// The ftx wire format: what one message looks like, independent of any I/O.
+//
+// Every message is a fixed 64-byte header in network byte order, then `name_len` bytes of
+// name (a path for requests, a human-readable message for errors), then, for the two
+// message types that carry a file (kPut after kReady, kFile), exactly `size` bytes of body.
+// docs/protocol.md gives the byte layout; the static_asserts in frame.cpp pin it.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ftx::protocol {
+
+inline constexpr std::array<std::uint8_t, 4> kMagic{'F', 'T', 'X', 'P'};
+inline constexpr std::uint8_t kVersion = 1;
+inline constexpr std::size_t kHeaderSize = 64;
+
+// Upper bounds checked before anything is allocated. A name is a relative path (the same
+// limit as Linux's PATH_MAX); the size bound keeps sizes representable as off_t.
+inline constexpr std::size_t kMaxNameBytes = 4096;
+inline constexpr std::uint64_t kMaxFileSize = std::uint64_t{1} << 50;  // 1 PiB
+
+// File bodies are written and read in chunks of this size (the wire itself is a plain
+// byte stream of `size` bytes; the chunk is the unit of I/O and hashing).
+inline constexpr std::size_t kChunkSize = 1024 * 1024;
+
+enum class MsgType : std::uint8_t {
+  // requests (client -> server)
+  kPut = 1,   // name = remote path, size, sha256, mtime; body follows once kReady arrives
+  kGet = 2,   // name = remote path
+  kList = 3,  // name = folder to list ("" = the whole root)
+  kPing = 4,  // no fields; answered by kPong
+  // replies (server -> client)
+  kReady = 64,      // a kPut was accepted: send the body now
+  kDone = 65,       // a kPut body was verified and published; size and sha256 echo it
+  kFile = 66,       // answer to kGet: size, sha256, mtime, then the body
+  kEntry = 67,      // one stored file in a kList answer: name, size, mtime
+  kListEnd = 68,    // end of a kList answer; size = number of entries sent
+  kPong = 69,       // answer to kPing
+  kError = 127,     // status != kOk, name = message; the request failed
+};
+
+// Wire status codes (u16). Stable: clients map them to exit codes.
+enum class Status : std::uint16_t {
+  kOk = 0,
+  kBadRequest = 1,          // malformed or out-of-order message; connection is closed
+  kUnsupportedVersion = 2,  // header version is not kVersion; connection is closed
+  kBadName = 3,             // name is not an acceptable relative path
+  kNotFound = 4,
+  kIntegrity = 5,           // body did not match the announced SHA-256
+  kStorage = 6,             // server-side I/O failure (disk full, permissions, ...)
+  kTooLarge = 7,            // size over the server's limit
+  kConflict = 8,            // e.g. the name is a folder, or a path component is a file
+  kUnavailable = 9,         // server is shutting down
+};
+
+// Flag bits (u16). Unknown bits are rejected so that they can be given meaning later.
+inline constexpr std::uint16_t kFlagHasMtime = 0x0001;  // kPut/kFile/kEntry: mtime_ns is set
+inline constexpr std::uint16_t kKnownFlags = kFlagHasMtime;
+
+using Digest = std::array<std::uint8_t, 32>;
+
+// One decoded (or to-be-encoded) message without its body.
+struct Frame {
+  MsgType type = MsgType::kPing;
+  std::uint16_t flags = 0;
+  Status status = Status::kOk;
+  std::uint64_t size = 0;     // file size (kPut, kFile, kEntry, kDone) or entry count (kListEnd)
+  std::int64_t mtime_ns = 0;  // modification time, ns since the Unix epoch, when kFlagHasMtime
+  Digest digest{};            // SHA-256 (kPut, kFile, kDone); zero elsewhere
+  std::string name;           // path, or error message for kError
+
+  bool operator==(const Frame&) const = default;
+};
+
+// True for the types followed by `size` bytes of body on the wire. For kPut the body is
+// sent only after the server answered kReady, as its own step of the exchange.
+constexpr bool carries_body(MsgType t) { return t == MsgType::kPut || t == MsgType::kFile; }
+
+bool is_known_type(std::uint8_t raw);
+std::string_view to_string(MsgType t);
+std::string_view to_string(Status s);
+
+// Convenience constructors for the common messages.
+Frame make_error(Status status, std::string message);
+
+}  // namespace ftx::protocol

@@ -1,0 +1,184 @@
+#include "server/server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <asio/experimental/as_tuple.hpp>
+
+#include "server/session.hpp"
+
+namespace ftx::server {
+namespace {
+
+constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
+
+// Logs what escaped a coroutine; used instead of asio::detached so no fault goes unseen.
+auto log_failure(std::string what) {
+  return [what = std::move(what)](const std::exception_ptr& e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("{} failed: {}", what, ex.what());
+    }
+  };
+}
+
+}  // namespace
+
+Server::Server(ServerOptions opts) : opts_(std::move(opts)), storage_(opts_.root) {
+  threads_ = opts_.threads != 0 ? opts_.threads : std::max(1u, std::thread::hardware_concurrency());
+  io_ = std::make_unique<asio::io_context>(static_cast<int>(threads_));
+  strand_.emplace(asio::make_strand(*io_));
+  acceptor_.emplace(*strand_);
+
+  const std::string where = opts_.host + ":" + std::to_string(opts_.port);
+  std::error_code ec;
+  asio::ip::tcp::resolver resolver(*io_);
+  const auto results = resolver.resolve(opts_.host, std::to_string(opts_.port),
+                                        asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
+  if (ec || results.empty()) throw ListenError(ec, "cannot resolve listen address " + where);
+  const asio::ip::tcp::endpoint endpoint = results.begin()->endpoint();
+  acceptor_->open(endpoint.protocol(), ec);
+  if (!ec) acceptor_->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_->bind(endpoint, ec);
+  if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw ListenError(ec, "cannot listen on " + where);
+  port_ = acceptor_->local_endpoint().port();
+}
+
+Server::~Server() {
+  stopping_ = true;
+  if (io_) io_->stop();
+  wait();
+  // Tear down in dependency order: I/O objects before their io_context, and the io_context
+  // (whose destruction destroys pending session coroutines, removing their staging files)
+  // before the storage and session registry those coroutines use.
+  {
+    std::lock_guard lock(mutex_);
+    destroying_ = true;
+  }
+  drain_timer_.reset();
+  signals_.reset();
+  acceptor_.reset();
+  strand_.reset();
+  io_.reset();
+}
+
+std::string Server::listen_address() const {
+  const auto ep = acceptor_->local_endpoint();
+  const auto addr = ep.address();
+  return (addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string()) + ":" + std::to_string(port_);
+}
+
+void Server::start() {
+  asio::co_spawn(*strand_, accept_loop(), log_failure("listener"));
+  pool_.reserve(threads_);
+  for (unsigned i = 0; i < threads_; ++i) {
+    pool_.emplace_back([this] {
+      // A handler that throws must not take the whole server down with it.
+      for (;;) {
+        try {
+          io_->run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("unexpected exception in the I/O pool: {}", e.what());
+        }
+      }
+    });
+  }
+}
+
+void Server::run() {
+  signals_.emplace(*strand_, SIGINT, SIGTERM);
+  signals_->async_wait([this](const std::error_code& ec, int sig) {
+    if (ec) return;
+    spdlog::info("signal {}: finishing transfers in flight (up to {} ms); signal again to stop at once", sig,
+                 opts_.grace.count());
+    stop();
+    signals_->async_wait([this](const std::error_code& ec2, int) {
+      if (ec2) return;
+      spdlog::warn("second signal: stopping now");
+      io_->stop();
+    });
+  });
+  start();
+  wait();
+}
+
+void Server::stop() {
+  if (stopping_.exchange(true)) return;
+  asio::co_spawn(*strand_, drain(), log_failure("shutdown"));
+}
+
+asio::awaitable<void> Server::drain() {
+  std::error_code ignored;
+  acceptor_->close(ignored);
+  std::vector<std::shared_ptr<Session>> open;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [ptr, weak] : sessions_) {
+      if (auto s = weak.lock()) open.push_back(std::move(s));
+    }
+  }
+  for (auto& s : open) s->shutdown();
+  open.clear();
+  drain_timer_.emplace(*strand_, opts_.grace);
+  // remove_session cancels the timer when the last connection ends, so a quiet server
+  // stops at once instead of sitting out the grace period.
+  if (sessions() > 0) co_await drain_timer_->async_wait(kTuple);
+  if (sessions() > 0) spdlog::warn("grace period over: dropping {} connection(s) in flight", sessions());
+  io_->stop();
+}
+
+void Server::wait() {
+  for (auto& t : pool_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+asio::awaitable<void> Server::accept_loop() {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor_->async_accept(asio::make_strand(*io_), kTuple);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
+      // Out of descriptors and similar: keep serving the connections we have, retry soon.
+      spdlog::warn("accept failed: {}", ec.message());
+      asio::steady_timer pause(*strand_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(kTuple);
+      continue;
+    }
+    auto session = std::make_shared<Session>(*this, std::move(socket));
+    add_session(session.get(), session);
+    asio::co_spawn(session->executor(), session->run(), [session](const std::exception_ptr& e) {
+      log_failure("connection " + session->peer())(e);
+    });
+  }
+}
+
+void Server::add_session(Session* s, std::weak_ptr<Session> w) {
+  std::lock_guard lock(mutex_);
+  sessions_.emplace(s, std::move(w));
+}
+
+void Server::remove_session(Session* s) {
+  std::lock_guard lock(mutex_);
+  sessions_.erase(s);
+  sessions_cv_.notify_all();
+  if (stopping_ && sessions_.empty() && !destroying_) {
+    asio::post(*strand_, [this] {
+      if (drain_timer_) drain_timer_->cancel();
+    });
+  }
+}
+
+std::size_t Server::sessions() const {
+  std::lock_guard lock(mutex_);
+  return sessions_.size();
+}
+
+bool Server::wait_for_sessions(std::size_t n, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(mutex_);
+  return sessions_cv_.wait_for(lock, timeout, [&] { return sessions_.size() <= n; });
+}
+
+}  // namespace ftx::server

@@ -1,0 +1,104 @@
+#pragma once
+// The ftx server: one asio::io_context run by a pool of threads, one coroutine per
+// connection (asio's cpp20 echo_server / Beast awaitable server model).
+//
+// Lifecycle: construct (opens the root, binds the listener; throws std::system_error on
+// failure) -> start() -> stop() from any thread, or SIGINT/SIGTERM in run() -> wait().
+// stop() closes the listener at once, closes connections that sit between requests, and
+// lets transfers in flight finish for `grace`; after that the io_context is stopped and
+// unfinished uploads are discarded (their staging files removed).
+
+#include <asio.hpp>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "storage/storage.hpp"
+
+namespace ftx::server {
+
+struct ServerOptions {
+  std::filesystem::path root = "ftx-data";
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 7021;  // 0 picks a free port (see Server::port())
+  unsigned threads = 0;       // 0 = std::thread::hardware_concurrency()
+  std::chrono::milliseconds grace{5000};
+};
+
+class Session;
+
+// Thrown by the constructor when the listen address cannot be resolved or bound (the root
+// problems throw plain std::system_error from storage::Storage).
+class ListenError : public std::system_error {
+ public:
+  using std::system_error::system_error;
+};
+
+class Server {
+ public:
+  explicit Server(ServerOptions opts);
+  ~Server();  // stops at once (no grace) and joins the pool
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The bound port (useful with port 0) and the address as "host:port".
+  std::uint16_t port() const { return port_; }
+  std::string listen_address() const;
+  const storage::Storage& storage() const { return storage_; }
+  unsigned threads() const { return threads_; }
+
+  // Starts accepting and runs the pool in the background. Call once.
+  void start();
+  // Also stops gracefully on SIGINT/SIGTERM (a second signal stops at once). Then blocks
+  // until the server has stopped. For the `ftx serve` command.
+  void run();
+  // Graceful stop; safe from any thread, any number of times.
+  void stop();
+  // Blocks until the pool has finished.
+  void wait();
+
+  // Connections currently open. wait_for_sessions blocks until at most `n` are open or the
+  // timeout passes, returning whether the count was reached (for tests and shutdown).
+  std::size_t sessions() const;
+  bool wait_for_sessions(std::size_t n, std::chrono::milliseconds timeout) const;
+
+ private:
+  friend class Session;
+  asio::awaitable<void> accept_loop();
+  asio::awaitable<void> drain();
+  void add_session(Session* s, std::weak_ptr<Session> w);
+  void remove_session(Session* s);
+  bool stopping() const { return stopping_.load(); }
+
+  ServerOptions opts_;
+  storage::Storage storage_;
+
+  mutable std::mutex mutex_;
+  mutable std::condition_variable sessions_cv_;
+  std::map<Session*, std::weak_ptr<Session>> sessions_;
+  std::atomic<bool> stopping_{false};
+  bool destroying_ = false;  // guarded by mutex_
+
+  // Declared after everything a session touches, and destroyed explicitly first in
+  // ~Server, so that coroutine frames destroyed with the io_context still find them.
+  std::unique_ptr<asio::io_context> io_;
+  std::optional<asio::strand<asio::io_context::executor_type>> strand_;  // listener, signals, drain
+  std::optional<asio::ip::tcp::acceptor> acceptor_;
+  std::optional<asio::signal_set> signals_;
+  std::optional<asio::steady_timer> drain_timer_;
+  std::vector<std::thread> pool_;
+  unsigned threads_ = 1;
+  std::uint16_t port_ = 0;
+};
+
+}  // namespace ftx::server

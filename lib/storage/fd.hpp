@@ -1,0 +1,51 @@
+#pragma once
+// A file descriptor owner and the few POSIX helpers ftx needs, with errors as
+// std::error_code (system_category). Plain POSIX on purpose: asio's file support is not
+// used for disk I/O (see STYLE.md).
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <system_error>
+
+namespace ftx::storage {
+
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) reset(o.release());
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// The current errno as an error_code.
+std::error_code last_error();
+
+// Writes all of `data` at the file's current offset, retrying on EINTR and short writes.
+std::error_code write_all(int fd, std::span<const std::uint8_t> data);
+
+// Reads until `buf` is full or EOF; `got` is the number of bytes read (< size only at EOF).
+std::error_code read_full(int fd, std::span<std::uint8_t> buf, std::size_t& got);
+
+// Reads until `buf` is full or EOF, from `offset` without moving the file offset.
+std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got);
+
+}  // namespace ftx::storage

@@ -1,0 +1,118 @@
+#pragma once
+// The server's file store: a root folder that no request can escape, and uploads that are
+// published atomically only after their SHA-256 matched.
+//
+// Every path is resolved one component at a time with O_NOFOLLOW from a descriptor of the
+// root, so ".." tricks are refused by check_name and symlinks are never followed at all —
+// not even ones that point inside the root. Uploads are written to
+// <root>/.ftx-staging/<random>.part and renamed over the final name after fsync; readers
+// see the old file or the new one, never a mix.
+//
+// Thread-safety: a Storage may be used from many threads at once (it only holds the root's
+// and the staging folder's descriptors). Upload and ReadFile objects belong to one thread
+// at a time.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "hash/sha256.hpp"
+#include "storage/fd.hpp"
+#include "storage/names.hpp"
+
+namespace ftx::storage {
+
+struct FileInfo {
+  std::string name;  // relative to the root, '/'-separated
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+};
+
+struct ReadFile {
+  UniqueFd fd;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+};
+
+class Storage;
+
+// An upload in progress. Destroying it before commit() succeeded removes the staging file,
+// so an upload that fails for any reason (bad digest, dropped connection, server shutdown)
+// leaves nothing behind.
+class Upload {
+ public:
+  Upload() = default;
+  ~Upload();
+  Upload(Upload&&) noexcept;
+  Upload& operator=(Upload&&) noexcept;
+  Upload(const Upload&) = delete;
+  Upload& operator=(const Upload&) = delete;
+
+  // Appends body bytes and feeds them to the running SHA-256.
+  std::error_code write(std::span<const std::uint8_t> data);
+  std::uint64_t written() const { return written_; }
+  std::uint64_t expected_size() const { return size_; }
+
+  // Checks size and SHA-256 against the announced values, fsyncs, applies `mtime_ns`,
+  // creates missing folders, renames over the final name and fsyncs that folder. On
+  // success the file is durable and visible; on failure the staging file is removed and
+  // whatever was stored under the name before is untouched.
+  std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns);
+
+  // Removes the staging file now (the destructor does the same).
+  void abort();
+
+ private:
+  friend class Storage;
+  const Storage* store_ = nullptr;
+  std::string name_;          // final name
+  std::string staging_name_;  // file name inside the staging folder
+  UniqueFd fd_;
+  hash::Sha256 hasher_;
+  std::uint64_t size_ = 0;
+  std::uint64_t written_ = 0;
+};
+
+class Storage {
+ public:
+  // Opens `root`, creating it (and its staging folder) if needed, and removes upload
+  // leftovers from an earlier run. Throws std::system_error when the root is unusable.
+  explicit Storage(const std::filesystem::path& root);
+
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  const std::filesystem::path& root() const { return root_; }
+  // How many leftover staging files the constructor removed.
+  std::size_t leftovers_removed() const { return leftovers_removed_; }
+
+  // Starts an upload of `size` bytes to `name`. Refuses early what is bound to fail at
+  // commit: a bad name, a name that is a folder, a parent path that runs through a file.
+  std::error_code begin_upload(std::string_view name, std::uint64_t size, Upload& out) const;
+
+  // Opens a stored regular file for reading.
+  std::error_code open_file(std::string_view name, ReadFile& out) const;
+
+  // Every regular file below `folder` ("" = the root), sorted by name. Symlinks, special
+  // files, names check_name would refuse and the staging folder are skipped.
+  std::error_code list(std::string_view folder, std::vector<FileInfo>& out) const;
+
+ private:
+  friend class Upload;
+  // Opens the folder holding the last component of `name` (which check_name accepted),
+  // creating missing folders when `create`. `leaf` receives the last component.
+  std::error_code open_parent(std::string_view name, bool create, UniqueFd& dir, std::string& leaf) const;
+  std::size_t clean_staging() const;
+
+  std::filesystem::path root_;
+  UniqueFd root_fd_;
+  UniqueFd staging_fd_;
+  std::size_t leftovers_removed_ = 0;
+};
+
+}  // namespace ftx::storage
