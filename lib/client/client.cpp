@@ -191,7 +191,7 @@ void Client::fail_from_reply(const Frame& f, std::string_view context) {
 }
 
 Result Client::put(const std::filesystem::path& local, const std::string& remote) {
-  const std::string context = "put " + storage::quoted(remote);
+  const std::string context = "put " + storage::quote_name(remote);
   if (remote.size() > protocol::kMaxNameBytes) {
     throw Error(Failure::kRejected, "remote name is longer than " + std::to_string(protocol::kMaxNameBytes) + " bytes");
   }
@@ -253,7 +253,7 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
 }
 
 Result Client::get(const std::string& remote, const std::filesystem::path& local) {
-  const std::string context = "get " + storage::quoted(remote);
+  const std::string context = "get " + storage::quote_name(remote);
   if (remote.size() > protocol::kMaxNameBytes) {
     throw Error(Failure::kRejected, "remote name is longer than " + std::to_string(protocol::kMaxNameBytes) + " bytes");
   }
@@ -264,7 +264,7 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
     std::error_code ec;
     if (std::filesystem::is_directory(target, ec)) target /= base_name(remote);
     if (target.filename().empty()) {
-      throw Error(Failure::kLocalIo, "cannot tell a file name from " + storage::quoted(remote) + "; give LOCAL_PATH");
+      throw Error(Failure::kLocalIo, "cannot tell a file name from " + storage::quote_name(remote) + "; give LOCAL_PATH");
     }
   }
   // The staging file is made before asking, so a local problem costs no transfer.
@@ -299,7 +299,7 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
   const auto digest = hasher.finish();
   if (digest != reply.digest) {
     throw Error(Failure::kIntegrity,
-                "data received for " + storage::quoted(remote) + " does not match the SHA-256 the server announced; " +
+                "data received for " + storage::quote_name(remote) + " does not match the SHA-256 the server announced; " +
                     (to_stdout ? std::string("the bytes written to standard output are corrupt")
                                : target.string() + " was left untouched"));
   }

@@ -159,7 +159,7 @@ asio::awaitable<std::error_code> Session::send_error(Status st, std::string mess
 }
 
 std::pair<Status, std::string> Session::describe(const std::error_code& ec, const std::string& name) {
-  const std::string q = storage::quoted(name);
+  const std::string q = storage::quote_name(name);
   using storage::errc;
   if (ec == errc::bad_name || ec == errc::reserved_name) {
     return {Status::kBadName, "invalid name " + q + ": " + storage::explain_bad_name(name)};
@@ -180,7 +180,7 @@ std::pair<Status, std::string> Session::describe(const std::error_code& ec, cons
 void Session::log_transfer(std::string_view op, const std::string& name, std::uint64_t bytes,
                            std::chrono::steady_clock::time_point start, std::string_view result) const {
   const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("{} {} {} bytes={} ms={:.1f} result={}", peer_, op, storage::quoted(name), bytes, ms, result);
+  spdlog::info("{} {} {} bytes={} ms={:.1f} result={}", peer_, op, storage::quote_name(name), bytes, ms, result);
 }
 
 asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
@@ -240,7 +240,7 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
     if (!ec && got == 0) ec = std::make_error_code(std::errc::io_error);  // shrank under us
     if (ec) {
       log_transfer("get", req.name, 0, start, "storage: " + ec.message());
-      co_return co_await send_error(Status::kStorage, "server could not read " + storage::quoted(req.name) + ": " +
+      co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) + ": " +
                                                           ec.message());
     }
     hasher.update(std::span<const std::uint8_t>(buf.data(), std::min<std::uint64_t>(got, file.size - off)));

@@ -76,7 +76,7 @@ std::string explain_bad_name(std::string_view name) {
   return why;
 }
 
-std::string quoted(std::string_view name) {
+std::string quote_name(std::string_view name) {
   constexpr std::size_t kMaxShown = 200;
   std::string out = "\"";
   for (std::size_t i = 0; i < name.size() && i < kMaxShown; ++i) {

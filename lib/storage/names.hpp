@@ -39,7 +39,7 @@ std::string explain_bad_name(std::string_view name);
 // `name` in double quotes, safe to print: control characters, quotes and backslashes become
 // \xNN and anything past 200 bytes becomes "...". For log lines and error messages, where
 // names may be hostile.
-std::string quoted(std::string_view name);
+std::string quote_name(std::string_view name);
 
 // Splits an acceptable name into its components.
 std::vector<std::string_view> split_name(std::string_view name);

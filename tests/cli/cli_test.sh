@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The built `ftx` binary driven as a user drives it: a real server on 127.0.0.1, real
+# files, and the documented exit codes and one-line errors.
+# Usage: cli_test.sh PATH/TO/ftx PATH/TO/testdata
+set -u
+FTX=$(realpath "$1")
+TESTDATA=$(realpath "$2")
+T=$(mktemp -d "${TMPDIR:-/tmp}/ftx-cli-XXXXXX")
+SERVER_PID=""
+passed=0
+failed=0
+
+cleanup() {
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
+  rm -rf "$T"
+}
+trap cleanup EXIT
+
+ok() { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+check() {  # check DESCRIPTION COMMAND...: the command must succeed
+  local what=$1; shift
+  if "$@"; then ok; else bad "$what"; fi
+}
+
+# expect_exit CODE COMMAND...: runs it, checks the exit code and that stderr is one
+# "ftx: ..." line. Leaves stderr in $T/err.
+expect_exit() {
+  local want=$1; shift
+  "$@" >"$T/out" 2>"$T/err"
+  local got=$?
+  if [ "$got" != "$want" ]; then bad "exit $got (want $want): $* -- $(cat "$T/err")"; return; fi
+  if [ "$want" != 0 ]; then
+    if [ "$(wc -l <"$T/err")" != 1 ] || ! grep -q '^ftx: ' "$T/err"; then
+      bad "stderr of '$*' is not one 'ftx: ' line: $(cat "$T/err")"; return
+    fi
+  fi
+  ok
+}
+
+# start_server ROOT: starts `ftx serve` on a free port, waits for its start-up line and
+# sets SERVER_PID and FTX_SERVER.
+start_server() {
+  "$FTX" serve --root "$1" --listen 127.0.0.1:0 --threads 2 2>"$T/serve.log" &
+  SERVER_PID=$!
+  local port=""
+  for _ in $(seq 100); do  # up to 10 s for the start-up line
+    port=$(sed -nE 's/.* on 127\.0\.0\.1:([0-9]+) with .*/\1/p' "$T/serve.log")
+    [ -n "$port" ] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$port" ]; then echo "server did not start: $(cat "$T/serve.log")" >&2; exit 1; fi
+  export FTX_SERVER="127.0.0.1:$port"
+}
+
+stop_server() {  # SIGTERM; the server must exit 0 promptly
+  kill -TERM "$SERVER_PID"
+  local rc=0
+  wait "$SERVER_PID" || rc=$?
+  SERVER_PID=""
+  [ "$rc" = 0 ] && ok || bad "server exited $rc after SIGTERM"
+}
+
+# ---- usage and version
+expect_exit 0 "$FTX" --version
+grep -q '^ftx [0-9]' "$T/out" && ok || bad "--version output: $(cat "$T/out")"
+expect_exit 0 "$FTX" --help
+grep -q 'Exit codes' "$T/out" && ok || bad "--help lists no exit codes"
+expect_exit 2 "$FTX"
+expect_exit 2 "$FTX" frobnicate
+expect_exit 2 "$FTX" put
+expect_exit 2 "$FTX" get
+expect_exit 2 "$FTX" ls --bogus
+expect_exit 2 "$FTX" ls -s "host:notaport"
+expect_exit 2 "$FTX" serve --threads 0
+
+# ---- nothing listening
+expect_exit 3 "$FTX" ls -s 127.0.0.1:1
+grep -q "connection refused .* is 'ftx serve' running?" "$T/err" && ok || bad "refused message: $(cat "$T/err")"
+
+# ---- a leftover from a crashed upload is cleaned at start-up
+mkdir -p "$T/root/.ftx-staging"
+echo "half" >"$T/root/.ftx-staging/0123.part"
+start_server "$T/root"
+check "staging leftover removed" test ! -e "$T/root/.ftx-staging/0123.part"
+grep -q "removed 1 unfinished upload" "$T/serve.log" && ok || bad "leftover removal not logged"
+
+# ---- serve refuses a busy port and an unusable root
+expect_exit 3 "$FTX" serve --root "$T/root2" --listen "$FTX_SERVER"
+echo "file" >"$T/not-a-folder"
+expect_exit 7 "$FTX" serve --root "$T/not-a-folder" --listen 127.0.0.1:0
+
+# ---- round trip of every file in testdata, checked against its manifest
+while IFS= read -r line; do
+  name=${line:66}
+  expect_exit 0 "$FTX" put "$TESTDATA/$name" "td/$name"
+  grep -q "^stored td/$name" "$T/out" && ok || bad "put output: $(cat "$T/out")"
+done <"$TESTDATA/SHA256SUMS"
+expect_exit 0 "$FTX" ls
+check "ls lists the 4 files" test "$(grep -c ' td/' "$T/out")" = 4
+grep -qE '^ +70007  [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z  td/random-70k.bin$' "$T/out" && ok ||
+  bad "ls line format: $(cat "$T/out")"
+mkdir "$T/down"
+while IFS= read -r line; do
+  name=${line:66}
+  expect_exit 0 "$FTX" get "td/$name" "$T/down/$name"
+done <"$TESTDATA/SHA256SUMS"
+(cd "$T/down" && sha256sum --quiet -c "$TESTDATA/SHA256SUMS") && ok || bad "downloaded files do not match the manifest"
+
+# ---- defaults: remote name = base name, local path = ./base name, a folder, stdout
+head -c 3000000 /dev/urandom >"$T/big.bin"
+(cd "$T" && "$FTX" put big.bin >/dev/null) && ok || bad "put with default remote name"
+check "stored under its base name" cmp -s "$T/big.bin" "$T/root/big.bin"
+mkdir "$T/cwd"
+(cd "$T/cwd" && "$FTX" get big.bin >/dev/null) && ok || bad "get with default local path"
+check "got ./big.bin" cmp -s "$T/big.bin" "$T/cwd/big.bin"
+expect_exit 0 "$FTX" put "$T/big.bin" "a/b/c/nested.bin"
+expect_exit 0 "$FTX" get "a/b/c/nested.bin" "$T/cwd"
+check "get into a folder" cmp -s "$T/big.bin" "$T/cwd/nested.bin"
+"$FTX" get big.bin - 2>"$T/err" >"$T/stdout.bin" && ok || bad "get to -"
+check "get - streams the file" cmp -s "$T/big.bin" "$T/stdout.bin"
+check "summary goes to stderr with -" grep -q "saved to standard output" "$T/err"
+"$FTX" get big.bin /dev/stdout 2>/dev/null | cmp -s - "$T/big.bin" && ok || bad "get to /dev/stdout"
+FTX_SERVER=127.0.0.1:1 "$FTX" ls -s "$FTX_SERVER" >/dev/null && ok || bad "--server overrides \$FTX_SERVER"
+
+# ---- failures: distinct exit codes, one line, nothing changed locally
+echo "precious" >"$T/keep.txt"
+expect_exit 4 "$FTX" get no-such-file "$T/keep.txt"
+check "failed get left the local file alone" grep -qx precious "$T/keep.txt"
+check "failed get left no staging file" test -z "$(ls -A "$T" | grep '\.ftx-')"
+expect_exit 5 "$FTX" put "$T/keep.txt" "../escape"
+expect_exit 5 "$FTX" put "$T/keep.txt" "/etc/passwd"
+expect_exit 5 "$FTX" put "$T/keep.txt" "a/b"  # a folder on the server
+expect_exit 5 "$FTX" put "$T/keep.txt" ".ftx-staging/x"
+expect_exit 7 "$FTX" put "$T/no-such-local-file"
+expect_exit 7 "$FTX" put "$T/down"
+expect_exit 7 "$FTX" get big.bin "$T/no-such-folder/x"
+check "nothing escaped the root" test ! -e "$T/escape"
+
+# ---- the server logged one line per transfer and stops cleanly on SIGTERM
+grep -qE 'put "big.bin" bytes=3000000 ms=[0-9.]+ result=ok' "$T/serve.log" && ok || bad "no transfer log line"
+grep -qE 'get "no-such-file" bytes=0 ms=[0-9.]+ result=not-found' "$T/serve.log" && ok || bad "no failure log line"
+stop_server
+check "no staging leftovers after stop" test -z "$(ls -A "$T/root/.ftx-staging")"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

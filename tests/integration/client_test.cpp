@@ -1,0 +1,169 @@
+// The client's promises: a download replaces nothing and leaves nothing unless it was
+// verified, and every failure comes back as its documented kind.
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "client/client.hpp"
+#include "hash/sha256.hpp"
+#include "integration/server_fixture.hpp"
+
+namespace ftx::test {
+namespace {
+
+using protocol::Frame;
+using protocol::MsgType;
+
+// A one-connection fake server that answers the first request with `answer` and closes:
+// what a corrupted, dying or foreign server would send.
+class FakeServer {
+ public:
+  explicit FakeServer(std::vector<std::uint8_t> answer) : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
+    thread_ = std::thread([this, answer = std::move(answer)] {
+      asio::ip::tcp::socket s(io_);
+      acceptor_.accept(s);
+      protocol::Decoder d;
+      std::uint8_t buf[8192];
+      for (bool done = false; !done;) {
+        const std::size_t n = s.read_some(asio::buffer(buf));
+        done = d.put(std::span(buf, n)).result != protocol::Decoder::Result::kNeedMore;
+      }
+      asio::write(s, asio::buffer(answer));
+    });
+  }
+  ~FakeServer() { thread_.join(); }
+  protocol::Address address() const { return {"127.0.0.1", acceptor_.local_endpoint().port()}; }
+
+ private:
+  asio::io_context io_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::thread thread_;
+};
+
+std::vector<std::uint8_t> frame_with_body(const Frame& f, const std::vector<std::uint8_t>& body) {
+  auto out = protocol::encode(f);
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
+client::Failure failure_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const client::Error& e) {
+    return e.kind();
+  }
+  ADD_FAILURE() << "no client::Error thrown";
+  return client::Failure::kProtocol;
+}
+
+std::vector<std::string> leftovers(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& n : list_dir(dir)) {
+    if (n.find(".ftx-") != std::string::npos) out.push_back(n);
+  }
+  return out;
+}
+
+TEST(ClientDownload, CorruptDataFromTheServerIsRefusedAndTheLocalFileKept) {
+  TempDir dir;
+  write_file(dir / "target", std::string("precious"));
+  const auto body = random_bytes(100'000, 9);
+  Frame reply;
+  reply.type = MsgType::kFile;
+  reply.size = body.size();
+  reply.digest = hash::sha256("something else");
+  FakeServer fake(frame_with_body(reply, body));
+  client::Client c(fake.address());
+  EXPECT_EQ(failure_of([&] { c.get("x", dir / "target"); }), client::Failure::kIntegrity);
+  const auto kept = read_file(dir / "target");
+  EXPECT_EQ(std::string(kept.begin(), kept.end()), "precious");
+  EXPECT_TRUE(leftovers(dir.path()).empty());
+}
+
+TEST(ClientDownload, ServerDyingMidBodyLeavesNothing) {
+  TempDir dir;
+  write_file(dir / "target", std::string("precious"));
+  const auto body = random_bytes(50'000, 10);
+  Frame reply;
+  reply.type = MsgType::kFile;
+  reply.size = body.size() * 2;  // announces more than it sends
+  reply.digest = hash::sha256(body);
+  FakeServer fake(frame_with_body(reply, body));
+  client::Client c(fake.address());
+  EXPECT_EQ(failure_of([&] { c.get("x", dir / "target"); }), client::Failure::kConnection);
+  const auto kept = read_file(dir / "target");
+  EXPECT_EQ(std::string(kept.begin(), kept.end()), "precious");
+  EXPECT_TRUE(leftovers(dir.path()).empty());
+}
+
+TEST(ClientDownload, SomethingThatIsNotAnFtxServerIsAProtocolError) {
+  const std::string http = "HTTP/1.1 400 Bad Request\r\n\r\n";
+  FakeServer web({http.begin(), http.end()});
+  client::Client c1(web.address());
+  EXPECT_EQ(failure_of([&] { c1.get("x", "-"); }), client::Failure::kProtocol);
+
+  Frame pong;  // well-formed, but not an answer to a get
+  pong.type = MsgType::kPong;
+  FakeServer confused(protocol::encode(pong));
+  client::Client c2(confused.address());
+  EXPECT_EQ(failure_of([&] { c2.get("x", "-"); }), client::Failure::kProtocol);
+}
+
+TEST(ClientConnect, RefusedConnectionSaysWhatToDo) {
+  // Bind and close a listener to get a port that nothing listens on.
+  asio::io_context io;
+  asio::ip::tcp::acceptor a(io, {asio::ip::make_address("127.0.0.1"), 0});
+  const auto port = a.local_endpoint().port();
+  a.close();
+  try {
+    client::Client c({"127.0.0.1", port});
+    FAIL() << "connected to a closed port";
+  } catch (const client::Error& e) {
+    EXPECT_EQ(e.kind(), client::Failure::kConnection);
+    EXPECT_NE(std::string(e.what()).find("is 'ftx serve' running?"), std::string::npos) << e.what();
+  }
+}
+
+class ClientAgainstServer : public ServerTest {};
+
+TEST_F(ClientAgainstServer, FailuresHaveTheirDocumentedKinds) {
+  client::Client c(address());
+  write_file(dir_ / "local", std::string("data"));
+  write_file(dir_ / "target", std::string("precious"));
+  EXPECT_EQ(failure_of([&] { c.get("missing", dir_ / "target"); }), client::Failure::kNotFound);
+  EXPECT_EQ(failure_of([&] { c.put(dir_ / "local", "../escape"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.put(dir_ / "no-such-local-file", "x"); }), client::Failure::kLocalIo);
+  EXPECT_EQ(failure_of([&] { c.put(dir_.path(), "x"); }), client::Failure::kLocalIo) << "a folder is not a file";
+  EXPECT_EQ(failure_of([&] { c.get("local", dir_ / "no-such-folder" / "x"); }), client::Failure::kLocalIo);
+  // The connection survives refusals: the next request works.
+  c.put(dir_ / "local", "local");
+  EXPECT_EQ(failure_of([&] { c.put(dir_ / "local", "local/below"); }), client::Failure::kRejected);
+  const auto kept = read_file(dir_ / "target");
+  EXPECT_EQ(std::string(kept.begin(), kept.end()), "precious");
+  EXPECT_TRUE(leftovers(dir_.path()).empty());
+}
+
+TEST_F(ClientAgainstServer, GetIntoAFolderUsesTheBaseName) {
+  client::Client c(address());
+  write_file(dir_ / "src", std::string("content"));
+  c.put(dir_ / "src", "deep/path/name.txt");
+  std::filesystem::create_directories(dir_ / "into");
+  const auto r = c.get("deep/path/name.txt", dir_ / "into");
+  EXPECT_EQ(r.local, dir_ / "into" / "name.txt");
+  EXPECT_EQ(read_file(dir_ / "into" / "name.txt"), read_file(dir_ / "src"));
+}
+
+TEST_F(ClientAgainstServer, MtimeTravelsBothWays) {
+  client::Client c(address());
+  write_file(dir_ / "src", std::string("x"));
+  const auto old_time = std::filesystem::file_time_type::clock::now() - std::chrono::hours(24 * 400);
+  std::filesystem::last_write_time(dir_ / "src", old_time);
+  c.put(dir_ / "src", "dated");
+  EXPECT_EQ(std::filesystem::last_write_time(root() / "dated"), old_time);
+  c.get("dated", dir_ / "back");
+  EXPECT_EQ(std::filesystem::last_write_time(dir_ / "back"), old_time);
+}
+
+}  // namespace
+}  // namespace ftx::test

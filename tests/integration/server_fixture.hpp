@@ -1,0 +1,39 @@
+#pragma once
+// A real server on 127.0.0.1, port 0, in-process, with its own temporary root.
+
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "client/client.hpp"
+#include "server/server.hpp"
+#include "support/test_support.hpp"
+
+namespace ftx::test {
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server::ServerOptions o;
+    o.root = root();
+    o.port = 0;
+    o.threads = 2;
+    o.grace = std::chrono::milliseconds(2000);
+    server_ = std::make_unique<server::Server>(o);
+    server_->start();
+  }
+  void TearDown() override {
+    server_->stop();
+    server_->wait();
+    server_.reset();
+  }
+
+  std::filesystem::path root() const { return dir_ / "root"; }
+  std::filesystem::path staging() const { return root() / ".ftx-staging"; }
+  protocol::Address address() const { return {"127.0.0.1", server_->port()}; }
+
+  test::TempDir dir_;
+  std::unique_ptr<server::Server> server_;
+};
+
+}  // namespace ftx::test

@@ -1,0 +1,288 @@
+// The server and client libraries against each other over real TCP on 127.0.0.1, and the
+// server against a raw peer that sends what a buggy or hostile client might.
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "client/client.hpp"
+#include "hash/sha256.hpp"
+#include "integration/server_fixture.hpp"
+#include "server/server.hpp"
+
+namespace ftx::test {
+namespace {
+
+using protocol::Frame;
+using protocol::MsgType;
+using protocol::Status;
+
+Frame frame(MsgType t, std::string name = {}) {
+  Frame f;
+  f.type = t;
+  f.name = std::move(name);
+  return f;
+}
+
+TEST_F(ServerTest, RoundTripsEverySizeAroundTheChunkBoundary) {
+  constexpr std::size_t kChunk = protocol::kChunkSize;
+  client::Client c(address());
+  std::uint64_t seed = 1;
+  for (const std::size_t size : {std::size_t{0}, std::size_t{1}, kChunk - 1, kChunk, kChunk + 1, 24 * kChunk + 3}) {
+    SCOPED_TRACE(size);
+    const auto data = random_bytes(size, seed++);
+    const auto local = dir_ / ("src-" + std::to_string(size));
+    write_file(local, data);
+    const std::string remote = "sizes/" + std::to_string(size) + ".bin";
+    const auto put = c.put(local, remote);
+    EXPECT_EQ(put.bytes, size);
+    EXPECT_EQ(put.digest, hash::sha256(data));
+    EXPECT_EQ(read_file(root() / remote), data) << "stored bytes";
+    const auto back = dir_ / ("back-" + std::to_string(size));
+    const auto got = c.get(remote, back);
+    EXPECT_EQ(got.digest, hash::sha256(data));
+    EXPECT_EQ(read_file(back), data) << "downloaded bytes";
+  }
+  EXPECT_TRUE(list_dir(staging()).empty());
+}
+
+TEST_F(ServerTest, ManyRequestsOnOneConnection) {
+  client::Client c(address());
+  write_file(dir_ / "a", std::string("alpha"));
+  write_file(dir_ / "b", std::string("bravo!"));
+  c.put(dir_ / "a", "a");
+  c.put(dir_ / "b", "sub/b");
+  c.ping();
+  std::vector<client::Entry> entries;
+  EXPECT_EQ(c.list("", [&](const client::Entry& e) { entries.push_back(e); }), 2u);
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(entries[0].name, "a");
+  EXPECT_EQ(entries[0].size, 5u);
+  EXPECT_EQ(entries[1].name, "sub/b");
+  c.get("sub/b", dir_ / "b2");
+  c.get("a", dir_ / "a2");
+  EXPECT_EQ(read_file(dir_ / "a2"), read_file(dir_ / "a"));
+  EXPECT_EQ(read_file(dir_ / "b2"), read_file(dir_ / "b"));
+}
+
+TEST_F(ServerTest, ThirtyTwoConcurrentClients) {
+  constexpr int kClients = 32;
+  std::vector<std::future<bool>> results;
+  for (int i = 0; i < kClients; ++i) {
+    results.push_back(std::async(std::launch::async, [this, i] {
+      const auto data = random_bytes(300'000 + static_cast<std::size_t>(i) * 4099, static_cast<std::uint64_t>(100 + i));
+      const auto local = dir_ / ("c" + std::to_string(i));
+      write_file(local, data);
+      client::Client c(address());
+      const std::string remote = "concurrent/" + std::to_string(i);
+      c.put(local, remote);
+      c.get(remote, dir_ / ("c" + std::to_string(i) + ".back"));
+      return read_file(dir_ / ("c" + std::to_string(i) + ".back")) == data;
+    }));
+  }
+  for (int i = 0; i < kClients; ++i) EXPECT_TRUE(results[static_cast<std::size_t>(i)].get()) << "client " << i;
+  std::size_t stored = 0;
+  client::Client c(address());
+  c.list("concurrent", [&](const client::Entry&) { ++stored; });
+  EXPECT_EQ(stored, static_cast<std::size_t>(kClients));
+}
+
+TEST_F(ServerTest, BodyThatDoesNotMatchItsDigestIsRefusedAndLeavesNothing) {
+  RawPeer peer(server_->port());
+  const auto body = random_bytes(5000, 3);
+  Frame put = frame(MsgType::kPut, "liar.bin");
+  put.size = body.size();
+  put.digest = hash::sha256("not the body");
+  peer.send_frame(put);
+  ASSERT_EQ(peer.read_frame().type, MsgType::kReady);
+  peer.send_bytes(body);
+  const Frame reply = peer.read_frame();
+  EXPECT_EQ(reply.type, MsgType::kError);
+  EXPECT_EQ(reply.status, Status::kIntegrity);
+  EXPECT_NE(reply.name.find("SHA-256"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(root() / "liar.bin"));
+  EXPECT_TRUE(list_dir(staging()).empty());
+  // The connection stays usable: the refused body was consumed exactly.
+  peer.send_frame(frame(MsgType::kPing));
+  EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
+}
+
+TEST_F(ServerTest, GarbageGetsAnErrorAndTheServerKeepsServing) {
+  RawPeer http(server_->port());
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  http.send_bytes({request.begin(), request.end()});
+  const Frame reply = http.read_frame();
+  EXPECT_EQ(reply.type, MsgType::kError);
+  EXPECT_EQ(reply.status, Status::kBadRequest);
+  EXPECT_TRUE(http.closed_by_peer());
+
+  RawPeer future_client(server_->port());
+  auto bytes = protocol::encode(frame(MsgType::kPing));
+  bytes[4] = 2;  // a protocol version from the future
+  future_client.send_bytes(bytes);
+  EXPECT_EQ(future_client.read_frame().status, Status::kUnsupportedVersion);
+  EXPECT_TRUE(future_client.closed_by_peer());
+
+  RawPeer confused(server_->port());
+  confused.send_frame(frame(MsgType::kReady));  // a reply type, sent by a "client"
+  EXPECT_EQ(confused.read_frame().status, Status::kBadRequest);
+
+  RawPeer oversized(server_->port());
+  auto header = protocol::encode(frame(MsgType::kGet));
+  header[10] = 0xFF;  // name_len 65535
+  oversized.send_bytes(header);
+  EXPECT_EQ(oversized.read_frame().status, Status::kBadRequest);
+
+  client::Client c(address());
+  c.ping();
+}
+
+TEST_F(ServerTest, ClientVanishingMidUploadLeavesNothingAndServerKeepsServing) {
+  write_file(root() / "victim.bin", std::string("the old content"));
+  {
+    RawPeer peer(server_->port());
+    Frame put = frame(MsgType::kPut, "victim.bin");
+    put.size = 10 * protocol::kChunkSize;
+    put.digest = hash::sha256("whatever");
+    peer.send_frame(put);
+    ASSERT_EQ(peer.read_frame().type, MsgType::kReady);
+    peer.send_bytes(random_bytes(protocol::kChunkSize + 17, 4));
+    peer.close();
+  }
+  ASSERT_TRUE(server_->wait_for_sessions(0, std::chrono::seconds(10)));
+  EXPECT_TRUE(list_dir(staging()).empty()) << "staging file removed";
+  const auto kept = read_file(root() / "victim.bin");
+  EXPECT_EQ(std::string(kept.begin(), kept.end()), "the old content");
+  client::Client c(address());
+  c.get("victim.bin", dir_ / "v");
+  EXPECT_EQ(read_file(dir_ / "v"), kept);
+}
+
+TEST_F(ServerTest, GluedAndSplitRequestsAreAnsweredInOrder) {
+  write_file(root() / "f.txt", std::string("12345"));
+  RawPeer peer(server_->port());
+  // Four requests in one write: TCP delivers them glued.
+  std::vector<std::uint8_t> glued;
+  protocol::encode(frame(MsgType::kPing), glued);
+  protocol::encode(frame(MsgType::kGet, "f.txt"), glued);
+  protocol::encode(frame(MsgType::kList), glued);
+  protocol::encode(frame(MsgType::kGet, "missing"), glued);
+  peer.send_bytes(glued);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
+  const Frame file = peer.read_frame();
+  ASSERT_EQ(file.type, MsgType::kFile);
+  ASSERT_EQ(file.size, 5u);
+  EXPECT_EQ(peer.read_body(5), (std::vector<std::uint8_t>{'1', '2', '3', '4', '5'}));
+  EXPECT_EQ(file.digest, hash::sha256("12345"));
+  const Frame entry = peer.read_frame();
+  EXPECT_EQ(entry.type, MsgType::kEntry);
+  EXPECT_EQ(entry.name, "f.txt");
+  const Frame end = peer.read_frame();
+  EXPECT_EQ(end.type, MsgType::kListEnd);
+  EXPECT_EQ(end.size, 1u);
+  EXPECT_EQ(peer.read_frame().status, Status::kNotFound);
+
+  // One request sent a byte per write.
+  for (const auto b : protocol::encode(frame(MsgType::kPing))) peer.send_bytes({b});
+  EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
+}
+
+TEST_F(ServerTest, PutHeaderAndBodyGluedToTheNextRequest) {
+  // A client that sends the body without waiting for kReady, and a ping right behind it:
+  // the server must take exactly `size` bytes as the body and the rest as the next request.
+  RawPeer peer(server_->port());
+  const std::string body = "body bytes";
+  Frame put = frame(MsgType::kPut, "eager.txt");
+  put.size = body.size();
+  put.digest = hash::sha256(body);
+  auto bytes = protocol::encode(put);
+  bytes.insert(bytes.end(), body.begin(), body.end());
+  protocol::encode(frame(MsgType::kPing), bytes);
+  peer.send_bytes(bytes);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kReady);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
+  const auto stored = read_file(root() / "eager.txt");
+  EXPECT_EQ(std::string(stored.begin(), stored.end()), body);
+}
+
+TEST_F(ServerTest, IdleConnectionsDoNotStopTransfersOnTwoThreads) {
+  std::vector<std::unique_ptr<RawPeer>> idle;
+  for (int i = 0; i < 100; ++i) idle.push_back(std::make_unique<RawPeer>(server_->port()));
+  // Half of them stop in the middle of a header: a slow writer holds no thread either.
+  const auto half_header = protocol::encode(frame(MsgType::kGet, "x"));
+  for (std::size_t i = 0; i < idle.size(); i += 2) {
+    idle[i]->send_bytes(std::vector<std::uint8_t>(half_header.begin(), half_header.begin() + 20));
+  }
+  const auto data = random_bytes(8 * protocol::kChunkSize, 5);
+  write_file(dir_ / "big", data);
+  client::Client c(address());
+  c.put(dir_ / "big", "big");
+  c.get("big", dir_ / "big.back");
+  EXPECT_EQ(read_file(dir_ / "big.back"), data);
+  EXPECT_GE(server_->sessions(), 101u);
+}
+
+TEST_F(ServerTest, StopClosesIdleConnectionsPromptly) {
+  std::vector<std::unique_ptr<RawPeer>> idle;
+  for (int i = 0; i < 5; ++i) idle.push_back(std::make_unique<RawPeer>(server_->port()));
+  {
+    client::Client c(address());
+    c.ping();  // all five were accepted before this one was answered
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  server_->stop();
+  server_->wait();
+  // Far less than the 2 s grace: idle connections are not waited for.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500));
+  for (auto& p : idle) EXPECT_TRUE(p->closed_by_peer());
+  EXPECT_THROW(client::Client c(address()), client::Error) << "no longer accepting";
+}
+
+TEST_F(ServerTest, StopLetsTheTransferInFlightFinish) {
+  RawPeer peer(server_->port());
+  const auto body = random_bytes(3 * protocol::kChunkSize, 6);
+  Frame put = frame(MsgType::kPut, "inflight.bin");
+  put.size = body.size();
+  put.digest = hash::sha256(body);
+  peer.send_frame(put);
+  ASSERT_EQ(peer.read_frame().type, MsgType::kReady);
+  peer.send_bytes(std::vector<std::uint8_t>(body.begin(), body.begin() + 1000));
+  server_->stop();  // mid-body
+  peer.send_bytes(std::vector<std::uint8_t>(body.begin() + 1000, body.end()));
+  EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
+  EXPECT_TRUE(peer.closed_by_peer()) << "then the server closes the connection";
+  server_->wait();
+  EXPECT_EQ(read_file(root() / "inflight.bin"), body);
+}
+
+TEST_F(ServerTest, TestdataManifestRoundTrips) {
+  const std::filesystem::path testdata = FTX_TESTDATA_DIR;
+  std::ifstream manifest(testdata / "SHA256SUMS");
+  ASSERT_TRUE(manifest) << "testdata/SHA256SUMS";
+  client::Client c(address());
+  std::string line;
+  int files = 0;
+  while (std::getline(manifest, line)) {
+    if (line.empty()) continue;
+    // sha256sum format: 64 hex digits, two spaces, the name (which may contain spaces).
+    ASSERT_GT(line.size(), 66u) << line;
+    const std::string hex = line.substr(0, 64);
+    const std::string name = line.substr(66);
+    SCOPED_TRACE(name);
+    protocol::Digest want{};
+    ASSERT_TRUE(hash::from_hex(hex, want));
+    const auto put = c.put(testdata / name, "testdata/" + name);
+    EXPECT_EQ(put.digest, want);
+    const auto got = c.get("testdata/" + name, dir_ / name);
+    EXPECT_EQ(got.digest, want);
+    EXPECT_EQ(hash::sha256(read_file(dir_ / name)), want);
+    ++files;
+  }
+  EXPECT_GE(files, 3);
+}
+
+}  // namespace
+}  // namespace ftx::test

@@ -1,0 +1,215 @@
+#include "storage/storage.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "hash/sha256.hpp"
+#include "support/test_support.hpp"
+
+namespace ftx::storage {
+namespace {
+
+using test::read_file;
+using test::write_file;
+
+class StorageTest : public ::testing::Test {
+ protected:
+  std::filesystem::path root() const { return dir_ / "root"; }
+  std::filesystem::path staging() const { return root() / std::string(kStagingDir); }
+
+  // Stores `content` under `name` through the public API; returns the commit result.
+  std::error_code store(Storage& s, const std::string& name, const std::string& content,
+                        std::optional<hash::Digest> digest = std::nullopt) {
+    Upload up;
+    if (auto ec = s.begin_upload(name, content.size(), up)) return ec;
+    const auto* p = reinterpret_cast<const std::uint8_t*>(content.data());
+    if (auto ec = up.write({p, content.size()})) return ec;
+    return up.commit(digest.value_or(hash::sha256(content)), std::nullopt);
+  }
+
+  static std::string read_all(const ReadFile& f) {
+    std::string out(f.size, '\0');
+    std::size_t got = 0;
+    EXPECT_FALSE(pread_full(f.fd.get(), {reinterpret_cast<std::uint8_t*>(out.data()), out.size()}, 0, got));
+    out.resize(got);
+    return out;
+  }
+
+  test::TempDir dir_;
+};
+
+TEST_F(StorageTest, StoresAndReadsBackCreatingFolders) {
+  Storage s(root());
+  ASSERT_FALSE(store(s, "a/b/c.txt", "hello"));
+  ReadFile f;
+  ASSERT_FALSE(s.open_file("a/b/c.txt", f));
+  EXPECT_EQ(f.size, 5u);
+  EXPECT_EQ(read_all(f), "hello");
+  EXPECT_TRUE(test::list_dir(staging()).empty());
+}
+
+TEST_F(StorageTest, RefusesHostileNamesEverywhere) {
+  Storage s(root());
+  write_file(dir_ / "outside.txt", "secret");
+  const std::vector<std::string> hostile = {"../outside.txt", "a/../../outside.txt", "/etc/passwd",
+                                            std::string("x\0y", 3),     std::string(),         ".ftx-staging/x",
+                                            "a//b"};
+  for (const auto& name : hostile) {
+    Upload up;
+    EXPECT_TRUE(s.begin_upload(name, 1, up)) << quote_name(name);
+    ReadFile f;
+    EXPECT_TRUE(s.open_file(name, f)) << quote_name(name);
+    std::vector<FileInfo> files;
+    if (!name.empty()) {  // "" lists the root
+      EXPECT_TRUE(s.list(name, files)) << quote_name(name);
+    }
+  }
+  EXPECT_EQ(read_file(dir_ / "outside.txt").size(), 6u);
+}
+
+TEST_F(StorageTest, NeverFollowsSymlinksOutOfTheRoot) {
+  Storage s(root());
+  std::filesystem::create_directories(dir_ / "outside");
+  write_file(dir_ / "outside" / "secret", "secret");
+  std::filesystem::create_directory_symlink(dir_ / "outside", root() / "dirlink");
+  std::filesystem::create_symlink(dir_ / "outside" / "secret", root() / "filelink");
+
+  ReadFile f;
+  EXPECT_EQ(s.open_file("dirlink/secret", f), errc::symlink);
+  EXPECT_EQ(s.open_file("filelink", f), errc::symlink);
+  Upload up;
+  EXPECT_EQ(s.begin_upload("dirlink/planted", 1, up), errc::symlink);
+  std::vector<FileInfo> files;
+  EXPECT_EQ(s.list("dirlink", files), errc::symlink);
+  ASSERT_FALSE(s.list("", files));
+  EXPECT_TRUE(files.empty()) << "symlinks are not listed";
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "outside" / "planted"));
+}
+
+TEST_F(StorageTest, FolderCreatedAsSymlinkDuringUploadIsNotFollowed) {
+  // The parent is checked at begin and walked again, without following links, at commit.
+  Storage s(root());
+  std::filesystem::create_directories(dir_ / "outside");
+  Upload up;
+  ASSERT_FALSE(s.begin_upload("late/x", 1, up));
+  std::filesystem::create_directory_symlink(dir_ / "outside", root() / "late");
+  ASSERT_FALSE(up.write(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>("x"), 1)));
+  EXPECT_EQ(up.commit(hash::sha256("x"), std::nullopt), errc::symlink);
+  EXPECT_TRUE(test::list_dir(dir_ / "outside").empty());
+  EXPECT_TRUE(test::list_dir(staging()).empty());
+}
+
+TEST_F(StorageTest, ReplaceIsAtomicForReaders) {
+  Storage s(root());
+  ASSERT_FALSE(store(s, "doc", "version one"));
+  ReadFile before;
+  ASSERT_FALSE(s.open_file("doc", before));
+
+  Upload up;
+  const std::string v2 = "version two, longer";
+  ASSERT_FALSE(s.begin_upload("doc", v2.size(), up));
+  ASSERT_FALSE(up.write({reinterpret_cast<const std::uint8_t*>(v2.data()), v2.size()}));
+  ReadFile during;
+  ASSERT_FALSE(s.open_file("doc", during));
+  EXPECT_EQ(read_all(during), "version one") << "an unfinished upload is invisible";
+  ASSERT_FALSE(up.commit(hash::sha256(v2), std::nullopt));
+
+  EXPECT_EQ(read_all(before), "version one") << "a reader that opened the old file keeps it whole";
+  ReadFile after;
+  ASSERT_FALSE(s.open_file("doc", after));
+  EXPECT_EQ(read_all(after), v2);
+}
+
+TEST_F(StorageTest, DigestMismatchPublishesNothingAndKeepsTheOldFile) {
+  Storage s(root());
+  ASSERT_FALSE(store(s, "kept", "old"));
+  EXPECT_EQ(store(s, "kept", "new!", hash::sha256("something else")), errc::digest_mismatch);
+  EXPECT_EQ(store(s, "fresh", "data", hash::sha256("other")), errc::digest_mismatch);
+  ReadFile f;
+  ASSERT_FALSE(s.open_file("kept", f));
+  EXPECT_EQ(read_all(f), "old");
+  EXPECT_EQ(s.open_file("fresh", f), std::errc::no_such_file_or_directory);
+  EXPECT_TRUE(test::list_dir(staging()).empty());
+}
+
+TEST_F(StorageTest, SizeMismatchIsRefused) {
+  Storage s(root());
+  Upload up;
+  ASSERT_FALSE(s.begin_upload("short", 10, up));
+  ASSERT_FALSE(up.write(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>("abc"), 3)));
+  EXPECT_EQ(up.commit(hash::sha256("abc"), std::nullopt), errc::size_mismatch);
+  Upload over;
+  ASSERT_FALSE(s.begin_upload("over", 2, over));
+  EXPECT_EQ(over.write(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>("abc"), 3)),
+            errc::size_mismatch);
+}
+
+TEST_F(StorageTest, AbandonedUploadLeavesNothing) {
+  Storage s(root());
+  {
+    Upload up;
+    ASSERT_FALSE(s.begin_upload("gone", 100, up));
+    ASSERT_FALSE(up.write(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>("abc"), 3)));
+    EXPECT_EQ(test::list_dir(staging()).size(), 1u);
+  }
+  EXPECT_TRUE(test::list_dir(staging()).empty());
+  EXPECT_FALSE(std::filesystem::exists(root() / "gone"));
+}
+
+TEST_F(StorageTest, CrashLeftoversAreRemovedAtStartup) {
+  std::filesystem::create_directories(staging());
+  write_file(staging() / "deadbeef.part", "half an upload");
+  write_file(staging() / "cafe.part", "another");
+  Storage s(root());
+  EXPECT_EQ(s.leftovers_removed(), 2u);
+  EXPECT_TRUE(test::list_dir(staging()).empty());
+}
+
+TEST_F(StorageTest, FoldersAndSpecialFilesAreNotRegularFiles) {
+  Storage s(root());
+  ASSERT_FALSE(store(s, "dir/file", "x"));
+  ReadFile f;
+  EXPECT_EQ(s.open_file("dir", f), errc::not_regular);
+  ASSERT_EQ(::mkfifo((root() / "fifo").c_str(), 0600), 0);
+  EXPECT_EQ(s.open_file("fifo", f), errc::not_regular) << "and opening it did not block";
+  Upload up;
+  EXPECT_EQ(s.begin_upload("dir", 1, up), std::errc::is_a_directory);
+  EXPECT_EQ(s.begin_upload("dir/file/below", 1, up), std::errc::not_a_directory);
+}
+
+TEST_F(StorageTest, ListIsSortedRecursiveAndHidesStaging) {
+  Storage s(root());
+  for (const char* n : {"b.txt", "a/z.txt", "a/b/c.txt", ".hidden"}) ASSERT_FALSE(store(s, n, n));
+  Upload in_progress;
+  ASSERT_FALSE(s.begin_upload("pending", 5, in_progress));
+  std::vector<FileInfo> files;
+  ASSERT_FALSE(s.list("", files));
+  std::vector<std::string> names;
+  for (const auto& f : files) names.push_back(f.name);
+  EXPECT_EQ(names, (std::vector<std::string>{".hidden", "a/b/c.txt", "a/z.txt", "b.txt"}));
+  EXPECT_EQ(files[3].size, 5u);
+  ASSERT_FALSE(s.list("a", files));
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_EQ(files[0].name, "a/b/c.txt");
+  EXPECT_EQ(s.list("missing", files), std::errc::no_such_file_or_directory);
+}
+
+TEST_F(StorageTest, CommitAppliesTheGivenMtime) {
+  Storage s(root());
+  Upload up;
+  ASSERT_FALSE(s.begin_upload("old", 1, up));
+  ASSERT_FALSE(up.write(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>("x"), 1)));
+  const std::int64_t mtime = 1'000'000'000'123'456'789;
+  ASSERT_FALSE(up.commit(hash::sha256("x"), mtime));
+  ReadFile f;
+  ASSERT_FALSE(s.open_file("old", f));
+  EXPECT_EQ(f.mtime_ns, mtime);
+}
+
+TEST_F(StorageTest, RootThatIsAFileIsRefused) {
+  write_file(dir_ / "plain", "x");
+  EXPECT_THROW(Storage s(dir_ / "plain"), std::system_error);
+}
+
+}  // namespace
+}  // namespace ftx::storage

@@ -1,0 +1,105 @@
+#include "support/test_support.hpp"
+
+#include <fstream>
+#include <random>
+#include <stdexcept>
+
+namespace ftx::test {
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/ftx-test-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) throw std::system_error(errno, std::system_category(), "mkdtemp");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::vector<std::uint8_t> random_bytes(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::uint8_t> out(n);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const std::uint64_t v = rng();
+    for (int k = 0; k < 8; ++k) out[i + k] = static_cast<std::uint8_t>(v >> (8 * k));
+  }
+  for (; i < n; ++i) out[i] = static_cast<std::uint8_t>(rng());
+  return out;
+}
+
+void write_file(const std::filesystem::path& p, const std::vector<std::uint8_t>& data) {
+  std::filesystem::create_directories(p.parent_path());
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  if (!f) throw std::runtime_error("cannot write " + p.string());
+}
+
+void write_file(const std::filesystem::path& p, const std::string& data) {
+  write_file(p, std::vector<std::uint8_t>(data.begin(), data.end()));
+}
+
+std::vector<std::uint8_t> read_file(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + p.string());
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+std::vector<std::string> list_dir(const std::filesystem::path& p) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(p, ec)) names.push_back(e.path().filename().string());
+  return names;
+}
+
+RawPeer::RawPeer(std::uint16_t port) : socket_(io_) {
+  socket_.connect({asio::ip::make_address("127.0.0.1"), port});
+  socket_.set_option(asio::ip::tcp::no_delay(true));
+}
+
+void RawPeer::send_bytes(const std::vector<std::uint8_t>& bytes) { asio::write(socket_, asio::buffer(bytes)); }
+
+void RawPeer::send_frame(const protocol::Frame& f) { send_bytes(protocol::encode(f)); }
+
+protocol::Frame RawPeer::read_frame() {
+  decoder_.reset();
+  for (;;) {
+    if (!buffered_.empty()) {
+      const auto step = decoder_.put(buffered_);
+      buffered_.erase(buffered_.begin(), buffered_.begin() + static_cast<std::ptrdiff_t>(step.consumed));
+      if (step.result == protocol::Decoder::Result::kFrame) return decoder_.frame();
+      if (step.result == protocol::Decoder::Result::kError) throw std::system_error(decoder_.error());
+    }
+    std::uint8_t buf[4096];
+    const std::size_t n = socket_.read_some(asio::buffer(buf));  // throws on EOF
+    buffered_.assign(buf, buf + n);
+  }
+}
+
+std::vector<std::uint8_t> RawPeer::read_body(std::size_t n) {
+  std::vector<std::uint8_t> out;
+  const std::size_t from_buffer = std::min(n, buffered_.size());
+  out.assign(buffered_.begin(), buffered_.begin() + static_cast<std::ptrdiff_t>(from_buffer));
+  buffered_.erase(buffered_.begin(), buffered_.begin() + static_cast<std::ptrdiff_t>(from_buffer));
+  out.resize(n);
+  if (from_buffer < n) asio::read(socket_, asio::buffer(out.data() + from_buffer, n - from_buffer));
+  return out;
+}
+
+bool RawPeer::closed_by_peer() {
+  std::uint8_t buf[4096];
+  std::error_code ec;
+  for (;;) {
+    socket_.read_some(asio::buffer(buf), ec);
+    if (ec) return ec == asio::error::eof || ec == asio::error::connection_reset;
+  }
+}
+
+void RawPeer::close() {
+  std::error_code ec;
+  socket_.close(ec);
+}
+
+}  // namespace ftx::test

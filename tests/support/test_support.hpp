@@ -1,0 +1,58 @@
+#pragma once
+// Test helpers: a temporary folder, random files, and a raw protocol peer that sends
+// whatever bytes a test wants (malformed, split, glued) and reads frames back.
+
+#include <asio.hpp>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "protocol/codec.hpp"
+
+namespace ftx::test {
+
+// A fresh folder under $TMPDIR (or /tmp), removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& rel) const { return path_ / rel; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Deterministic pseudo-random bytes (so failures reproduce).
+std::vector<std::uint8_t> random_bytes(std::size_t n, std::uint64_t seed);
+void write_file(const std::filesystem::path& p, const std::vector<std::uint8_t>& data);
+void write_file(const std::filesystem::path& p, const std::string& data);
+std::vector<std::uint8_t> read_file(const std::filesystem::path& p);
+// Names of the entries of a folder (empty if it does not exist).
+std::vector<std::string> list_dir(const std::filesystem::path& p);
+
+// A blocking TCP connection that speaks raw frames.
+class RawPeer {
+ public:
+  explicit RawPeer(std::uint16_t port);
+  void send_bytes(const std::vector<std::uint8_t>& bytes);
+  void send_frame(const protocol::Frame& f);
+  // Reads one frame; throws std::system_error on EOF or a decode error.
+  protocol::Frame read_frame();
+  // Reads exactly n bytes of body.
+  std::vector<std::uint8_t> read_body(std::size_t n);
+  // True when the peer closed the connection (reads until EOF or an error).
+  bool closed_by_peer();
+  void close();
+
+ private:
+  asio::io_context io_;
+  asio::ip::tcp::socket socket_;
+  protocol::Decoder decoder_;
+  std::vector<std::uint8_t> buffered_;  // read but not yet consumed
+};
+
+}  // namespace ftx::test
