@@ -36,15 +36,21 @@ struct LsOptions {
   ClientOptions client;
 };
 
+struct PingOptions {
+  ClientOptions client;
+};
+
 CLI::App* setup_serve(CLI::App& app, ServeOptions& opts);
 CLI::App* setup_put(CLI::App& app, PutOptions& opts);
 CLI::App* setup_get(CLI::App& app, GetOptions& opts);
 CLI::App* setup_ls(CLI::App& app, LsOptions& opts);
+CLI::App* setup_ping(CLI::App& app, PingOptions& opts);
 
 int run_serve(const ServeOptions& opts);
 int run_put(const PutOptions& opts);
 int run_get(const GetOptions& opts);
 int run_ls(const LsOptions& opts);
+int run_ping(const PingOptions& opts);
 
 // Shared by the client commands.
 void add_server_option(CLI::App& cmd, ClientOptions& opts);

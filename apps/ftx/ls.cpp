@@ -1,3 +1,4 @@
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
@@ -39,6 +40,25 @@ int run_ls(const LsOptions& opts) {
       }
       std::printf("%12" PRIu64 "  %s  %s\n", e.size, format_mtime(e.mtime_ns).c_str(), name.c_str());
     });
+  });
+}
+
+CLI::App* setup_ping(CLI::App& app, PingOptions& opts) {
+  auto* cmd = app.add_subcommand("ping", "check that a server answers (exit 0), e.g. as a container health check");
+  add_server_option(*cmd, opts.client);
+  cmd->footer("Example:\n  ftx ping -s 127.0.0.1:7021\n  pong from 127.0.0.1:7021 in 0.2 ms");
+  return cmd;
+}
+
+int run_ping(const PingOptions& opts) {
+  const auto address = server_address(opts.client);
+  if (!address) return kUsage;
+  return run_client_action([&] {
+    const auto start = std::chrono::steady_clock::now();
+    client::Client c(*address);
+    c.ping();
+    const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    std::printf("pong from %s in %.1f ms\n", address->to_string().c_str(), ms);
   });
 }
 

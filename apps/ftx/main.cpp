@@ -17,6 +17,7 @@ constexpr const char* kFooter = R"(Examples:
   ftx get docs/q3.pdf                 download to ./q3.pdf
   ftx get docs/q3.pdf - | less        stream to standard output
   ftx ls -s 10.0.0.5:7021
+  ftx ping                            is the server up? (exit 0 if it answers)
 
 The server address defaults to $FTX_SERVER, else 127.0.0.1:7021.
 Exit codes: 0 ok, 1 internal error, 2 usage, 3 connection, 4 not found,
@@ -35,10 +36,12 @@ int main(int argc, char** argv) {
   PutOptions put_opts;
   GetOptions get_opts;
   LsOptions ls_opts;
+  PingOptions ping_opts;
   CLI::App* serve = setup_serve(app, serve_opts);
   CLI::App* put = setup_put(app, put_opts);
   CLI::App* get = setup_get(app, get_opts);
   CLI::App* ls = setup_ls(app, ls_opts);
+  CLI::App* ping = setup_ping(app, ping_opts);
 
   try {
     app.parse(argc, argv);
@@ -49,12 +52,16 @@ int main(int argc, char** argv) {
     return kUsage;
   }
 
-  ftx::client::install_interrupt_cleanup();
   try {
     if (serve->parsed()) return run_serve(serve_opts);
     if (put->parsed()) return run_put(put_opts);
-    if (get->parsed()) return run_get(get_opts);
+    if (get->parsed()) {
+      // Ctrl-C during a download must not leave its staging file behind.
+      ftx::client::install_interrupt_cleanup();
+      return run_get(get_opts);
+    }
     if (ls->parsed()) return run_ls(ls_opts);
+    if (ping->parsed()) return run_ping(ping_opts);
   } catch (const std::exception& e) {
     print_error(std::string("internal error: ") + e.what());
     return kInternal;

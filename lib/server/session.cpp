@@ -304,7 +304,9 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   end.size = files.size();
   protocol::encode(end, out_);
   auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), kTuple);
-  log_transfer("ls", req.name, files.size(), start, ec ? "aborted: " + ec.message() : "ok");
+  const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("{} ls {} entries={} ms={:.1f} result={}", peer_, storage::quote_name(req.name), files.size(), ms,
+               ec ? "aborted: " + ec.message() : "ok");
   co_return ec;
 }
 

@@ -77,6 +77,7 @@ expect_exit 2 "$FTX" serve --threads 0
 
 # ---- nothing listening
 expect_exit 3 "$FTX" ls -s 127.0.0.1:1
+expect_exit 3 "$FTX" ping -s 127.0.0.1:1
 grep -q "connection refused .* is 'ftx serve' running?" "$T/err" && ok || bad "refused message: $(cat "$T/err")"
 
 # ---- a leftover from a crashed upload is cleaned at start-up
@@ -85,6 +86,9 @@ echo "half" >"$T/root/.ftx-staging/0123.part"
 start_server "$T/root"
 check "staging leftover removed" test ! -e "$T/root/.ftx-staging/0123.part"
 grep -q "removed 1 unfinished upload" "$T/serve.log" && ok || bad "leftover removal not logged"
+
+expect_exit 0 "$FTX" ping
+grep -q "^pong from $FTX_SERVER in " "$T/out" && ok || bad "ping output: $(cat "$T/out")"
 
 # ---- serve refuses a busy port and an unusable root
 expect_exit 3 "$FTX" serve --root "$T/root2" --listen "$FTX_SERVER"
