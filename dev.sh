@@ -43,8 +43,9 @@ case "$cmd" in
     ;;
   test)
     build
-    cd "$BUILD_DIR"
-    ctest --output-on-failure -j "$JOBS" --timeout 600
+    (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS" --timeout 600)
+    # The Docker image, built and run with podman (needs root; installs podman when missing).
+    timeout 1200 bash tests/docker/docker_test.sh "$BUILD_DIR/ftx" .
     ;;
   *)
     echo "usage: ./dev.sh serve [ftx serve options] | ./dev.sh test" >&2
