@@ -3,6 +3,7 @@
 // CLI11 subcom_in_files model). run_x returns the process exit code.
 
 #include <CLI/CLI.hpp>
+#include <memory>
 #include <string>
 
 #include "client/client.hpp"
@@ -14,10 +15,23 @@ struct ServeOptions {
   std::string root = "./ftx-data";
   std::string listen = "127.0.0.1:7021";
   unsigned threads = 0;  // 0 = number of cores
+  double grace_s = 5;
+  std::size_t max_connections = 1024;
+  std::size_t max_per_client = 64;
+  double idle_timeout_s = 300;
+  double header_timeout_s = 30;
+  double body_timeout_s = 60;
+  std::uint64_t max_file_size = std::uint64_t{1} << 40;
+  std::uint64_t min_free = 64ull << 20;
+  std::size_t max_name = 1024;
+  std::size_t max_depth = 32;
+  bool read_only = false;
+  std::string token_file;  // else $FTX_TOKEN
 };
 
 struct ClientOptions {
   std::string server = "127.0.0.1:7021";  // --server, else $FTX_SERVER
+  std::string token_file;                 // --token-file, else $FTX_TOKEN
 };
 
 struct PutOptions {
@@ -58,6 +72,11 @@ void add_server_option(CLI::App& cmd, ClientOptions& opts);
 void print_error(const std::string& message);
 // Parses --server; on a bad address prints the error and returns nullopt.
 std::optional<protocol::Address> server_address(const ClientOptions& opts);
+// The shared secret from `token_file` if given, else $FTX_TOKEN, else "". Throws
+// client::Error(kLocalIo) when the file cannot be read or is empty.
+std::string read_token(const std::string& token_file);
+// Connects (and authenticates when a token is configured).
+std::unique_ptr<client::Client> connect(const ClientOptions& opts, const protocol::Address& address);
 // Runs a client action, mapping every failure to its message and exit code.
 int run_client_action(const std::function<void()>& action);
 int exit_code_for(client::Failure f);

@@ -1,4 +1,10 @@
+#include <sys/stat.h>
+
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <optional>
 
@@ -13,6 +19,33 @@ void add_server_option(CLI::App& cmd, ClientOptions& opts) {
   cmd.add_option("-s,--server", opts.server, "server address HOST:PORT")
       ->envname("FTX_SERVER")
       ->capture_default_str();
+  cmd.add_option("--token-file", opts.token_file,
+                 "file holding the server's shared secret (default: $FTX_TOKEN; never pass a secret as an argument)")
+      ->envname("FTX_TOKEN_FILE");
+}
+
+std::string read_token(const std::string& token_file) {
+  if (token_file.empty()) {
+    const char* env = std::getenv("FTX_TOKEN");
+    return env != nullptr ? env : "";
+  }
+  std::ifstream in(token_file, std::ios::binary);
+  if (!in) {
+    throw client::Error(client::Failure::kLocalIo, "cannot read token file " + token_file + ": " +
+                                                       std::generic_category().message(errno));
+  }
+  std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  if (token.empty()) throw client::Error(client::Failure::kLocalIo, "token file " + token_file + " is empty");
+  struct stat st {};
+  if (::stat(token_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    print_error("warning: token file " + token_file + " is readable by other users; chmod 600 it");
+  }
+  return token;
+}
+
+std::unique_ptr<client::Client> connect(const ClientOptions& opts, const protocol::Address& address) {
+  return std::make_unique<client::Client>(address, read_token(opts.token_file));
 }
 
 std::optional<protocol::Address> server_address(const ClientOptions& opts) {
@@ -30,6 +63,7 @@ int exit_code_for(client::Failure f) {
     case client::Failure::kIntegrity: return kIntegrity;
     case client::Failure::kLocalIo: return kLocalIo;
     case client::Failure::kProtocol: return kProtocol;
+    case client::Failure::kAuth: return kAuth;
   }
   return kInternal;
 }

@@ -14,6 +14,7 @@ enum ExitCode : int {
   kIntegrity = 6,     // SHA-256 mismatch
   kLocalIo = 7,       // a local file or folder cannot be read or written
   kProtocol = 8,      // the peer is not an ftx server of this protocol version
+  kAuth = 9,          // the server needs a token, or a different one
 };
 
 }  // namespace ftx::app

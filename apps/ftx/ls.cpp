@@ -32,8 +32,8 @@ int run_ls(const LsOptions& opts) {
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
   return run_client_action([&] {
-    client::Client c(*address);
-    c.list("", [](const client::Entry& e) {
+    auto c = connect(opts.client, *address);
+    c->list("", [](const client::Entry& e) {
       std::string name = e.name;
       for (auto& ch : name) {
         if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
@@ -55,8 +55,8 @@ int run_ping(const PingOptions& opts) {
   if (!address) return kUsage;
   return run_client_action([&] {
     const auto start = std::chrono::steady_clock::now();
-    client::Client c(*address);
-    c.ping();
+    auto c = connect(opts.client, *address);
+    c->ping();
     const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     std::printf("pong from %s in %.1f ms\n", address->to_string().c_str(), ms);
   });

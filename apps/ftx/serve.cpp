@@ -17,9 +17,56 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
       ->capture_default_str();
   cmd->add_option("--threads", opts.threads, "I/O threads (default: number of cores)")
       ->check(CLI::Range(1u, 1024u));
+  cmd->add_option("--grace", opts.grace_s, "seconds transfers in flight may take to finish after SIGTERM")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  auto* limits = "Limits";
+  cmd->add_option("--max-connections", opts.max_connections, "open connections at most")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}))
+      ->capture_default_str()
+      ->group(limits);
+  cmd->add_option("--max-per-client", opts.max_per_client, "open connections at most from one IP address")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}))
+      ->capture_default_str()
+      ->group(limits);
+  cmd->add_option("--idle-timeout", opts.idle_timeout_s, "seconds a connection may wait between requests")
+      ->check(CLI::Range(0.01, 86400.0))
+      ->capture_default_str()
+      ->group(limits);
+  cmd->add_option("--header-timeout", opts.header_timeout_s, "seconds a request may take to arrive once begun")
+      ->check(CLI::Range(0.01, 3600.0))
+      ->capture_default_str()
+      ->group(limits);
+  cmd->add_option("--body-timeout", opts.body_timeout_s, "seconds a file body may go without progress")
+      ->check(CLI::Range(0.01, 3600.0))
+      ->capture_default_str()
+      ->group(limits);
+  cmd->add_option("--max-file-size", opts.max_file_size, "largest upload, bytes (suffixes K, M, G, T: powers of 1024)")
+      ->transform(CLI::AsSizeValue(false))
+      ->default_str("1T")
+      ->group(limits);
+  cmd->add_option("--min-free", opts.min_free, "free space an upload must leave on the root's filesystem")
+      ->transform(CLI::AsSizeValue(false))
+      ->default_str("64M")
+      ->group(limits);
+  cmd->add_option("--max-name", opts.max_name, "longest name of an upload, bytes")
+      ->check(CLI::Range(std::size_t{1}, protocol::kMaxNameBytes))
+      ->capture_default_str()
+      ->group(limits);
+  cmd->add_option("--max-depth", opts.max_depth, "most folders in the name of an upload")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{2048}))
+      ->capture_default_str()
+      ->group(limits);
+  auto* access = "Access";
+  cmd->add_flag("--read-only", opts.read_only, "refuse every upload")->group(access);
+  cmd->add_option("--token-file", opts.token_file,
+                  "file holding a shared secret clients must prove they know (default: $FTX_TOKEN)")
+      ->check(CLI::ExistingFile)
+      ->group(access);
   cmd->footer(
-      "Example:\n  ftx serve --root /srv/ftx --listen 0.0.0.0:7021\n\n"
-      "SIGINT/SIGTERM stop accepting, let transfers in flight finish (5 s at most) and exit 0.");
+      "Examples:\n  ftx serve --root /srv/ftx --listen 0.0.0.0:7021 --token-file /etc/ftx/token\n"
+      "  ftx serve --read-only --max-connections 200\n\n"
+      "SIGINT/SIGTERM stop accepting, let transfers in flight finish (--grace) and exit 0.");
   return cmd;
 }
 
@@ -39,6 +86,24 @@ int run_serve(const ServeOptions& opts) {
   so.host = address->host;
   so.port = address->port;
   so.threads = opts.threads;
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<std::int64_t>(s * 1000)); };
+  so.grace = ms(opts.grace_s);
+  so.max_connections = opts.max_connections;
+  so.max_connections_per_client = opts.max_per_client;
+  so.idle_timeout = ms(opts.idle_timeout_s);
+  so.header_timeout = ms(opts.header_timeout_s);
+  so.body_timeout = ms(opts.body_timeout_s);
+  so.max_file_size = std::min(opts.max_file_size, protocol::kMaxFileSize);
+  so.min_free_bytes = opts.min_free;
+  so.max_name_bytes = opts.max_name;
+  so.max_depth = opts.max_depth;
+  so.read_only = opts.read_only;
+  try {
+    so.token = read_token(opts.token_file);
+  } catch (const client::Error& e) {
+    print_error(e.what());
+    return kLocalIo;
+  }
 
   std::unique_ptr<server::Server> srv;
   try {
@@ -54,6 +119,20 @@ int run_serve(const ServeOptions& opts) {
   const auto root = std::filesystem::absolute(opts.root, ec);
   spdlog::info("ftx {} serving {} on {} with {} thread(s)", FTX_VERSION, (ec ? opts.root : root.lexically_normal().string()),
                srv->listen_address(), srv->threads());
+  spdlog::info("limits: {} connections ({} per client), timeouts idle {} s / header {} s / body {} s, "
+               "files up to {} bytes leaving {} bytes free, names up to {} bytes and {} folders deep{}{}",
+               so.max_connections, so.max_connections_per_client, opts.idle_timeout_s, opts.header_timeout_s,
+               opts.body_timeout_s, so.max_file_size, so.min_free_bytes, so.max_name_bytes, so.max_depth,
+               so.read_only ? ", read-only" : "", so.token.empty() ? "" : ", token required");
+  if (so.token.empty()) {
+    std::error_code aec;
+    const auto addr = asio::ip::make_address(address->host, aec);
+    if (aec || !addr.is_loopback()) {
+      spdlog::warn("listening on {} without a token: anyone who can reach it can read and write the root; "
+                   "set FTX_TOKEN or --token-file",
+                   srv->listen_address());
+    }
+  }
   if (const auto n = srv->storage().leftovers_removed(); n > 0) {
     spdlog::info("removed {} unfinished upload(s) left by an earlier run", n);
   }

@@ -37,8 +37,8 @@ int run_put(const PutOptions& opts) {
     return kUsage;
   }
   return run_client_action([&] {
-    client::Client c(*address);
-    const auto r = c.put(opts.local, remote);
+    auto c = connect(opts.client, *address);
+    const auto r = c->put(opts.local, remote);
     std::printf("stored %s (%s, sha256 %s)\n", remote.c_str(), human_size(r.bytes).c_str(),
                 hash::to_hex(r.digest).c_str());
   });
@@ -48,8 +48,8 @@ int run_get(const GetOptions& opts) {
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
   return run_client_action([&] {
-    client::Client c(*address);
-    const auto r = c.get(opts.remote, opts.local);
+    auto c = connect(opts.client, *address);
+    const auto r = c->get(opts.remote, opts.local);
     // With the file on standard output, the summary must not mix into it.
     std::FILE* out = r.local == "-" ? stderr : stdout;
     std::fprintf(out, "saved %s (%s, sha256 %s)\n", r.local == "-" ? "to standard output" : r.local.c_str(),

@@ -48,7 +48,7 @@ std::int64_t mtime_of(const struct stat& st) {
 
 }  // namespace
 
-Client::Client(const protocol::Address& address, std::chrono::milliseconds io_timeout)
+Client::Client(const protocol::Address& address, std::string token, std::chrono::milliseconds io_timeout)
     : address_(address.to_string()), io_timeout_(io_timeout), socket_(io_), in_(64 * 1024) {
   asio::ip::tcp::resolver resolver(io_);
   std::error_code ec;
@@ -74,6 +74,21 @@ Client::Client(const protocol::Address& address, std::chrono::milliseconds io_ti
                                           " \u2014 check the address and that the server is reachable");
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  if (!token.empty()) authenticate(token);
+}
+
+void Client::authenticate(const std::string& token) {
+  Frame hello;
+  hello.type = MsgType::kHello;
+  send(hello);
+  const Frame challenge = read_frame();
+  if (challenge.type != MsgType::kChallenge) fail_from_reply(challenge, "authentication");
+  Frame auth;
+  auth.type = MsgType::kAuth;
+  auth.digest = hash::auth_response(token, challenge.digest);
+  send(auth);
+  const Frame reply = read_frame();
+  if (reply.type != MsgType::kAuthOk) fail_from_reply(reply, "authentication");
 }
 
 void Client::run_with_timeout(const char* what) {
@@ -178,6 +193,8 @@ void Client::fail_from_reply(const Frame& f, std::string_view context) {
       throw Error(Failure::kNotFound, msg + " on " + address_ + " \u2014 'ftx ls' lists what is stored");
     case Status::kIntegrity:
       throw Error(Failure::kIntegrity, msg);
+    case Status::kUnauthorized:
+      throw Error(Failure::kAuth, address_ + ": " + msg);
     case Status::kBadRequest:
     case Status::kUnsupportedVersion:
       throw Error(Failure::kProtocol, address_ + " refused the request: " + msg);

@@ -27,6 +27,7 @@ enum class Failure {
   kIntegrity,   // SHA-256 mismatch, detected by either side
   kLocalIo,     // reading or writing a local file failed
   kProtocol,    // the peer does not speak this protocol (version)
+  kAuth,        // the server wants a token, or a different one
 };
 
 class Error : public std::runtime_error {
@@ -54,8 +55,11 @@ class Client {
  public:
   static constexpr std::chrono::seconds kDefaultTimeout{300};
 
-  // Connects to `address`. Throws Error(kConnection) with a message that says what to do.
-  explicit Client(const protocol::Address& address, std::chrono::milliseconds io_timeout = kDefaultTimeout);
+  // Connects to `address` and, when `token` is not empty, authenticates with it (the token
+  // itself never crosses the wire). Throws Error(kConnection) or Error(kAuth) with a
+  // message that says what to do.
+  explicit Client(const protocol::Address& address, std::string token = {},
+                  std::chrono::milliseconds io_timeout = kDefaultTimeout);
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
@@ -86,6 +90,7 @@ class Client {
   void run_with_timeout(const char* what);
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
   [[noreturn]] void connection_lost(const std::error_code& ec);
+  void authenticate(const std::string& token);
 
   std::string address_;
   std::chrono::milliseconds io_timeout_;

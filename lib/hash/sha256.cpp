@@ -1,7 +1,10 @@
 #include "hash/sha256.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace ftx::hash {
@@ -59,6 +62,26 @@ Digest sha256(std::string_view data) {
   h.update(data);
   return h.finish();
 }
+
+Digest hmac_sha256(std::string_view key, std::span<const std::uint8_t> data) {
+  Digest d{};
+  unsigned int len = 0;
+  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(), d.data(), &len) == nullptr ||
+      len != d.size()) {
+    throw std::runtime_error("HMAC-SHA256 failed");
+  }
+  return d;
+}
+
+Digest auth_response(std::string_view token, const Digest& nonce) {
+  static constexpr std::string_view kContext = "ftx-auth-v1";
+  std::uint8_t msg[kContext.size() + sizeof(Digest)];
+  std::copy(kContext.begin(), kContext.end(), msg);
+  std::copy(nonce.begin(), nonce.end(), msg + kContext.size());
+  return hmac_sha256(token, msg);
+}
+
+bool equal_constant_time(const Digest& a, const Digest& b) { return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0; }
 
 std::string to_hex(const Digest& d) {
   static constexpr char kDigits[] = "0123456789abcdef";

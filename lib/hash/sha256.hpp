@@ -36,6 +36,18 @@ class Sha256 {
 Digest sha256(std::span<const std::uint8_t> data);
 Digest sha256(std::string_view data);
 
+// HMAC-SHA256 of `data` under `key` (RFC 2104), for the token challenge-response.
+Digest hmac_sha256(std::string_view key, std::span<const std::uint8_t> data);
+
+// The answer to an authentication challenge: HMAC-SHA256 under the shared token of
+// "ftx-auth-v1" followed by the server's 32-byte nonce. Both sides compute it; only the
+// answer crosses the wire, never the token.
+Digest auth_response(std::string_view token, const Digest& nonce);
+
+// Compares in time independent of where the digests differ (CRYPTO_memcmp), so a wrong
+// answer's timing tells an attacker nothing about the right one.
+bool equal_constant_time(const Digest& a, const Digest& b);
+
 // Lower-case hex, 64 characters.
 std::string to_hex(const Digest& d);
 // Parses 64 hex digits (either case); returns false on anything else.

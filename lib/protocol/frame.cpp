@@ -10,6 +10,10 @@ bool is_known_type(std::uint8_t raw) {
     case MsgType::kGet:
     case MsgType::kList:
     case MsgType::kPing:
+    case MsgType::kHello:
+    case MsgType::kAuth:
+    case MsgType::kChallenge:
+    case MsgType::kAuthOk:
     case MsgType::kReady:
     case MsgType::kDone:
     case MsgType::kFile:
@@ -28,6 +32,10 @@ std::string_view to_string(MsgType t) {
     case MsgType::kGet: return "get";
     case MsgType::kList: return "ls";
     case MsgType::kPing: return "ping";
+    case MsgType::kHello: return "hello";
+    case MsgType::kAuth: return "auth";
+    case MsgType::kChallenge: return "challenge";
+    case MsgType::kAuthOk: return "auth-ok";
     case MsgType::kReady: return "ready";
     case MsgType::kDone: return "done";
     case MsgType::kFile: return "file";
@@ -51,6 +59,10 @@ std::string_view to_string(Status s) {
     case Status::kTooLarge: return "too-large";
     case Status::kConflict: return "conflict";
     case Status::kUnavailable: return "unavailable";
+    case Status::kNoSpace: return "no-space";
+    case Status::kForbidden: return "forbidden";
+    case Status::kUnauthorized: return "unauthorized";
+    case Status::kTimeout: return "timeout";
   }
   return "unknown-status";
 }

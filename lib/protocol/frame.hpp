@@ -32,7 +32,9 @@ enum class MsgType : std::uint8_t {
   kPut = 1,   // name = remote path, size, sha256, mtime; body follows once kReady arrives
   kGet = 2,   // name = remote path
   kList = 3,  // name = folder to list ("" = the whole root)
-  kPing = 4,  // no fields; answered by kPong
+  kPing = 4,  // no fields; answered by kPong (allowed before authentication)
+  kHello = 5,  // asks for an authentication challenge; answered by kChallenge
+  kAuth = 6,   // digest = HMAC-SHA256(token, "ftx-auth-v1" || nonce); answered by kAuthOk or kError
   // replies (server -> client)
   kReady = 64,      // a kPut was accepted: send the body now
   kDone = 65,       // a kPut body was verified and published; size and sha256 echo it
@@ -40,6 +42,8 @@ enum class MsgType : std::uint8_t {
   kEntry = 67,      // one stored file in a kList answer: name, size, mtime
   kListEnd = 68,    // end of a kList answer; size = number of entries sent
   kPong = 69,       // answer to kPing
+  kChallenge = 70,  // answer to kHello: digest = a fresh 32-byte random nonce
+  kAuthOk = 71,     // answer to a correct kAuth
   kError = 127,     // status != kOk, name = message; the request failed
 };
 
@@ -54,7 +58,11 @@ enum class Status : std::uint16_t {
   kStorage = 6,             // server-side I/O failure (disk full, permissions, ...)
   kTooLarge = 7,            // size over the server's limit
   kConflict = 8,            // e.g. the name is a folder, or a path component is a file
-  kUnavailable = 9,         // server is shutting down
+  kUnavailable = 9,         // server is shutting down or has too many connections
+  kNoSpace = 10,            // not enough free space for the upload
+  kForbidden = 11,          // the server is read-only
+  kUnauthorized = 12,       // missing or wrong token; connection is closed
+  kTimeout = 13,            // the request did not arrive in time; connection is closed
 };
 
 // Flag bits (u16). Unknown bits are rejected so that they can be given meaning later.

@@ -4,6 +4,7 @@
 
 #include <asio/experimental/as_tuple.hpp>
 
+#include "protocol/codec.hpp"
 #include "server/session.hpp"
 
 namespace ftx::server {
@@ -148,21 +149,62 @@ asio::awaitable<void> Server::accept_loop() {
       continue;
     }
     auto session = std::make_shared<Session>(*this, std::move(socket));
-    add_session(session.get(), session);
-    asio::co_spawn(session->executor(), session->run(), [session](const std::exception_ptr& e) {
-      log_failure("connection " + session->peer())(e);
-    });
+    if (std::string refusal = add_session(session); !refusal.empty()) {
+      spdlog::warn("{} refused: {}", session->peer(), refusal);
+      auto socket = session->release_socket();
+      const auto executor = socket.get_executor();
+      asio::co_spawn(executor, refuse(std::move(socket), std::move(refusal)), log_failure("refusal"));
+      continue;
+    }
+    session->start();
   }
 }
 
-void Server::add_session(Session* s, std::weak_ptr<Session> w) {
+std::string Server::add_session(const std::shared_ptr<Session>& s) {
   std::lock_guard lock(mutex_);
-  sessions_.emplace(s, std::move(w));
+  if (sessions_.size() >= opts_.max_connections) {
+    return "server busy: " + std::to_string(sessions_.size()) + " connections open; try again later";
+  }
+  auto& mine = per_client_[s->client_address()];
+  if (mine >= opts_.max_connections_per_client) {
+    if (mine == 0) per_client_.erase(s->client_address());
+    return "too many connections from " + s->client_address() + " (limit " +
+           std::to_string(opts_.max_connections_per_client) + "); close some and try again";
+  }
+  ++mine;
+  sessions_.emplace(s.get(), s);
+  return {};
+}
+
+asio::awaitable<void> Server::refuse(asio::ip::tcp::socket socket, std::string message) {
+  // Say why, then close gracefully: a reset could destroy the message before the client
+  // reads it. The wait for the client's close is bounded so refusals cannot pile up. The
+  // socket is shared with the timer's handler, which may run after this coroutine ended.
+  auto sock = std::make_shared<asio::ip::tcp::socket>(std::move(socket));
+  const auto bytes = protocol::encode(protocol::make_error(protocol::Status::kUnavailable, std::move(message)));
+  asio::steady_timer bound(sock->get_executor(), std::chrono::seconds(1));
+  bound.async_wait([sock](const std::error_code& ec) {
+    std::error_code ignored;
+    if (!ec) sock->close(ignored);
+  });
+  auto [wec, n] = co_await asio::async_write(*sock, asio::buffer(bytes), kTuple);
+  std::error_code ignored;
+  sock->shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+  std::uint8_t sink[512];
+  while (!wec && sock->is_open()) {
+    auto [rec, m] = co_await sock->async_read_some(asio::buffer(sink), kTuple);
+    if (rec) break;
+  }
+  bound.cancel();
+  sock->close(ignored);
 }
 
 void Server::remove_session(Session* s) {
   std::lock_guard lock(mutex_);
-  sessions_.erase(s);
+  if (sessions_.erase(s) == 1) {
+    auto it = per_client_.find(s->client_address());
+    if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
+  }
   sessions_cv_.notify_all();
   if (stopping_ && sessions_.empty() && !destroying_) {
     asio::post(*strand_, [this] {

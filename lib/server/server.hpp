@@ -33,6 +33,24 @@ struct ServerOptions {
   std::uint16_t port = 7021;  // 0 picks a free port (see Server::port())
   unsigned threads = 0;       // 0 = std::thread::hardware_concurrency()
   std::chrono::milliseconds grace{5000};
+
+  // Limits (docs/operations.md). Connections over a limit get a kUnavailable error and are
+  // closed; requests over a limit get an error before any body byte is sent.
+  std::size_t max_connections = 1024;
+  std::size_t max_connections_per_client = 64;  // per client IP address
+  std::chrono::milliseconds idle_timeout{300'000};   // between requests
+  std::chrono::milliseconds header_timeout{30'000};  // from a request's first byte to its last
+  std::chrono::milliseconds body_timeout{60'000};    // without progress while a body moves
+  std::uint64_t max_file_size = std::uint64_t{1} << 40;  // 1 TiB
+  std::uint64_t min_free_bytes = 64ull << 20;             // free space an upload must leave
+  std::size_t max_name_bytes = 1024;
+  std::size_t max_depth = 32;  // folders in a name
+  bool read_only = false;
+
+  // Shared secret; empty = no authentication. Clients prove they know it by answering a
+  // random challenge (HMAC-SHA256); a wrong answer is logged and answered after auth_delay.
+  std::string token;
+  std::chrono::milliseconds auth_delay{1000};
 };
 
 class Session;
@@ -70,14 +88,17 @@ class Server {
   // Connections currently open. wait_for_sessions blocks until at most `n` are open or the
   // timeout passes, returning whether the count was reached (for tests and shutdown).
   std::size_t sessions() const;
+  const ServerOptions& options() const { return opts_; }
   bool wait_for_sessions(std::size_t n, std::chrono::milliseconds timeout) const;
 
  private:
   friend class Session;
   asio::awaitable<void> accept_loop();
   asio::awaitable<void> drain();
-  void add_session(Session* s, std::weak_ptr<Session> w);
+  // Registers a session unless a connection limit is reached; returns the refusal message.
+  std::string add_session(const std::shared_ptr<Session>& s);
   void remove_session(Session* s);
+  asio::awaitable<void> refuse(asio::ip::tcp::socket socket, std::string message);
   bool stopping() const { return stopping_.load(); }
 
   ServerOptions opts_;
@@ -86,6 +107,7 @@ class Server {
   mutable std::mutex mutex_;
   mutable std::condition_variable sessions_cv_;
   std::map<Session*, std::weak_ptr<Session>> sessions_;
+  std::map<std::string, std::size_t> per_client_;  // open connections per client address
   std::atomic<bool> stopping_{false};
   bool destroying_ = false;  // guarded by mutex_
 

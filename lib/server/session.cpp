@@ -2,7 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/random.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <asio/experimental/as_tuple.hpp>
 
 #include "hash/sha256.hpp"
@@ -35,15 +38,58 @@ bool is_normal_close(const std::error_code& ec) {
 }  // namespace
 
 Session::Session(Server& server, asio::ip::tcp::socket socket)
-    : server_(server), socket_(std::move(socket)), in_(kInBufferSize) {
+    : server_(server), socket_(std::move(socket)), watchdog_(socket_.get_executor()), in_(kInBufferSize) {
   std::error_code ec;
   const auto ep = socket_.remote_endpoint(ec);
-  peer_ = ec ? std::string("unknown") : ep.address().to_string() + ":" + std::to_string(ep.port());
+  client_address_ = ec ? std::string("unknown") : ep.address().to_string();
+  peer_ = ec ? client_address_ : client_address_ + ":" + std::to_string(ep.port());
+  authenticated_ = server_.options().token.empty();
   // Request/reply exchanges (kReady, small files) must not wait for Nagle's timer.
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
 }
 
 Session::~Session() { server_.remove_session(this); }
+
+void Session::start() {
+  auto self = shared_from_this();
+  auto on_exit = [self](const std::exception_ptr& e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("{} connection failed: {}", self->peer_, ex.what());
+    }
+  };
+  asio::co_spawn(socket_.get_executor(), run(), on_exit);
+  asio::co_spawn(socket_.get_executor(), watchdog(), on_exit);
+}
+
+void Session::arm(std::chrono::milliseconds timeout, const char* what) {
+  arm_at(std::chrono::steady_clock::now() + timeout, what);
+}
+
+void Session::arm_at(std::chrono::steady_clock::time_point deadline, const char* what) {
+  deadline_ = deadline;
+  deadline_what_ = what;
+  // The watchdog sleeps until the previous deadline; wake it when this one is earlier.
+  if (deadline < watchdog_.expiry()) watchdog_.cancel();
+}
+
+asio::awaitable<void> Session::watchdog() {
+  while (!done_) {
+    watchdog_.expires_at(deadline_);
+    co_await watchdog_.async_wait(kTuple);
+    if (done_) break;
+    if (deadline_ <= std::chrono::steady_clock::now()) {
+      // Cancel rather than close, so that run() can still say why before it closes. If
+      // that answer cannot be delivered either, the next deadline cancels it too.
+      timed_out_ = true;
+      std::error_code ignored;
+      socket_.cancel(ignored);
+      arm(std::chrono::seconds(2), "closing");
+    }
+  }
+}
 
 void Session::shutdown() {
   asio::post(socket_.get_executor(), [self = shared_from_this()] {
@@ -65,10 +111,21 @@ asio::awaitable<void> Session::run() {
     if (server_.stopping()) break;
     std::error_code ec = co_await read_frame();
     if (ec) {
-      if (ec.category() == protocol::protocol_category()) {
+      if (timed_out_) {
+        const bool idle = std::string_view(deadline_what_) == "idle";
+        spdlog::info("{} closed: {} timeout", peer_, deadline_what_);
+        if (!idle) {
+          timed_out_ = false;
+          arm(std::chrono::seconds(2), "closing");
+          co_await send_error(Status::kTimeout, "request not received within " +
+                                                    std::to_string(server_.options().header_timeout.count()) +
+                                                    " ms; closing the connection");
+        }
+      } else if (ec.category() == protocol::protocol_category()) {
         spdlog::warn("{} bad request: {}", peer_, ec.message());
         if (ec != protocol::errc::truncated) {
           const Status st = ec == protocol::errc::bad_version ? Status::kUnsupportedVersion : Status::kBadRequest;
+          arm(std::chrono::seconds(2), "closing");
           co_await send_error(st, ec.message() + "; closing the connection");
         }
       } else if (!is_normal_close(ec)) {
@@ -77,10 +134,18 @@ asio::awaitable<void> Session::run() {
       break;
     }
     const Frame req = std::move(decoder_.frame());
+    const bool always_allowed =
+        req.type == MsgType::kPing || req.type == MsgType::kHello || req.type == MsgType::kAuth;
+    if (!authenticated_ && !always_allowed) {
+      co_await refuse_auth("sent " + std::string(protocol::to_string(req.type)) + " without authenticating");
+      break;
+    }
     switch (req.type) {
       case MsgType::kPut: ec = co_await handle_put(req); break;
       case MsgType::kGet: ec = co_await handle_get(req); break;
       case MsgType::kList: ec = co_await handle_list(req); break;
+      case MsgType::kHello: ec = co_await handle_hello(); break;
+      case MsgType::kAuth: ec = co_await handle_auth(req); break;
       case MsgType::kPing: {
         Frame pong;
         pong.type = MsgType::kPong;
@@ -93,8 +158,13 @@ asio::awaitable<void> Session::run() {
                                                      " message from a client; closing the connection");
         ec = protocol::errc::unexpected_message;
     }
-    if (ec) break;
+    if (ec) {
+      if (timed_out_) spdlog::info("{} closed: {} timeout", peer_, deadline_what_);
+      break;
+    }
   }
+  done_ = true;
+  watchdog_.cancel();
   std::error_code ignored;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
@@ -103,6 +173,8 @@ asio::awaitable<void> Session::run() {
 
 asio::awaitable<std::error_code> Session::read_frame() {
   decoder_.reset();
+  const auto& opts = server_.options();
+  bool started = false;  // the header deadline runs from a request's first byte
   for (;;) {
     if (in_begin_ < in_end_) {
       const auto step = decoder_.put(std::span(in_.data() + in_begin_, in_end_ - in_begin_));
@@ -113,7 +185,13 @@ asio::awaitable<std::error_code> Session::read_frame() {
     // The decoder took every buffered byte and wants more.
     in_begin_ = in_end_ = 0;
     idle_ = decoder_.at_boundary();
-    if (idle_) chunk_ = {};  // an idle connection keeps only its small header buffer
+    if (idle_) {
+      chunk_ = {};  // an idle connection keeps only its small header buffer
+      arm(opts.idle_timeout, "idle");
+    } else if (!started) {
+      started = true;
+      arm(opts.header_timeout, "header");
+    }
     auto [ec, n] = co_await socket_.async_read_some(asio::buffer(in_), kTuple);
     idle_ = false;
     if (ec) {
@@ -137,6 +215,7 @@ asio::awaitable<std::error_code> Session::read_body(std::uint64_t n, Sink&& sink
   auto& buf = chunk();
   while (n > 0) {
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, buf.size()));
+    arm(server_.options().body_timeout, "body");
     // Never ask for more than the body's remaining bytes: whatever follows belongs to the
     // next message.
     auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(buf.data(), want), kTuple);
@@ -148,6 +227,7 @@ asio::awaitable<std::error_code> Session::read_body(std::uint64_t n, Sink&& sink
 }
 
 asio::awaitable<std::error_code> Session::send(const Frame& f) {
+  if (!timed_out_) arm(server_.options().body_timeout, "send");
   out_.clear();
   protocol::encode(f, out_);
   auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), kTuple);
@@ -173,7 +253,9 @@ std::pair<Status, std::string> Session::describe(const std::error_code& ec, cons
   if (ec == std::errc::no_such_file_or_directory) return {Status::kNotFound, "no such file " + q};
   if (ec == std::errc::is_a_directory) return {Status::kConflict, q + " is a folder"};
   if (ec == std::errc::not_a_directory) return {Status::kConflict, "a parent of " + q + " is a file, not a folder"};
-  if (ec == std::errc::no_space_on_device) return {Status::kStorage, "server is out of disk space; nothing was stored"};
+  if (ec == std::errc::no_space_on_device || ec == std::errc::file_too_large || ec.value() == EDQUOT) {
+    return {Status::kNoSpace, "server ran out of space while storing " + q + "; nothing was stored"};
+  }
   return {Status::kStorage, "server storage error on " + q + ": " + ec.message()};
 }
 
@@ -183,8 +265,38 @@ void Session::log_transfer(std::string_view op, const std::string& name, std::ui
   spdlog::info("{} {} {} bytes={} ms={:.1f} result={}", peer_, op, storage::quote_name(name), bytes, ms, result);
 }
 
+std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Frame& req) const {
+  const auto& o = server_.options();
+  const std::string q = storage::quote_name(req.name);
+  if (o.read_only) return {{Status::kForbidden, "server is read-only; uploads are refused"}};
+  if (req.size > o.max_file_size) {
+    return {{Status::kTooLarge, q + " is " + std::to_string(req.size) + " bytes; this server takes at most " +
+                                    std::to_string(o.max_file_size)}};
+  }
+  if (req.name.size() > o.max_name_bytes) {
+    return {{Status::kBadName, "name is " + std::to_string(req.name.size()) + " bytes; this server takes at most " +
+                                   std::to_string(o.max_name_bytes)}};
+  }
+  const auto depth = static_cast<std::size_t>(std::count(req.name.begin(), req.name.end(), '/'));
+  if (depth > o.max_depth) {
+    return {{Status::kBadName, q + " is " + std::to_string(depth) + " folders deep; this server allows " +
+                                   std::to_string(o.max_depth)}};
+  }
+  std::uint64_t free = 0;
+  if (!server_.storage().free_bytes(free) && (free < o.min_free_bytes || free - o.min_free_bytes < req.size)) {
+    return {{Status::kNoSpace, "not enough free space on the server for " + q + " (" + std::to_string(req.size) +
+                                   " bytes, " + std::to_string(free > o.min_free_bytes ? free - o.min_free_bytes : 0) +
+                                   " available)"}};
+  }
+  return std::nullopt;
+}
+
 asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   const auto start = std::chrono::steady_clock::now();
+  if (auto refusal = check_put_limits(req)) {
+    log_transfer("put", req.name, 0, start, protocol::to_string(refusal->first));
+    co_return co_await send_error(refusal->first, std::move(refusal->second));
+  }
   storage::Upload up;
   if (auto ec = server_.storage().begin_upload(req.name, req.size, up)) {
     auto [st, msg] = describe(ec, req.name);
@@ -265,6 +377,7 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
       log_transfer("get", req.name, off, start, "storage: " + ec.message());
       co_return ec;
     }
+    arm(server_.options().body_timeout, "send");
     auto [wec, n] = co_await asio::async_write(socket_, asio::buffer(buf.data(), got), kTuple);
     if (wec) {
       log_transfer("get", req.name, off, start, "aborted: " + wec.message());
@@ -294,6 +407,7 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
     e.name = f.name;
     protocol::encode(e, out_);
     if (out_.size() >= kListBatchBytes) {
+      arm(server_.options().body_timeout, "send");
       auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), kTuple);
       if (ec) co_return ec;
       out_.clear();
@@ -303,11 +417,58 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   end.type = MsgType::kListEnd;
   end.size = files.size();
   protocol::encode(end, out_);
+  arm(server_.options().body_timeout, "send");
   auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), kTuple);
   const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   spdlog::info("{} ls {} entries={} ms={:.1f} result={}", peer_, storage::quote_name(req.name), files.size(), ms,
                ec ? "aborted: " + ec.message() : "ok");
   co_return ec;
+}
+
+asio::awaitable<std::error_code> Session::handle_hello() {
+  protocol::Digest nonce{};
+  std::size_t got = 0;
+  while (got < nonce.size()) {
+    const ssize_t n = ::getrandom(nonce.data() + got, nonce.size() - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::system_error(errno, std::system_category(), "getrandom");
+    got += static_cast<std::size_t>(n);
+  }
+  nonce_ = nonce;
+  Frame challenge;
+  challenge.type = MsgType::kChallenge;
+  challenge.digest = nonce;
+  co_return co_await send(challenge);
+}
+
+asio::awaitable<std::error_code> Session::handle_auth(const Frame& req) {
+  const auto& token = server_.options().token;
+  if (!token.empty()) {
+    // A nonce answers once: a recorded answer cannot be replayed on another connection.
+    const auto nonce = std::exchange(nonce_, std::nullopt);
+    if (!nonce) {
+      co_await refuse_auth("sent auth without asking for a challenge");
+      co_return make_error_code(protocol::errc::unexpected_message);
+    }
+    if (!hash::equal_constant_time(req.digest, hash::auth_response(token, *nonce))) {
+      co_await refuse_auth("wrong token");
+      co_return make_error_code(protocol::errc::unexpected_message);
+    }
+  }
+  authenticated_ = true;
+  Frame ok;
+  ok.type = MsgType::kAuthOk;
+  co_return co_await send(ok);
+}
+
+asio::awaitable<void> Session::refuse_auth(std::string why) {
+  spdlog::warn("{} authentication failed: {}", peer_, why);
+  // The delay makes guessing slow; the connection holds no thread meanwhile.
+  asio::steady_timer delay(socket_.get_executor(), server_.options().auth_delay);
+  co_await delay.async_wait(kTuple);
+  arm(std::chrono::seconds(2), "closing");
+  co_await send_error(Status::kUnauthorized,
+                      "authentication failed: this server needs the right token (set FTX_TOKEN or use --token-file)");
 }
 
 }  // namespace ftx::server

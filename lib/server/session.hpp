@@ -9,6 +9,7 @@
 #include <asio.hpp>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -27,16 +28,25 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
-  // The connection's coroutine; spawn it on executor() with shared_from_this() kept alive.
-  asio::awaitable<void> run();
-  asio::any_io_executor executor() { return socket_.get_executor(); }
+  // Spawns the connection's coroutine and its watchdog on the session's strand.
+  void start();
   const std::string& peer() const { return peer_; }
+  const std::string& client_address() const { return client_address_; }
+  // For a connection refused before start(): hands the socket over.
+  asio::ip::tcp::socket release_socket() { return std::move(socket_); }
 
   // Asks the session to end: at once if it is waiting for a request, else after the
   // request in flight. Thread-safe.
   void shutdown();
 
  private:
+  asio::awaitable<void> run();
+  // Cancels the pending socket operation when deadline_ passes (the asio timeouts example's
+  // deadline + watchdog pattern: one timer per connection, not one per operation).
+  asio::awaitable<void> watchdog();
+  void arm(std::chrono::milliseconds timeout, const char* what);
+  void arm_at(std::chrono::steady_clock::time_point deadline, const char* what);
+
   // Reads one request frame into decoder_. Returns {} with a frame, asio::error::eof for a
   // clean close at a message boundary, or the error (protocol or socket).
   asio::awaitable<std::error_code> read_frame();
@@ -50,6 +60,12 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<std::error_code> handle_put(const protocol::Frame& req);
   asio::awaitable<std::error_code> handle_get(const protocol::Frame& req);
   asio::awaitable<std::error_code> handle_list(const protocol::Frame& req);
+  asio::awaitable<std::error_code> handle_hello();
+  asio::awaitable<std::error_code> handle_auth(const protocol::Frame& req);
+  // Logs, waits auth_delay, answers kUnauthorized; the caller then closes the connection.
+  asio::awaitable<void> refuse_auth(std::string why);
+  // Checks a kPut against the server's limits before anything is allocated or read.
+  std::optional<std::pair<protocol::Status, std::string>> check_put_limits(const protocol::Frame& req) const;
 
   // Maps a storage error to its wire status and a message for the client.
   static std::pair<protocol::Status, std::string> describe(const std::error_code& ec, const std::string& name);
@@ -59,7 +75,15 @@ class Session : public std::enable_shared_from_this<Session> {
 
   Server& server_;
   asio::ip::tcp::socket socket_;
+  asio::steady_timer watchdog_;
+  std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
+  const char* deadline_what_ = "";
+  bool timed_out_ = false;
+  bool done_ = false;
+  bool authenticated_ = false;
+  std::optional<protocol::Digest> nonce_;  // the challenge sent, valid for one kAuth
   std::string peer_;
+  std::string client_address_;
   protocol::Decoder decoder_;
   std::vector<std::uint8_t> in_;  // bytes read but not yet consumed: in_[in_begin_, in_end_)
   std::size_t in_begin_ = 0;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -233,6 +234,13 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
     return last_error();
   }
   out = std::move(up);
+  return {};
+}
+
+std::error_code Storage::free_bytes(std::uint64_t& out) const {
+  struct statvfs vfs {};
+  if (::fstatvfs(staging_fd_.get(), &vfs) != 0) return last_error();
+  out = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
   return {};
 }
 

@@ -95,6 +95,9 @@ class Storage {
   // commit: a bad name, a name that is a folder, a parent path that runs through a file.
   std::error_code begin_upload(std::string_view name, std::uint64_t size, Upload& out) const;
 
+  // Bytes an unprivileged writer may still use on the root's filesystem.
+  std::error_code free_bytes(std::uint64_t& out) const;
+
   // Opens a stored regular file for reading.
   std::error_code open_file(std::string_view name, ReadFile& out) const;
 

@@ -19,9 +19,15 @@ class ServerTest : public ::testing::Test {
     o.port = 0;
     o.threads = 2;
     o.grace = std::chrono::milliseconds(2000);
+    // Every test client comes from 127.0.0.1: the per-client limit is tested on its own.
+    o.max_connections_per_client = o.max_connections;
+    o.min_free_bytes = 0;
+    configure(o);
     server_ = std::make_unique<server::Server>(o);
     server_->start();
   }
+  // Tests that need other limits override this.
+  virtual void configure(server::ServerOptions&) {}
   void TearDown() override {
     server_->stop();
     server_->wait();

@@ -52,6 +52,14 @@ std::vector<Frame> samples() {
   v.push_back(entry);
   v.push_back(make(MsgType::kListEnd, "", 2));
   v.push_back(make(MsgType::kPong));
+  v.push_back(make(MsgType::kHello));
+  Frame challenge = make(MsgType::kChallenge);
+  challenge.digest = digest_of(4);
+  v.push_back(challenge);
+  Frame auth = make(MsgType::kAuth);
+  auth.digest = digest_of(5);
+  v.push_back(auth);
+  v.push_back(make(MsgType::kAuthOk));
   v.push_back(make_error(Status::kNotFound, "no such file \"a\""));
   v.push_back(make(MsgType::kGet, std::string(kMaxNameBytes, 'n')));
   return v;
@@ -252,7 +260,7 @@ TEST(FrameCodec, RejectsUnsupportedVersion) {
 
 TEST(FrameCodec, RejectsUnknownType) {
   const auto ping = encode(make(MsgType::kPing));
-  for (const int t : {0, 5, 63, 70, 126, 128, 255}) {
+  for (const int t : {0, 7, 63, 72, 126, 128, 255}) {
     EXPECT_EQ(decode_error(with_byte(ping, 5, static_cast<std::uint8_t>(t))), errc::bad_type) << t;
   }
 }
