@@ -1,6 +1,7 @@
 #pragma once
-// The exit codes of `ftx`, part of the command-line contract (README.md, docs/cli.md).
-// Scripts depend on them: never renumber, only add. Below 100; CLI11 uses 100 and up.
+// The exit codes of `ftx`, part of the command-line contract (the README and docs/cli.md
+// list them). Scripts depend on them: never renumber, only add. Command-line parse errors
+// are mapped to kUsage rather than CLI11's own codes.
 
 namespace ftx::app {
 

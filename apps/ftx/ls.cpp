@@ -24,7 +24,7 @@ std::string format_mtime(std::int64_t mtime_ns) {
 CLI::App* setup_ls(CLI::App& app, LsOptions& opts) {
   auto* cmd = app.add_subcommand("ls", "list stored files, one a line: size in bytes, mtime (UTC), name");
   add_server_option(*cmd, opts.client);
-  cmd->footer("Example:\n  ftx ls\n      1048576  2026-11-25T04:18:54Z  docs/q3.pdf");
+  cmd->footer("Example:\n  ftx ls\n     1048576  2026-11-25T04:18:54Z  docs/q3.pdf");
   return cmd;
 }
 

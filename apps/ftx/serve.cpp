@@ -109,7 +109,9 @@ int run_serve(const ServeOptions& opts) {
   try {
     srv = std::make_unique<server::Server>(so);
   } catch (const server::ListenError& e) {
-    print_error(std::string(e.what()) + " \u2014 is another server using it? choose another --listen");
+    const bool in_use = e.code() == std::errc::address_in_use;
+    print_error(std::string(e.what()) + (in_use ? " \u2014 is another server using it? choose another --listen"
+                                                : " \u2014 check --listen"));
     return kConnection;
   } catch (const std::system_error& e) {
     print_error(std::string(e.what()) + " \u2014 check --root");

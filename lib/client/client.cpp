@@ -220,6 +220,9 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
   }
   if (!S_ISREG(st.st_mode)) throw Error(Failure::kLocalIo, local.string() + " is not a regular file");
   const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size > protocol::kMaxFileSize) {
+    throw Error(Failure::kRejected, local.string() + " is larger than the protocol's limit of 1 PiB");
+  }
 
   // The header carries the SHA-256, so the file is hashed before it is sent.
   std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(protocol::kChunkSize, size)));

@@ -5,7 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <signal.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 
@@ -43,6 +47,28 @@ std::string random_suffix() {
   return out;
 }
 
+// Removes staging files for the same target left by downloads whose process is gone (a
+// SIGKILL cannot be caught). The pid in the name tells; a live process keeps its file.
+void remove_dead_leftovers(const std::filesystem::path& dir, const std::string& prefix) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    // Only names of exactly our shape: prefix, pid digits, '-', 12 hex digits, ".part".
+    // (A target named "a.ftx-1" shares the prefix of target "a"; its files do not match.)
+    const std::string name = entry.path().filename().string();
+    if (!name.starts_with(prefix) || !name.ends_with(".part")) continue;
+    const std::string_view rest(name.c_str() + prefix.size(), name.size() - prefix.size() - 5);
+    const auto dash = rest.find('-');
+    if (dash == 0 || dash == std::string_view::npos || rest.size() - dash - 1 != 12) continue;
+    const auto pid_text = rest.substr(0, dash);
+    const auto hex = rest.substr(dash + 1);
+    if (pid_text.find_first_not_of("0123456789") != std::string_view::npos || pid_text.size() > 9) continue;
+    if (hex.find_first_not_of("0123456789abcdef") != std::string_view::npos) continue;
+    const long pid = std::strtol(std::string(pid_text).c_str(), nullptr, 10);
+    if (pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH) ::unlink(entry.path().c_str());
+  }
+}
+
 }  // namespace
 
 void install_interrupt_cleanup() {
@@ -51,7 +77,9 @@ void install_interrupt_cleanup() {
 
 StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)) {
   const auto dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
-  staging_ = dir / ("." + target_.filename().string() + ".ftx-" + random_suffix() + ".part");
+  const std::string prefix = "." + target_.filename().string() + ".ftx-";
+  remove_dead_leftovers(dir, prefix);
+  staging_ = dir / (prefix + std::to_string(::getpid()) + "-" + random_suffix() + ".part");
   fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   if (!fd_) throw std::system_error(storage::last_error(), "cannot create " + staging_.string());
   arm_cleanup(staging_);

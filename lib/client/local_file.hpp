@@ -1,7 +1,9 @@
 #pragma once
 // The client's side of "nothing half-written is ever visible": a download is written to a
-// hidden staging file beside its target (".<name>.ftx-<random>.part") and renamed over the
-// target only after its SHA-256 matched. Until then an existing target is untouched.
+// hidden staging file beside its target (".<name>.ftx-<pid>-<random>.part") and renamed over
+// the target only after its SHA-256 matched. Until then an existing target is untouched.
+// Ctrl-C removes the staging file (install_interrupt_cleanup); one left by a killed process
+// is removed by the next download to the same target.
 
 #include <cstdint>
 #include <filesystem>

@@ -4,7 +4,7 @@
 // Every message is a fixed 64-byte header in network byte order, then `name_len` bytes of
 // name (a path for requests, a human-readable message for errors), then, for the two
 // message types that carry a file (kPut after kReady, kFile), exactly `size` bytes of body.
-// docs/protocol.md gives the byte layout; the static_asserts in frame.cpp pin it.
+// docs/protocol.md gives the byte layout; the offsets and static_asserts in codec.cpp pin it.
 
 #include <array>
 #include <cstddef>

@@ -153,7 +153,7 @@ asio::awaitable<void> Session::run() {
         break;
       }
       default:
-        spdlog::warn("{} sent a {} message, which only servers send", peer_, protocol::to_string(req.type));
+        spdlog::warn("{} sent a message of type {}, which only servers send", peer_, protocol::to_string(req.type));
         co_await send_error(Status::kBadRequest, "unexpected " + std::string(protocol::to_string(req.type)) +
                                                      " message from a client; closing the connection");
         ec = protocol::errc::unexpected_message;
@@ -186,7 +186,9 @@ asio::awaitable<std::error_code> Session::read_frame() {
     in_begin_ = in_end_ = 0;
     idle_ = decoder_.at_boundary();
     if (idle_) {
-      chunk_ = {};  // an idle connection keeps only its small header buffer
+      // An idle connection keeps only its header buffer.
+      chunk_ = {};
+      if (out_.capacity() > kInBufferSize) out_ = {};
       arm(opts.idle_timeout, "idle");
     } else if (!started) {
       started = true;
@@ -305,7 +307,10 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   }
   Frame ready;
   ready.type = MsgType::kReady;
-  if (auto ec = co_await send(ready)) co_return ec;
+  if (auto ec = co_await send(ready)) {
+    log_transfer("put", req.name, 0, start, "aborted: " + ec.message());
+    co_return ec;
+  }
 
   // A failed disk write does not end the exchange: the rest of the body is still read (and
   // dropped) so the connection stays in step and the client gets a proper error reply.
@@ -364,7 +369,10 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
   reply.size = file.size;
   reply.mtime_ns = file.mtime_ns;
   reply.digest = hasher.finish();
-  if (auto ec = co_await send(reply)) co_return ec;
+  if (auto ec = co_await send(reply)) {
+    log_transfer("get", req.name, 0, start, "aborted: " + ec.message());
+    co_return ec;
+  }
 
   for (std::uint64_t off = 0; off < file.size;) {
     std::size_t got = 0;
@@ -394,6 +402,8 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   std::vector<storage::FileInfo> files;
   if (auto ec = server_.storage().list(req.name, files)) {
     auto [st, msg] = describe(ec, req.name);
+    if (ec == std::errc::no_such_file_or_directory) msg = "no such folder " + storage::quote_name(req.name);
+    if (ec == std::errc::not_a_directory) msg = storage::quote_name(req.name) + " is not a folder";
     log_transfer("ls", req.name, 0, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));
   }

@@ -1,7 +1,7 @@
 #pragma once
 // A file descriptor owner and the few POSIX helpers ftx needs, with errors as
-// std::error_code (system_category). Plain POSIX on purpose: asio's file support is not
-// used for disk I/O (see STYLE.md).
+// std::error_code (system_category). Plain POSIX on purpose: disk I/O does not go through
+// asio, which only the server and client libraries see.
 
 #include <cstddef>
 #include <cstdint>

@@ -60,8 +60,10 @@ class Upload {
 
   // Checks size and SHA-256 against the announced values, fsyncs, applies `mtime_ns`,
   // creates missing folders, renames over the final name and fsyncs that folder. On
-  // success the file is durable and visible; on failure the staging file is removed and
-  // whatever was stored under the name before is untouched.
+  // success the file is durable and visible. On a failure before the rename the staging
+  // file is removed and whatever was stored under the name before is untouched; only the
+  // final folder fsync can fail after it, and then the new file is in place but may not
+  // survive a crash (the error says so by being a system error from fsync).
   std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns);
 
   // Removes the staging file now (the destructor does the same).
