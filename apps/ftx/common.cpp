@@ -25,17 +25,20 @@ void add_server_option(CLI::App& cmd, ClientOptions& opts) {
 }
 
 std::string read_token(const std::string& token_file) {
+  auto trim = [](std::string t) {
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    return t;
+  };
   if (token_file.empty()) {
     const char* env = std::getenv("FTX_TOKEN");
-    return env != nullptr ? env : "";
+    return env != nullptr ? trim(env) : "";
   }
   std::ifstream in(token_file, std::ios::binary);
   if (!in) {
     throw client::Error(client::Failure::kLocalIo, "cannot read token file " + token_file + ": " +
                                                        std::generic_category().message(errno));
   }
-  std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  const std::string token = trim({std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()});
   if (token.empty()) throw client::Error(client::Failure::kLocalIo, "token file " + token_file + " is empty");
   struct stat st {};
   if (::stat(token_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {

@@ -62,6 +62,7 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
   cmd->add_option("--token-file", opts.token_file,
                   "file holding a shared secret clients must prove they know (default: $FTX_TOKEN)")
       ->check(CLI::ExistingFile)
+      ->envname("FTX_TOKEN_FILE")
       ->group(access);
   cmd->footer(
       "Examples:\n  ftx serve --root /srv/ftx --listen 0.0.0.0:7021 --token-file /etc/ftx/token\n"
@@ -127,9 +128,7 @@ int run_serve(const ServeOptions& opts) {
                opts.body_timeout_s, so.max_file_size, so.min_free_bytes, so.max_name_bytes, so.max_depth,
                so.read_only ? ", read-only" : "", so.token.empty() ? "" : ", token required");
   if (so.token.empty()) {
-    std::error_code aec;
-    const auto addr = asio::ip::make_address(address->host, aec);
-    if (aec || !addr.is_loopback()) {
+    if (!srv->listens_on_loopback()) {
       spdlog::warn("listening on {} without a token: anyone who can reach it can read and write the root; "
                    "set FTX_TOKEN or --token-file",
                    srv->listen_address());

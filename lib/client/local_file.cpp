@@ -7,6 +7,7 @@
 
 #include <signal.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -16,23 +17,40 @@
 namespace ftx::client {
 namespace {
 
-// The staging file a signal handler must remove. Only async-signal-safe state: a fixed
-// buffer and a flag (one download at a time per process).
-char g_cleanup_path[4096];
-volatile std::sig_atomic_t g_cleanup_armed = 0;
+// Staging files a signal handler must remove. Only async-signal-safe state: fixed buffers,
+// each guarded by a lock-free atomic (free -> writing -> armed), so downloads on several
+// threads each register their own file. Past kSlots at once, a file is not registered
+// (it is still removed by the destructor, and by the next download after a kill).
+constexpr std::size_t kSlots = 64;
+struct Slot {
+  std::atomic<int> state{0};  // 0 free, 1 being written, 2 armed
+  char path[4096];
+};
+Slot g_slots[kSlots];
+static_assert(std::atomic<int>::is_always_lock_free, "signal handlers need lock-free atomics");
 
-void arm_cleanup(const std::filesystem::path& p) {
-  g_cleanup_armed = 0;
+Slot* arm_cleanup(const std::filesystem::path& p) {
   const std::string s = p.string();
-  if (s.size() >= sizeof g_cleanup_path) return;
-  std::memcpy(g_cleanup_path, s.c_str(), s.size() + 1);
-  g_cleanup_armed = 1;
+  if (s.size() >= sizeof(Slot::path)) return nullptr;
+  for (auto& slot : g_slots) {
+    int expected = 0;
+    if (slot.state.compare_exchange_strong(expected, 1)) {
+      std::memcpy(slot.path, s.c_str(), s.size() + 1);
+      slot.state.store(2);
+      return &slot;
+    }
+  }
+  return nullptr;
 }
 
-void disarm_cleanup() { g_cleanup_armed = 0; }
+void disarm_cleanup(Slot* slot) {
+  if (slot != nullptr) slot->state.store(0);
+}
 
 extern "C" void on_fatal_signal(int sig) {
-  if (g_cleanup_armed) ::unlink(g_cleanup_path);
+  for (auto& slot : g_slots) {
+    if (slot.state.load() == 2) ::unlink(slot.path);
+  }
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
@@ -82,13 +100,13 @@ StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)
   staging_ = dir / (prefix + std::to_string(::getpid()) + "-" + random_suffix() + ".part");
   fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   if (!fd_) throw std::system_error(storage::last_error(), "cannot create " + staging_.string());
-  arm_cleanup(staging_);
+  cleanup_slot_ = arm_cleanup(staging_);
 }
 
 StagedFile::~StagedFile() {
   if (!committed_) {
-    disarm_cleanup();
-    ::unlink(staging_.c_str());
+    ::unlink(staging_.c_str());  // before disarming, so a signal in between finds it gone
+    disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
   }
 }
 
@@ -104,7 +122,7 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns) {
   if (::fsync(fd_.get()) != 0) return storage::last_error();
   if (::rename(staging_.c_str(), target_.c_str()) != 0) return storage::last_error();
   committed_ = true;
-  disarm_cleanup();
+  disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
   fd_.reset();
   const auto dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
   storage::UniqueFd dfd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));

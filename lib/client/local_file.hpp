@@ -35,6 +35,7 @@ class StagedFile {
   std::filesystem::path staging_;
   storage::UniqueFd fd_;
   bool committed_ = false;
+  void* cleanup_slot_ = nullptr;  // this file's entry in the signal handler's table
 };
 
 // Makes SIGINT, SIGTERM and SIGHUP remove the staging file in progress before the process

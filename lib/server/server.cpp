@@ -71,6 +71,8 @@ std::string Server::listen_address() const {
   return (addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string()) + ":" + std::to_string(port_);
 }
 
+bool Server::listens_on_loopback() const { return acceptor_->local_endpoint().address().is_loopback(); }
+
 void Server::start() {
   asio::co_spawn(*strand_, accept_loop(), log_failure("listener"));
   pool_.reserve(threads_);
@@ -151,9 +153,9 @@ asio::awaitable<void> Server::accept_loop() {
     auto session = std::make_shared<Session>(*this, std::move(socket));
     if (std::string refusal = add_session(session); !refusal.empty()) {
       spdlog::warn("{} refused: {}", session->peer(), refusal);
-      auto socket = session->release_socket();
-      const auto executor = socket.get_executor();
-      asio::co_spawn(executor, refuse(std::move(socket), std::move(refusal)), log_failure("refusal"));
+      auto refused = session->release_socket();
+      const auto executor = refused.get_executor();
+      asio::co_spawn(executor, refuse(std::move(refused), std::move(refusal)), log_failure("refusal"));
       continue;
     }
     session->start();

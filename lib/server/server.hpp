@@ -72,6 +72,8 @@ class Server {
   // The bound port (useful with port 0) and the address as "host:port".
   std::uint16_t port() const { return port_; }
   std::string listen_address() const;
+  // True when only this machine can connect (a loopback address).
+  bool listens_on_loopback() const;
   const storage::Storage& storage() const { return storage_; }
   unsigned threads() const { return threads_; }
 

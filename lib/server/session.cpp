@@ -83,7 +83,7 @@ asio::awaitable<void> Session::watchdog() {
     if (deadline_ <= std::chrono::steady_clock::now()) {
       // Cancel rather than close, so that run() can still say why before it closes. If
       // that answer cannot be delivered either, the next deadline cancels it too.
-      timed_out_ = true;
+      if (expired_ == nullptr) expired_ = deadline_what_;
       std::error_code ignored;
       socket_.cancel(ignored);
       arm(std::chrono::seconds(2), "closing");
@@ -111,22 +111,20 @@ asio::awaitable<void> Session::run() {
     if (server_.stopping()) break;
     std::error_code ec = co_await read_frame();
     if (ec) {
-      if (timed_out_) {
-        const bool idle = std::string_view(deadline_what_) == "idle";
-        spdlog::info("{} closed: {} timeout", peer_, deadline_what_);
-        if (!idle) {
-          timed_out_ = false;
-          arm(std::chrono::seconds(2), "closing");
-          co_await send_error(Status::kTimeout, "request not received within " +
-                                                    std::to_string(server_.options().header_timeout.count()) +
-                                                    " ms; closing the connection");
+      if (expired_ != nullptr) {
+        spdlog::info("{} closed: {} timeout", peer_, expired_);
+        // Between requests there is nothing to answer; a request that stopped half-way
+        // is told why.
+        if (std::string_view(expired_) == "header") {
+          co_await send_final_error(Status::kTimeout, "request not received within " +
+                                                          std::to_string(server_.options().header_timeout.count()) +
+                                                          " ms; closing the connection");
         }
       } else if (ec.category() == protocol::protocol_category()) {
         spdlog::warn("{} bad request: {}", peer_, ec.message());
         if (ec != protocol::errc::truncated) {
           const Status st = ec == protocol::errc::bad_version ? Status::kUnsupportedVersion : Status::kBadRequest;
-          arm(std::chrono::seconds(2), "closing");
-          co_await send_error(st, ec.message() + "; closing the connection");
+          co_await send_final_error(st, ec.message() + "; closing the connection");
         }
       } else if (!is_normal_close(ec)) {
         spdlog::warn("{} connection error: {}", peer_, ec.message());
@@ -154,12 +152,12 @@ asio::awaitable<void> Session::run() {
       }
       default:
         spdlog::warn("{} sent a message of type {}, which only servers send", peer_, protocol::to_string(req.type));
-        co_await send_error(Status::kBadRequest, "unexpected " + std::string(protocol::to_string(req.type)) +
-                                                     " message from a client; closing the connection");
+        co_await send_final_error(Status::kBadRequest, "unexpected " + std::string(protocol::to_string(req.type)) +
+                                                           " message from a client; closing the connection");
         ec = protocol::errc::unexpected_message;
     }
     if (ec) {
-      if (timed_out_) spdlog::info("{} closed: {} timeout", peer_, deadline_what_);
+      if (expired_ != nullptr) spdlog::info("{} closed: {} timeout", peer_, expired_);
       break;
     }
   }
@@ -217,11 +215,16 @@ asio::awaitable<std::error_code> Session::read_body(std::uint64_t n, Sink&& sink
   auto& buf = chunk();
   while (n > 0) {
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, buf.size()));
-    arm(server_.options().body_timeout, "body");
-    // Never ask for more than the body's remaining bytes: whatever follows belongs to the
-    // next message.
-    auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(buf.data(), want), kTuple);
-    if (ec) co_return ec == asio::error::eof ? make_error_code(protocol::errc::truncated) : ec;
+    // Fill a chunk before handing it on (fewer, larger disk writes), but re-arm the body
+    // deadline on every arrival: the timeout is about progress, not about speed. Never
+    // ask for more than the body's remaining bytes: what follows is the next message.
+    std::size_t got = 0;
+    while (got < want) {
+      arm(server_.options().body_timeout, "body");
+      auto [ec, k] = co_await socket_.async_read_some(asio::buffer(buf.data() + got, want - got), kTuple);
+      if (ec) co_return ec == asio::error::eof ? make_error_code(protocol::errc::truncated) : ec;
+      got += k;
+    }
     sink(std::span<const std::uint8_t>(buf.data(), got));
     n -= got;
   }
@@ -229,11 +232,27 @@ asio::awaitable<std::error_code> Session::read_body(std::uint64_t n, Sink&& sink
 }
 
 asio::awaitable<std::error_code> Session::send(const Frame& f) {
-  if (!timed_out_) arm(server_.options().body_timeout, "send");
   out_.clear();
   protocol::encode(f, out_);
-  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), kTuple);
-  co_return ec;
+  co_return co_await write_all(out_);
+}
+
+asio::awaitable<std::error_code> Session::write_all(std::span<const std::uint8_t> data) {
+  // write_some in a loop so that the send deadline measures progress: a slow reader is
+  // fine, a reader that stopped reading is not.
+  while (!data.empty()) {
+    if (!closing_) arm(server_.options().body_timeout, "send");
+    auto [ec, n] = co_await socket_.async_write_some(asio::buffer(data.data(), data.size()), kTuple);
+    if (ec) co_return ec;
+    data = data.subspan(n);
+  }
+  co_return std::error_code{};
+}
+
+asio::awaitable<void> Session::send_final_error(Status st, std::string message) {
+  closing_ = true;
+  arm(std::chrono::seconds(2), "closing");
+  co_await send_error(st, std::move(message));
 }
 
 asio::awaitable<std::error_code> Session::send_error(Status st, std::string message) {
@@ -250,6 +269,9 @@ std::pair<Status, std::string> Session::describe(const std::error_code& ec, cons
     return {Status::kIntegrity, "data received for " + q + " does not match its SHA-256; nothing was stored"};
   }
   if (ec == errc::size_mismatch) return {Status::kBadRequest, "body size does not match the header"};
+  if (ec == errc::not_durable) {
+    return {Status::kStorage, q + " was stored, but the server could not sync its folder: it may not survive a crash"};
+  }
   if (ec == errc::not_regular) return {Status::kConflict, q + " is not a regular file"};
   if (ec == errc::symlink) return {Status::kConflict, q + " runs through a symbolic link, which ftx never follows"};
   if (ec == std::errc::no_such_file_or_directory) return {Status::kNotFound, "no such file " + q};
@@ -261,10 +283,11 @@ std::pair<Status, std::string> Session::describe(const std::error_code& ec, cons
   return {Status::kStorage, "server storage error on " + q + ": " + ec.message()};
 }
 
-void Session::log_transfer(std::string_view op, const std::string& name, std::uint64_t bytes,
+void Session::log_transfer(std::string_view op, const std::string& name, std::uint64_t amount,
                            std::chrono::steady_clock::time_point start, std::string_view result) const {
   const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("{} {} {} bytes={} ms={:.1f} result={}", peer_, op, storage::quote_name(name), bytes, ms, result);
+  spdlog::info("{} {} {} {}={} ms={:.1f} result={}", peer_, op, storage::quote_name(name),
+               op == "ls" ? "entries" : "bytes", amount, ms, result);
 }
 
 std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Frame& req) const {
@@ -385,8 +408,7 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
       log_transfer("get", req.name, off, start, "storage: " + ec.message());
       co_return ec;
     }
-    arm(server_.options().body_timeout, "send");
-    auto [wec, n] = co_await asio::async_write(socket_, asio::buffer(buf.data(), got), kTuple);
+    const auto wec = co_await write_all(std::span<const std::uint8_t>(buf.data(), got));
     if (wec) {
       log_transfer("get", req.name, off, start, "aborted: " + wec.message());
       co_return wec;
@@ -417,9 +439,10 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
     e.name = f.name;
     protocol::encode(e, out_);
     if (out_.size() >= kListBatchBytes) {
-      arm(server_.options().body_timeout, "send");
-      auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), kTuple);
-      if (ec) co_return ec;
+      if (auto ec = co_await write_all(out_)) {
+        log_transfer("ls", req.name, files.size(), start, "aborted: " + ec.message());
+        co_return ec;
+      }
       out_.clear();
     }
   }
@@ -427,11 +450,8 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   end.type = MsgType::kListEnd;
   end.size = files.size();
   protocol::encode(end, out_);
-  arm(server_.options().body_timeout, "send");
-  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), kTuple);
-  const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("{} ls {} entries={} ms={:.1f} result={}", peer_, storage::quote_name(req.name), files.size(), ms,
-               ec ? "aborted: " + ec.message() : "ok");
+  const auto ec = co_await write_all(out_);
+  log_transfer("ls", req.name, files.size(), start, ec ? "aborted: " + ec.message() : "ok");
   co_return ec;
 }
 
@@ -476,8 +496,7 @@ asio::awaitable<void> Session::refuse_auth(std::string why) {
   // The delay makes guessing slow; the connection holds no thread meanwhile.
   asio::steady_timer delay(socket_.get_executor(), server_.options().auth_delay);
   co_await delay.async_wait(kTuple);
-  arm(std::chrono::seconds(2), "closing");
-  co_await send_error(Status::kUnauthorized,
+  co_await send_final_error(Status::kUnauthorized,
                       "authentication failed: this server needs the right token (set FTX_TOKEN or use --token-file)");
 }
 

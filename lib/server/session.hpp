@@ -55,6 +55,7 @@ class Session : public std::enable_shared_from_this<Session> {
   template <typename Sink>
   asio::awaitable<std::error_code> read_body(std::uint64_t n, Sink&& sink);
   asio::awaitable<std::error_code> send(const protocol::Frame& f);
+  asio::awaitable<std::error_code> write_all(std::span<const std::uint8_t> data);
   asio::awaitable<std::error_code> send_error(protocol::Status st, std::string message);
 
   asio::awaitable<std::error_code> handle_put(const protocol::Frame& req);
@@ -69,16 +70,20 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Maps a storage error to its wire status and a message for the client.
   static std::pair<protocol::Status, std::string> describe(const std::error_code& ec, const std::string& name);
-  void log_transfer(std::string_view op, const std::string& name, std::uint64_t bytes,
+  // One line per request: peer, op, name, amount (bytes, or entries for ls), duration, result.
+  void log_transfer(std::string_view op, const std::string& name, std::uint64_t amount,
                     std::chrono::steady_clock::time_point start, std::string_view result) const;
+  // Sends a last error with a short deadline of its own; the connection closes after it.
+  asio::awaitable<void> send_final_error(protocol::Status st, std::string message);
   std::vector<std::uint8_t>& chunk();
 
   Server& server_;
   asio::ip::tcp::socket socket_;
   asio::steady_timer watchdog_;
   std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
-  const char* deadline_what_ = "";
-  bool timed_out_ = false;
+  const char* deadline_what_ = "";  // what the current deadline guards: idle, header, body, send
+  const char* expired_ = nullptr;   // what the deadline that fired guarded
+  bool closing_ = false;            // sending a last error: keep the short closing deadline
   bool done_ = false;
   bool authenticated_ = false;
   std::optional<protocol::Digest> nonce_;  // the challenge sent, valid for one kAuth

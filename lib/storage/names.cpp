@@ -17,6 +17,7 @@ class StorageCategory final : public std::error_category {
       case errc::not_regular: return "not a regular file";
       case errc::symlink: return "symbolic links are not followed";
       case errc::bad_root: return "root is not a usable folder";
+      case errc::not_durable: return "stored, but its folder could not be synced";
     }
     return "unknown storage error";
   }

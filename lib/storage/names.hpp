@@ -22,6 +22,7 @@ enum class errc {
   not_regular,      // the name is a folder, device, FIFO, ... not a regular file
   symlink,          // a component is a symbolic link (never followed)
   bad_root,         // the root is not a usable folder
+  not_durable,      // published, but the folder's fsync failed: may not survive a crash
 };
 
 const std::error_category& storage_category() noexcept;

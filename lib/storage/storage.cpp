@@ -161,7 +161,7 @@ std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::
   fd_.reset();
   // The rename is durable only once the folder is: this is what lets the server say
   // "stored" and mean it.
-  if (::fsync(dir.get()) != 0) return last_error();
+  if (::fsync(dir.get()) != 0) return errc::not_durable;
   return {};
 }
 

@@ -62,8 +62,8 @@ class Upload {
   // creates missing folders, renames over the final name and fsyncs that folder. On
   // success the file is durable and visible. On a failure before the rename the staging
   // file is removed and whatever was stored under the name before is untouched; only the
-  // final folder fsync can fail after it, and then the new file is in place but may not
-  // survive a crash (the error says so by being a system error from fsync).
+  // final folder fsync can fail after it: then the new file is in place but may not
+  // survive a crash, and the result is errc::not_durable.
   std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns);
 
   // Removes the staging file now (the destructor does the same).

@@ -123,7 +123,7 @@ if mount -t tmpfs -o size=24m tmpfs "$SMALL" 2>/dev/null; then
   rc=0; "$FTX" put "$T/too-big.bin" kept.bin >/dev/null 2>"$T/full-err" || rc=$?
   check "an upload that cannot fit fails with exit 5" test "$rc" = 5
   grep -q "not enough free space" "$T/full-err" && ok || bad "free-space message: $(cat "$T/full-err")"
-  grep -qE 'put "kept.bin" bytes=0 .* result=no-space' "$LOG" && ok || bad "refused only after reading the body"
+  grep -qE 'put "kept.bin" bytes=0 .* result=no-space' "$LOG" && ok || bad "not refused before the body"
   check "old file intact on the full filesystem" cmp -s "$SMALL/root/kept.bin" "$T/small-old.bin"
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
 else

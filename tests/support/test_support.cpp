@@ -97,6 +97,18 @@ bool RawPeer::closed_by_peer() {
   }
 }
 
+std::vector<std::uint8_t> RawPeer::read_until_closed() {
+  std::vector<std::uint8_t> out = std::move(buffered_);
+  buffered_.clear();
+  std::uint8_t buf[4096];
+  std::error_code ec;
+  while (!ec) {
+    const std::size_t n = socket_.read_some(asio::buffer(buf), ec);
+    out.insert(out.end(), buf, buf + n);
+  }
+  return out;
+}
+
 void RawPeer::close() {
   std::error_code ec;
   socket_.close(ec);

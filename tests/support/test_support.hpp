@@ -46,6 +46,8 @@ class RawPeer {
   std::vector<std::uint8_t> read_body(std::size_t n);
   // True when the peer closed the connection (reads until EOF or an error).
   bool closed_by_peer();
+  // Everything received until the peer closed the connection.
+  std::vector<std::uint8_t> read_until_closed();
   void close();
 
  private:
