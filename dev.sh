@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 BUILD_DIR=${FTX_BUILD_DIR:-build}
 JOBS=${FTX_JOBS:-2}
 PACKAGES=(g++ make cmake pkg-config libasio-dev libcli11-dev libssl-dev libspdlog-dev libfmt-dev libgtest-dev)
+TEST_PACKAGES=(clang-14 libclang-rt-14-dev)  # the libFuzzer target
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
@@ -28,23 +29,50 @@ install_missing() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# build DIR [cmake options...]
 build() {
+  local dir=$1; shift
   install_missing "${PACKAGES[@]}"
-  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTX_WERROR=ON "$@" >/dev/null
-  cmake --build "$BUILD_DIR" -j "$JOBS"
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTX_WERROR=ON "$@" >/dev/null
+  cmake --build "$dir" -j "$JOBS"
 }
+
+step() { printf '\n[dev.sh] ==== %s\n' "$*" >&2; }
 
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   serve)
-    build >&2
+    build "$BUILD_DIR" >&2
     exec "$BUILD_DIR/ftx" serve "$@"
     ;;
   test)
-    build
+    install_missing "${TEST_PACKAGES[@]}"
+    step "build and run every test (unit, integration, CLI, faults)"
+    build "$BUILD_DIR"
     (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS" --timeout 600)
-    # The Docker image, built and run with podman (needs root; installs podman when missing).
+    if [ "${FTX_TEST_QUICK:-0}" = 1 ]; then
+      log "FTX_TEST_QUICK=1: skipping the sanitizer, fuzz and container runs"
+      exit 0
+    fi
+
+    step "the whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer"
+    build build-asan -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+    (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+       ctest --output-on-failure -j "$JOBS" --timeout 900)
+
+    step "the concurrency tests under ThreadSanitizer"
+    # -Wno-tsan: asio's fences (which TSan does not model) warn in g++ 12.
+    install_missing "${PACKAGES[@]}"
+    cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTX_WERROR=ON \
+      -DCMAKE_CXX_FLAGS="-fsanitize=thread -Wno-tsan" >/dev/null
+    cmake --build build-tsan -j "$JOBS" --target integration_test
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" timeout 900 build-tsan/tests/integration_test --gtest_brief=1
+
+    step "fuzz the frame codec for ${FTX_FUZZ_SECONDS:-60} s"
+    timeout 900 bash tests/fuzz/run.sh "${FTX_FUZZ_SECONDS:-60}"
+
+    step "build and run the Docker image (podman)"
     timeout 1200 bash tests/docker/docker_test.sh "$BUILD_DIR/ftx" .
     ;;
   *)

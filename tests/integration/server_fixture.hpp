@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
 #include <memory>
 
 #include "client/client.hpp"
@@ -14,6 +17,9 @@ namespace ftx::test {
 class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // The server's per-request log lines are for operators; tests show warnings and up
+    // unless FTX_TEST_LOG is set.
+    if (std::getenv("FTX_TEST_LOG") == nullptr) spdlog::set_level(spdlog::level::warn);
     server::ServerOptions o;
     o.root = root();
     o.port = 0;
