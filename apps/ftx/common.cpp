@@ -31,7 +31,11 @@ std::string read_token(const std::string& token_file) {
   };
   if (token_file.empty()) {
     const char* env = std::getenv("FTX_TOKEN");
-    return env != nullptr ? trim(env) : "";
+    if (env == nullptr || *env == '\0') return "";
+    std::string token = trim(env);
+    // Set but blank is a mistake, not "no authentication".
+    if (token.empty()) throw client::Error(client::Failure::kLocalIo, "FTX_TOKEN is set but blank");
+    return token;
   }
   std::ifstream in(token_file, std::ios::binary);
   if (!in) {

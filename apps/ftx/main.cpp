@@ -1,4 +1,4 @@
-// ftx: one binary, four subcommands. Parsing lives here; each subcommand's work lives in
+// ftx: one binary, five subcommands. Parsing lives here; each subcommand's work lives in
 // its own file, and every failure path ends in a one-line message and a documented exit
 // code (exit_codes.hpp).
 

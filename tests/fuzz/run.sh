@@ -13,12 +13,14 @@ cmake --build "$BUILD" --target codec_fuzz -j "${FTX_JOBS:-2}" >/dev/null
 work=$(mktemp -d "${TMPDIR:-/tmp}/ftx-fuzz-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # New inputs go to a scratch folder; the committed seeds are only read.
+status=0
 "$BUILD/tests/fuzz/codec_fuzz" -max_total_time="$SECONDS_TO_RUN" -timeout=10 -rss_limit_mb=2048 \
-  -artifact_prefix="$work/" -print_final_stats=1 "$work" tests/fuzz/corpus 2>&1 | tail -15
-status=${PIPESTATUS[0]}
+  -artifact_prefix="$work/" -print_final_stats=1 "$work" tests/fuzz/corpus >"$work/fuzz.log" 2>&1 || status=$?
+tail -15 "$work/fuzz.log"
 if [ "$status" != 0 ]; then
-  echo "fuzz: FAILED (exit $status); reproducer:" "$work"/crash-* "$work"/leak-* 2>/dev/null
-  mkdir -p "$BUILD/artifacts" && cp "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$BUILD/artifacts/" 2>/dev/null || true
+  mkdir -p "$BUILD/artifacts"
+  cp "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* "$BUILD/artifacts/" 2>/dev/null || true
+  echo "fuzz: FAILED (exit $status); reproducers kept in $BUILD/artifacts/:" $(ls "$BUILD/artifacts")
   exit 1
 fi
 echo "fuzz: codec ran ${SECONDS_TO_RUN} s without a finding"
