@@ -27,11 +27,20 @@ struct ServeOptions {
   std::size_t max_depth = 32;
   bool read_only = false;
   std::string token_file;  // else $FTX_TOKEN
+  bool tls = false;        // TLS with the certificate in <root>/.ftx-tls (made once)
+  std::string tls_cert;    // or this certificate chain...
+  std::string tls_key;     // ...and key
+  std::string client_ca;   // mutual TLS: clients need a certificate signed by this CA
 };
 
 struct ClientOptions {
   std::string server = "127.0.0.1:7021";  // --server, else $FTX_SERVER
   std::string token_file;                 // --token-file, else $FTX_TOKEN
+  bool tls = false;
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  bool accept_new = false;
 };
 
 struct PutOptions {

@@ -1,4 +1,5 @@
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
@@ -10,6 +11,7 @@
 
 #include "apps/ftx/commands.hpp"
 #include "apps/ftx/exit_codes.hpp"
+#include "tls/certs.hpp"
 
 namespace ftx::app {
 
@@ -22,6 +24,21 @@ void add_server_option(CLI::App& cmd, ClientOptions& opts) {
   cmd.add_option("--token-file", opts.token_file,
                  "file holding the server's shared secret (default: $FTX_TOKEN; never pass a secret as an argument)")
       ->envname("FTX_TOKEN_FILE");
+  const char* tls = "TLS";
+  cmd.add_flag("--tls", opts.tls, "speak TLS 1.3 (the server runs with --tls)")->envname("FTX_TLS")->group(tls);
+  cmd.add_option("--ca", opts.ca_file, "trust servers whose certificate this CA signed (default: pin fingerprints)")
+      ->envname("FTX_CA")
+      ->check(CLI::ExistingFile)
+      ->group(tls);
+  cmd.add_flag("--accept-new", opts.accept_new, "pin an unknown server's certificate without asking")->group(tls);
+  cmd.add_option("--cert", opts.cert_file, "client certificate, for servers that require one")
+      ->envname("FTX_CERT")
+      ->check(CLI::ExistingFile)
+      ->group(tls);
+  cmd.add_option("--key", opts.key_file, "key of --cert (default: in the --cert file)")
+      ->envname("FTX_KEY")
+      ->check(CLI::ExistingFile)
+      ->group(tls);
 }
 
 std::string read_token(const std::string& token_file) {
@@ -52,7 +69,25 @@ std::string read_token(const std::string& token_file) {
 }
 
 std::unique_ptr<client::Client> connect(const ClientOptions& opts, const protocol::Address& address) {
-  return std::make_unique<client::Client>(address, read_token(opts.token_file));
+  client::TlsOptions tls;
+  tls.enabled = opts.tls || !opts.ca_file.empty() || !opts.cert_file.empty();
+  tls.ca_file = opts.ca_file;
+  tls.cert_file = opts.cert_file;
+  tls.key_file = opts.key_file;
+  tls.accept_new = opts.accept_new;
+  tls.known_servers = tls::default_known_servers_path();
+  if (::isatty(STDIN_FILENO) && ::isatty(STDERR_FILENO)) {
+    const auto path = tls.known_servers;
+    tls.confirm = [path](const std::string& addr, const std::string& fp) {
+      std::fprintf(stderr, "The server %s is not known yet. Its certificate fingerprint is\n  %s\n"
+                           "Compare it with the one 'ftx serve' printed. Trust it and remember it in %s? [y/N] ",
+                   addr.c_str(), fp.c_str(), path.c_str());
+      char answer[16] = {};
+      if (std::fgets(answer, sizeof answer, stdin) == nullptr) return false;
+      return answer[0] == 'y' || answer[0] == 'Y';
+    };
+  }
+  return std::make_unique<client::Client>(address, read_token(opts.token_file), client::Client::kDefaultTimeout, tls);
 }
 
 std::optional<protocol::Address> server_address(const ClientOptions& opts) {
@@ -71,6 +106,7 @@ int exit_code_for(client::Failure f) {
     case client::Failure::kLocalIo: return kLocalIo;
     case client::Failure::kProtocol: return kProtocol;
     case client::Failure::kAuth: return kAuth;
+    case client::Failure::kTls: return kTls;
   }
   return kInternal;
 }

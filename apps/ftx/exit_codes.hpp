@@ -16,6 +16,7 @@ enum ExitCode : int {
   kLocalIo = 7,       // a local file or folder cannot be read or written
   kProtocol = 8,      // the peer is not an ftx server of this protocol version
   kAuth = 9,          // the server needs a token, or a different one
+  kTls = 10,          // TLS handshake failed, or the server's certificate is not trusted
 };
 
 }  // namespace ftx::app

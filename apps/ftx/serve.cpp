@@ -1,11 +1,14 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
 #include <filesystem>
 
 #include "apps/ftx/commands.hpp"
 #include "apps/ftx/exit_codes.hpp"
 #include "server/server.hpp"
+#include "storage/names.hpp"
+#include "tls/certs.hpp"
 
 namespace ftx::app {
 
@@ -64,8 +67,19 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
       ->check(CLI::ExistingFile)
       ->envname("FTX_TOKEN_FILE")
       ->group(access);
+  auto* tls = "TLS";
+  cmd->add_flag("--tls", opts.tls,
+                "serve TLS 1.3 with a self-signed certificate made once and kept in ROOT/.ftx-tls (owner-only)")
+      ->group(tls);
+  cmd->add_option("--tls-cert", opts.tls_cert, "serve TLS 1.3 with this certificate chain (PEM)")
+      ->check(CLI::ExistingFile)
+      ->group(tls);
+  cmd->add_option("--tls-key", opts.tls_key, "the key of --tls-cert (PEM)")->check(CLI::ExistingFile)->group(tls);
+  cmd->add_option("--client-ca", opts.client_ca, "mutual TLS: require client certificates signed by this CA")
+      ->check(CLI::ExistingFile)
+      ->group(tls);
   cmd->footer(
-      "Examples:\n  ftx serve --root /srv/ftx --listen 0.0.0.0:7021 --token-file /etc/ftx/token\n"
+      "Examples:\n  ftx serve --root /srv/ftx --listen 0.0.0.0:7021 --token-file /etc/ftx/token --tls\n"
       "  ftx serve --read-only --max-connections 200\n\n"
       "SIGINT/SIGTERM stop accepting, let transfers in flight finish (--grace) and exit 0.");
   return cmd;
@@ -106,6 +120,30 @@ int run_serve(const ServeOptions& opts) {
     return kLocalIo;
   }
 
+  std::string fingerprint;
+  if (opts.tls || !opts.tls_cert.empty() || !opts.client_ca.empty()) {
+    if (opts.tls_cert.empty() != opts.tls_key.empty()) {
+      print_error("--tls-cert and --tls-key go together");
+      return kUsage;
+    }
+    try {
+      tls::Pem pem;
+      if (!opts.tls_cert.empty()) {
+        pem = {tls::read_file(opts.tls_cert), tls::read_file(opts.tls_key)};
+      } else {
+        bool created = false;
+        pem = tls::load_or_create_server_identity(std::filesystem::path(opts.root) / storage::kTlsDir, created);
+        if (created) std::fprintf(stderr, "ftx: made a self-signed certificate in %s\n",
+                                  (std::filesystem::path(opts.root) / storage::kTlsDir).c_str());
+      }
+      so.tls = server::make_server_tls_context(pem.cert, pem.key, opts.client_ca);
+      fingerprint = tls::fingerprint(pem.cert);
+    } catch (const std::exception& e) {
+      print_error(std::string("cannot set up TLS: ") + e.what() + " \u2014 check --tls-cert/--tls-key/--client-ca");
+      return kTls;
+    }
+  }
+
   std::unique_ptr<server::Server> srv;
   try {
     srv = std::make_unique<server::Server>(so);
@@ -133,6 +171,10 @@ int run_serve(const ServeOptions& opts) {
                    "set FTX_TOKEN or --token-file",
                    srv->listen_address());
     }
+  }
+  if (so.tls) {
+    spdlog::info("TLS 1.3, certificate fingerprint {}{}", fingerprint,
+                 opts.client_ca.empty() ? "" : ", client certificates required");
   }
   if (const auto n = srv->storage().leftovers_removed(); n > 0) {
     spdlog::info("removed {} unfinished upload(s) left by an earlier run", n);

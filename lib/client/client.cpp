@@ -11,6 +11,11 @@
 #include "hash/sha256.hpp"
 #include "storage/fd.hpp"
 #include "storage/names.hpp"
+#include "tls/certs.hpp"
+
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 namespace ftx::client {
 namespace {
@@ -48,7 +53,10 @@ std::int64_t mtime_of(const struct stat& st) {
 
 }  // namespace
 
-Client::Client(const protocol::Address& address, std::string token, std::chrono::milliseconds io_timeout)
+Client::~Client() = default;
+
+Client::Client(const protocol::Address& address, std::string token, std::chrono::milliseconds io_timeout,
+               const TlsOptions& tls)
     : address_(address.to_string()), io_timeout_(io_timeout), socket_(io_), in_(64 * 1024) {
   asio::ip::tcp::resolver resolver(io_);
   std::error_code ec;
@@ -74,7 +82,90 @@ Client::Client(const protocol::Address& address, std::string token, std::chrono:
                                           " \u2014 check the address and that the server is reachable");
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  if (tls.enabled) start_tls(address.host, tls);
   if (!token.empty()) authenticate(token);
+}
+
+void Client::start_tls(const std::string& host, const TlsOptions& tls) {
+  tls_ctx_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+  SSL_CTX_set_min_proto_version(tls_ctx_->native_handle(), TLS1_3_VERSION);
+  try {
+    if (!tls.ca_file.empty()) {
+      tls_ctx_->load_verify_file(tls.ca_file);
+      tls_ctx_->set_verify_mode(asio::ssl::verify_peer);
+    } else {
+      // Pinning: any certificate completes the handshake; its fingerprint is checked
+      // against known_servers before a single request is sent.
+      tls_ctx_->set_verify_mode(asio::ssl::verify_none);
+    }
+    if (!tls.cert_file.empty()) {
+      tls_ctx_->use_certificate_chain_file(tls.cert_file);
+      tls_ctx_->use_private_key_file(tls.key_file.empty() ? tls.cert_file : tls.key_file, asio::ssl::context::pem);
+    }
+  } catch (const std::system_error& e) {
+    throw Error(Failure::kLocalIo, std::string("cannot load TLS files: ") + e.what());
+  }
+  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_ctx_);
+  std::error_code ec;
+  asio::ip::make_address(host, ec);
+  if (ec)  // a host name, not an address literal: send it for SNI SSL_set_tlsext_host_name(tls_->native_handle(), host.c_str());
+  if (!tls.ca_file.empty()) tls_->set_verify_callback(asio::ssl::host_name_verification(host));
+
+  std::error_code hs_ec;
+  tls_->async_handshake(asio::ssl::stream_base::client, [&](const std::error_code& e) { hs_ec = e; });
+  run_with_timeout("negotiating TLS");
+  if (hs_ec) {
+    std::string why = hs_ec.message();
+    const long verify = SSL_get_verify_result(tls_->native_handle());
+    if (verify != X509_V_OK) why = X509_verify_cert_error_string(verify);
+    std::string hint;
+    if (hs_ec.message().find("wrong version number") != std::string::npos ||
+        hs_ec.message().find("packet length too long") != std::string::npos || hs_ec == asio::error::eof) {
+      hint = " \u2014 is the server started with --tls?";
+    } else if (verify != X509_V_OK) {
+      hint = " \u2014 check --ca, or the server's certificate";
+    }
+    std::error_code ignored;
+    socket_.close(ignored);
+    throw Error(Failure::kTls, "TLS handshake with " + address_ + " failed: " + why + hint);
+  }
+  if (tls.ca_file.empty()) check_pin(tls);
+}
+
+void Client::check_pin(const TlsOptions& tls) {
+  X509* cert = SSL_get1_peer_certificate(tls_->native_handle());
+  if (cert == nullptr) throw Error(Failure::kTls, address_ + " presented no certificate");
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(bio, cert);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  const std::string fp = ftx::tls::fingerprint(std::string(data, static_cast<std::size_t>(n)));
+  BIO_free(bio);
+  X509_free(cert);
+
+  const auto path = tls.known_servers.empty() ? ftx::tls::default_known_servers_path() : tls.known_servers;
+  const ftx::tls::KnownServers known(path);
+  if (const auto pinned = known.find(address_)) {
+    if (pinned->first == fp) return;
+    std::error_code ignored;
+    socket_.close(ignored);
+    throw Error(Failure::kTls, "the certificate of " + address_ + " CHANGED (pinned " + pinned->first + ", now " + fp +
+                                   "): possibly an attack. If the server's certificate was replaced on purpose, "
+                                   "delete line " + std::to_string(pinned->second) + " of " + path.string());
+  }
+  const bool trust = tls.accept_new || (tls.confirm && tls.confirm(address_, fp));
+  if (!trust) {
+    std::error_code ignored;
+    socket_.close(ignored);
+    throw Error(Failure::kTls, "unknown server " + address_ + " (certificate " + fp +
+                                   "): compare with the fingerprint 'ftx serve' printed, then run again with "
+                                   "--accept-new (or use --ca)");
+  }
+  try {
+    known.add(address_, fp);
+  } catch (const std::system_error& e) {
+    throw Error(Failure::kLocalIo, e.what());
+  }
 }
 
 void Client::authenticate(const std::string& token) {
@@ -108,14 +199,17 @@ void Client::connection_lost(const std::error_code& ec) {
   std::error_code ignored;
   socket_.close(ignored);
   if (ec == asio::error::eof) {
-    throw Error(Failure::kConnection, "connection to " + address_ + " lost: the server closed it");
+    throw Error(Failure::kConnection, "connection to " + address_ + " lost: the server closed it" +
+                                          (tls_ ? "" : " (if it serves TLS, add --tls)"));
   }
   throw Error(Failure::kConnection, "connection to " + address_ + " lost: " + ec.message());
 }
 
 void Client::write_bytes(const void* data, std::size_t n) {
   std::error_code ec;
-  asio::async_write(socket_, asio::buffer(data, n), [&](const std::error_code& e, std::size_t) { ec = e; });
+  with_stream([&](auto& s) {
+    asio::async_write(s, asio::buffer(data, n), [&](const std::error_code& e, std::size_t) { ec = e; });
+  });
   run_with_timeout("sending");
   if (ec) connection_lost(ec);
 }
@@ -129,9 +223,11 @@ void Client::send(const Frame& f) {
 std::size_t Client::read_some(void* data, std::size_t n) {
   std::error_code ec;
   std::size_t got = 0;
-  socket_.async_read_some(asio::buffer(data, n), [&](const std::error_code& e, std::size_t k) {
-    ec = e;
-    got = k;
+  with_stream([&](auto& s) {
+    s.async_read_some(asio::buffer(data, n), [&](const std::error_code& e, std::size_t k) {
+      ec = e;
+      got = k;
+    });
   });
   run_with_timeout("waiting for the server");
   if (ec) connection_lost(ec);
@@ -152,8 +248,9 @@ Frame Client::read_frame() {
           throw Error(Failure::kProtocol,
                       address_ + " speaks another ftx protocol version; use the same ftx release on both sides");
         }
-        throw Error(Failure::kProtocol,
-                    address_ + " does not answer as an ftx server (" + decoder_.error().message() + ")");
+        throw Error(Failure::kProtocol, address_ + " does not answer as an ftx server (" +
+                                            decoder_.error().message() + ")" +
+                                            (tls_ ? "" : " \u2014 if it is a TLS server, use --tls"));
       }
     }
     in_begin_ = 0;
@@ -175,9 +272,11 @@ void Client::read_body(std::uint64_t n, const std::function<void(std::span<const
     std::error_code ec;
     std::size_t got = 0;
     // Exactly the body's remaining bytes: what follows belongs to the next message.
-    asio::async_read(socket_, asio::buffer(buf.data(), want), [&](const std::error_code& e, std::size_t k) {
-      ec = e;
-      got = k;
+    with_stream([&](auto& s) {
+      asio::async_read(s, asio::buffer(buf.data(), want), [&](const std::error_code& e, std::size_t k) {
+        ec = e;
+        got = k;
+      });
     });
     run_with_timeout("receiving a file");
     if (ec) connection_lost(ec);

@@ -7,10 +7,12 @@
 // without progress. Not thread-safe: one Client per thread.
 
 #include <asio.hpp>
+#include <asio/ssl.hpp>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -28,6 +30,19 @@ enum class Failure {
   kLocalIo,     // reading or writing a local file failed
   kProtocol,    // the peer does not speak this protocol (version)
   kAuth,        // the server wants a token, or a different one
+  kTls,         // TLS handshake failed, or the server's certificate is not trusted
+};
+
+// How the client speaks TLS and decides to trust the server (docs/tls.md).
+struct TlsOptions {
+  bool enabled = false;
+  std::string ca_file;    // trust certificates signed by this CA (host name checked)...
+  std::filesystem::path known_servers;  // ...else pin fingerprints here (ssh's model)
+  bool accept_new = false;  // pin an unknown server without asking (scripts)
+  // Asked about an unknown server when !accept_new; returns whether to trust and pin it.
+  std::function<bool(const std::string& address, const std::string& fingerprint)> confirm;
+  std::string cert_file;  // client certificate and key, for servers that require them
+  std::string key_file;
 };
 
 class Error : public std::runtime_error {
@@ -59,7 +74,8 @@ class Client {
   // itself never crosses the wire). Throws Error(kConnection) or Error(kAuth) with a
   // message that says what to do.
   explicit Client(const protocol::Address& address, std::string token = {},
-                  std::chrono::milliseconds io_timeout = kDefaultTimeout);
+                  std::chrono::milliseconds io_timeout = kDefaultTimeout, const TlsOptions& tls = {});
+  ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
@@ -91,11 +107,24 @@ class Client {
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
   [[noreturn]] void connection_lost(const std::error_code& ec);
   void authenticate(const std::string& token);
+  void start_tls(const std::string& host, const TlsOptions& tls);
+  void check_pin(const TlsOptions& tls);
+  // Runs f on the TLS stream when there is one, else on the TCP socket.
+  template <typename F>
+  void with_stream(F&& f) {
+    if (tls_) {
+      f(*tls_);
+    } else {
+      f(socket_);
+    }
+  }
 
   std::string address_;
   std::chrono::milliseconds io_timeout_;
   asio::io_context io_;
   asio::ip::tcp::socket socket_;
+  std::unique_ptr<asio::ssl::context> tls_ctx_;
+  std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
   protocol::Decoder decoder_;
   std::vector<std::uint8_t> in_;
   std::size_t in_begin_ = 0;

@@ -150,11 +150,12 @@ asio::awaitable<void> Server::accept_loop() {
       co_await pause.async_wait(kTuple);
       continue;
     }
-    auto session = std::make_shared<Session>(*this, std::move(socket));
+    auto stream = opts_.tls ? make_tls_stream(std::move(socket), *opts_.tls) : make_plain_stream(std::move(socket));
+    auto session = std::make_shared<Session>(*this, std::move(stream));
     if (std::string refusal = add_session(session); !refusal.empty()) {
       spdlog::warn("{} refused: {}", session->peer(), refusal);
-      auto refused = session->release_socket();
-      const auto executor = refused.get_executor();
+      auto refused = session->release_stream();
+      const auto executor = refused->socket().get_executor();
       asio::co_spawn(executor, refuse(std::move(refused), std::move(refusal)), log_failure("refusal"));
       continue;
     }
@@ -178,27 +179,33 @@ std::string Server::add_session(const std::shared_ptr<Session>& s) {
   return {};
 }
 
-asio::awaitable<void> Server::refuse(asio::ip::tcp::socket socket, std::string message) {
-  // Say why, then close gracefully: a reset could destroy the message before the client
-  // reads it. The wait for the client's close is bounded so refusals cannot pile up. The
-  // socket is shared with the timer's handler, which may run after this coroutine ended.
-  auto sock = std::make_shared<asio::ip::tcp::socket>(std::move(socket));
+asio::awaitable<void> Server::refuse(std::unique_ptr<Stream> stream, std::string message) {
+  // Say why (after the TLS handshake, on a TLS server), then close gracefully: a reset
+  // could destroy the message before the client reads it. The whole exchange is bounded
+  // to a second so refusals cannot pile up. The stream is shared with the timer's
+  // handler, which may run after this coroutine ended.
+  std::shared_ptr<Stream> s(std::move(stream));
   const auto bytes = protocol::encode(protocol::make_error(protocol::Status::kUnavailable, std::move(message)));
-  asio::steady_timer bound(sock->get_executor(), std::chrono::seconds(1));
-  bound.async_wait([sock](const std::error_code& ec) {
+  asio::steady_timer bound(s->socket().get_executor(), std::chrono::seconds(1));
+  bound.async_wait([s](const std::error_code& ec) {
     std::error_code ignored;
-    if (!ec) sock->close(ignored);
+    if (!ec) s->socket().close(ignored);
   });
-  auto [wec, n] = co_await asio::async_write(*sock, asio::buffer(bytes), kTuple);
+  std::error_code ec = co_await s->handshake();
+  for (std::span<const std::uint8_t> left(bytes); !ec && !left.empty();) {
+    auto [wec, n] = co_await s->write_some(asio::buffer(left.data(), left.size()));
+    ec = wec;
+    left = left.subspan(n);
+  }
   std::error_code ignored;
-  sock->shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+  s->socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
   std::uint8_t sink[512];
-  while (!wec && sock->is_open()) {
-    auto [rec, m] = co_await sock->async_read_some(asio::buffer(sink), kTuple);
-    if (rec) break;
+  while (!ec && s->socket().is_open()) {
+    auto [rec, m] = co_await s->read_some(asio::buffer(sink));
+    ec = rec;
   }
   bound.cancel();
-  sock->close(ignored);
+  s->socket().close(ignored);
 }
 
 void Server::remove_session(Session* s) {

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "server/stream.hpp"
 #include "storage/storage.hpp"
 
 namespace ftx::server {
@@ -51,6 +52,9 @@ struct ServerOptions {
   // random challenge (HMAC-SHA256); a wrong answer is logged and answered after auth_delay.
   std::string token;
   std::chrono::milliseconds auth_delay{1000};
+
+  // TLS 1.3 when set (make_server_tls_context); plain TCP otherwise.
+  std::shared_ptr<asio::ssl::context> tls;
 };
 
 class Session;
@@ -100,7 +104,7 @@ class Server {
   // Registers a session unless a connection limit is reached; returns the refusal message.
   std::string add_session(const std::shared_ptr<Session>& s);
   void remove_session(Session* s);
-  asio::awaitable<void> refuse(asio::ip::tcp::socket socket, std::string message);
+  asio::awaitable<void> refuse(std::unique_ptr<Stream> stream, std::string message);
   bool stopping() const { return stopping_.load(); }
 
   ServerOptions opts_;

@@ -37,8 +37,12 @@ bool is_normal_close(const std::error_code& ec) {
 
 }  // namespace
 
-Session::Session(Server& server, asio::ip::tcp::socket socket)
-    : server_(server), socket_(std::move(socket)), watchdog_(socket_.get_executor()), in_(kInBufferSize) {
+Session::Session(Server& server, std::unique_ptr<Stream> stream)
+    : server_(server),
+      stream_(std::move(stream)),
+      socket_(stream_->socket()),
+      watchdog_(socket_.get_executor()),
+      in_(kInBufferSize) {
   std::error_code ec;
   const auto ep = socket_.remote_endpoint(ec);
   client_address_ = ec ? std::string("unknown") : ep.address().to_string();
@@ -107,6 +111,20 @@ std::vector<std::uint8_t>& Session::chunk() {
 
 asio::awaitable<void> Session::run() {
   spdlog::debug("{} connected", peer_);
+  arm(server_.options().header_timeout, "handshake");
+  if (auto ec = co_await stream_->handshake()) {
+    // A plaintext client, an untrusted client certificate, a scanner: say so in the log;
+    // the peer gets TLS's own alert.
+    spdlog::warn("{} TLS handshake failed: {}", peer_, ec.message());
+    done_ = true;
+    watchdog_.cancel();
+    std::error_code ignored;
+    socket_.close(ignored);
+    co_return;
+  }
+  if (const auto subject = stream_->peer_subject(); !subject.empty()) {
+    spdlog::info("{} client certificate {}", peer_, subject);
+  }
   for (;;) {
     if (server_.stopping()) break;
     std::error_code ec = co_await read_frame();
@@ -192,7 +210,7 @@ asio::awaitable<std::error_code> Session::read_frame() {
       started = true;
       arm(opts.header_timeout, "header");
     }
-    auto [ec, n] = co_await socket_.async_read_some(asio::buffer(in_), kTuple);
+    auto [ec, n] = co_await stream_->read_some(asio::buffer(in_));
     idle_ = false;
     if (ec) {
       if (ec == asio::error::eof && !decoder_.at_boundary()) co_return protocol::errc::truncated;
@@ -221,7 +239,7 @@ asio::awaitable<std::error_code> Session::read_body(std::uint64_t n, Sink&& sink
     std::size_t got = 0;
     while (got < want) {
       arm(server_.options().body_timeout, "body");
-      auto [ec, k] = co_await socket_.async_read_some(asio::buffer(buf.data() + got, want - got), kTuple);
+      auto [ec, k] = co_await stream_->read_some(asio::buffer(buf.data() + got, want - got));
       if (ec) co_return ec == asio::error::eof ? make_error_code(protocol::errc::truncated) : ec;
       got += k;
     }
@@ -242,7 +260,7 @@ asio::awaitable<std::error_code> Session::write_all(std::span<const std::uint8_t
   // fine, a reader that stopped reading is not.
   while (!data.empty()) {
     if (!closing_) arm(server_.options().body_timeout, "send");
-    auto [ec, n] = co_await socket_.async_write_some(asio::buffer(data.data(), data.size()), kTuple);
+    auto [ec, n] = co_await stream_->write_some(asio::buffer(data.data(), data.size()));
     if (ec) co_return ec;
     data = data.subspan(n);
   }

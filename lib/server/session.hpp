@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "protocol/codec.hpp"
+#include "server/stream.hpp"
 #include "storage/storage.hpp"
 
 namespace ftx::server {
@@ -23,7 +24,7 @@ class Server;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(Server& server, asio::ip::tcp::socket socket);
+  Session(Server& server, std::unique_ptr<Stream> stream);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -32,8 +33,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void start();
   const std::string& peer() const { return peer_; }
   const std::string& client_address() const { return client_address_; }
-  // For a connection refused before start(): hands the socket over.
-  asio::ip::tcp::socket release_socket() { return std::move(socket_); }
+  // For a connection refused before start(): hands the stream over.
+  std::unique_ptr<Stream> release_stream() { return std::move(stream_); }
 
   // Asks the session to end: at once if it is waiting for a request, else after the
   // request in flight. Thread-safe.
@@ -78,7 +79,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<std::uint8_t>& chunk();
 
   Server& server_;
-  asio::ip::tcp::socket socket_;
+  std::unique_ptr<Stream> stream_;
+  asio::ip::tcp::socket& socket_;  // the TCP layer under stream_: cancel, close, endpoints
   asio::steady_timer watchdog_;
   std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
   const char* deadline_what_ = "";  // what the current deadline guards: idle, header, body, send

@@ -51,10 +51,11 @@ std::string reason(std::string_view name) {
   return {};
 }
 
-bool is_reserved(std::string_view name) {
-  return name == kStagingDir ||
-         (name.size() > kStagingDir.size() && name.starts_with(kStagingDir) && name[kStagingDir.size()] == '/');
+bool is_under(std::string_view name, std::string_view dir) {
+  return name == dir || (name.size() > dir.size() && name.starts_with(dir) && name[dir.size()] == '/');
 }
+
+bool is_reserved(std::string_view name) { return is_under(name, kStagingDir) || is_under(name, kTlsDir); }
 
 }  // namespace
 
@@ -73,7 +74,9 @@ std::error_code check_name(std::string_view name) {
 
 std::string explain_bad_name(std::string_view name) {
   std::string why = reason(name);
-  if (why.empty() && is_reserved(name)) why = std::string(kStagingDir) + " is reserved for uploads in progress";
+  if (why.empty() && is_reserved(name)) {
+    why = "names under " + std::string(kStagingDir) + " and " + std::string(kTlsDir) + " are reserved for ftx itself";
+  }
   return why;
 }
 

@@ -12,11 +12,13 @@ namespace ftx::storage {
 // The hidden folder under the root that holds uploads in progress. Reserved: no request
 // may name it, and listings never show it.
 inline constexpr std::string_view kStagingDir = ".ftx-staging";
+// Where `ftx serve --tls` keeps its certificate and key. Reserved and never listed either.
+inline constexpr std::string_view kTlsDir = ".ftx-tls";
 inline constexpr std::size_t kMaxComponentBytes = 255;  // NAME_MAX
 
 enum class errc {
   bad_name = 1,     // see check_name
-  reserved_name,    // the name is inside kStagingDir
+  reserved_name,    // the name is inside kStagingDir or kTlsDir
   digest_mismatch,  // upload body does not match the announced SHA-256
   size_mismatch,    // upload body is shorter or longer than announced
   not_regular,      // the name is a folder, device, FIFO, ... not a regular file

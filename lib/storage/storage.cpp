@@ -75,7 +75,7 @@ std::error_code for_each_entry(int dirfd, Fn&& fn) {
 
 void walk(int dirfd, const std::string& prefix, std::vector<FileInfo>& out) {
   for_each_entry(dirfd, [&](std::string_view name, const struct stat& st) {
-    if (prefix.empty() && name == kStagingDir) return;
+    if (prefix.empty() && (name == kStagingDir || name == kTlsDir)) return;
     std::string rel = prefix.empty() ? std::string(name) : prefix + "/" + std::string(name);
     if (check_name(rel)) return;  // not fetchable, so not listed
     if (S_ISREG(st.st_mode)) {

@@ -36,6 +36,7 @@ TEST(Names, RefusesHostileNamesWithAReason) {
 TEST(Names, StagingFolderIsReserved) {
   EXPECT_EQ(check_name(".ftx-staging"), errc::reserved_name);
   EXPECT_EQ(check_name(".ftx-staging/abc.part"), errc::reserved_name);
+  EXPECT_EQ(check_name(".ftx-tls/key.pem"), errc::reserved_name);
   EXPECT_NE(explain_bad_name(".ftx-staging").find("reserved"), std::string::npos);
 }
 

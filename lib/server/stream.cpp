@@ -1,0 +1,81 @@
+#include "server/stream.hpp"
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <asio/experimental/as_tuple.hpp>
+
+namespace ftx::server {
+namespace {
+
+constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
+
+class PlainStream final : public Stream {
+ public:
+  explicit PlainStream(asio::ip::tcp::socket s) : socket_(std::move(s)) {}
+  asio::awaitable<std::error_code> handshake() override { co_return std::error_code{}; }
+  asio::awaitable<Result> read_some(asio::mutable_buffer buf) override {
+    co_return co_await socket_.async_read_some(buf, kTuple);
+  }
+  asio::awaitable<Result> write_some(asio::const_buffer buf) override {
+    co_return co_await socket_.async_write_some(buf, kTuple);
+  }
+  asio::ip::tcp::socket& socket() override { return socket_; }
+
+ private:
+  asio::ip::tcp::socket socket_;
+};
+
+class TlsStream final : public Stream {
+ public:
+  TlsStream(asio::ip::tcp::socket s, asio::ssl::context& ctx) : stream_(std::move(s), ctx) {}
+  asio::awaitable<std::error_code> handshake() override {
+    auto [ec] = co_await stream_.async_handshake(asio::ssl::stream_base::server, kTuple);
+    co_return ec;
+  }
+  asio::awaitable<Result> read_some(asio::mutable_buffer buf) override {
+    co_return co_await stream_.async_read_some(buf, kTuple);
+  }
+  asio::awaitable<Result> write_some(asio::const_buffer buf) override {
+    co_return co_await stream_.async_write_some(buf, kTuple);
+  }
+  asio::ip::tcp::socket& socket() override { return stream_.next_layer(); }
+  std::string peer_subject() const override {
+    X509* cert = SSL_get0_peer_certificate(const_cast<SSL*>(stream_.native_handle()));
+    if (cert == nullptr) return {};
+    char buf[256];
+    X509_NAME_oneline(X509_get_subject_name(cert), buf, sizeof buf);
+    return buf;
+  }
+
+ private:
+  // mutable: native_handle() is not const in asio, but reading the peer certificate is.
+  mutable asio::ssl::stream<asio::ip::tcp::socket> stream_;
+};
+
+}  // namespace
+
+std::unique_ptr<Stream> make_plain_stream(asio::ip::tcp::socket socket) {
+  return std::make_unique<PlainStream>(std::move(socket));
+}
+
+std::unique_ptr<Stream> make_tls_stream(asio::ip::tcp::socket socket, asio::ssl::context& ctx) {
+  return std::make_unique<TlsStream>(std::move(socket), ctx);
+}
+
+std::shared_ptr<asio::ssl::context> make_server_tls_context(const std::string& cert_pem, const std::string& key_pem,
+                                                            const std::string& client_ca_file) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  // TLS 1.3 only: no downgrade to ciphers or versions with known weaknesses.
+  SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_3_VERSION);
+  ctx->set_options(asio::ssl::context::no_compression);
+  ctx->use_certificate_chain(asio::buffer(cert_pem));
+  ctx->use_private_key(asio::buffer(key_pem), asio::ssl::context::pem);
+  if (!client_ca_file.empty()) {
+    ctx->load_verify_file(client_ca_file);
+    ctx->set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+  }
+  return ctx;
+}
+
+}  // namespace ftx::server
