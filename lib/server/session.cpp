@@ -32,7 +32,8 @@ constexpr std::size_t kListBatchBytes = 64 * 1024;
 
 bool is_normal_close(const std::error_code& ec) {
   return ec == asio::error::eof || ec == asio::error::operation_aborted || ec == asio::error::connection_reset ||
-         ec == asio::error::broken_pipe || ec == asio::error::bad_descriptor;
+         ec == asio::error::broken_pipe || ec == asio::error::bad_descriptor ||
+         ec == asio::ssl::error::stream_truncated;  // a TLS client that closed without close_notify
 }
 
 }  // namespace

@@ -148,5 +148,36 @@ grep -qE 'get "no-such-file" bytes=0 ms=[0-9.]+ result=not-found' "$T/serve.log"
 stop_server
 check "no staging leftovers after stop" test -z "$(ls -A "$T/root/.ftx-staging")"
 
+# ---- TLS with a token: every command, pinning on first use, exit 10 for an unknown server
+export XDG_CONFIG_HOME=$T/config
+export FTX_TOKEN="cli test secret"
+"$FTX" serve --root "$T/tlsroot" --listen 127.0.0.1:0 --tls 2>"$T/tls.log" &
+SERVER_PID=$!
+port=""
+for _ in $(seq 100); do
+  port=$(sed -nE 's/.* on 127\.0\.0\.1:([0-9]+) with .*/\1/p' "$T/tls.log"); [ -n "$port" ] && break; sleep 0.1
+done
+export FTX_SERVER=127.0.0.1:$port
+fp=$(sed -nE 's/.*certificate fingerprint (sha256:[0-9a-f]+).*/\1/p' "$T/tls.log")
+check "serve --tls prints its fingerprint" test -n "$fp"
+check "the key is owner-only" test "$(stat -c %a "$T/tlsroot/.ftx-tls/key.pem")" = 600
+expect_exit 10 "$FTX" ping --tls </dev/null
+grep -q "unknown server .*$fp.*--accept-new" "$T/err" && ok || bad "unknown-server message: $(cat "$T/err")"
+expect_exit 0 "$FTX" ping --tls --accept-new
+check "pinned in known_servers" grep -q "^$FTX_SERVER $fp\$" "$T/config/ftx/known_servers"
+expect_exit 0 "$FTX" put "$T/big.bin" over-tls.bin --tls
+expect_exit 0 "$FTX" get over-tls.bin "$T/tls-back.bin" --tls
+check "TLS round trip" cmp -s "$T/big.bin" "$T/tls-back.bin"
+expect_exit 0 "$FTX" ls --tls
+check "ls over TLS hides .ftx-tls" test "$(grep -c '' "$T/out")" = 1
+expect_exit 3 "$FTX" ls  # plaintext against a TLS server
+grep -q -- "--tls" "$T/err" && ok || bad "plaintext-vs-TLS hint: $(cat "$T/err")"
+FTX_TOKEN=wrong "$FTX" ls --tls >/dev/null 2>&1; check "wrong token over TLS exits 9" test $? = 9
+echo "$FTX_SERVER sha256:$(printf '0%.0s' $(seq 64))" >"$T/config/ftx/known_servers"
+expect_exit 10 "$FTX" ls --tls --accept-new
+grep -q "CHANGED" "$T/err" && ok || bad "changed-fingerprint message: $(cat "$T/err")"
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID"; SERVER_PID=""
+unset FTX_TOKEN XDG_CONFIG_HOME
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
