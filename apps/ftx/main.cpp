@@ -18,12 +18,13 @@ constexpr const char* kFooter = R"(Examples:
   ftx get docs/q3.pdf - | less        stream to standard output
   ftx ls -s 10.0.0.5:7021
   ftx ping                            is the server up? (exit 0 if it answers)
+  ftx ls --tls --accept-new           TLS, pinning the server's certificate on first use
 
 The server address defaults to $FTX_SERVER, else 127.0.0.1:7021. A server started with a
 token wants the same secret from clients: $FTX_TOKEN, or --token-file FILE.
 Exit codes: 0 ok, 1 internal error, 2 usage, 3 connection, 4 not found,
 5 rejected by server, 6 integrity (SHA-256 mismatch), 7 local I/O, 8 protocol,
-9 authentication.)";
+9 authentication, 10 TLS (handshake or certificate trust).)";
 
 }  // namespace
 
