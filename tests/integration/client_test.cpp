@@ -47,16 +47,6 @@ std::vector<std::uint8_t> frame_with_body(const Frame& f, const std::vector<std:
   return out;
 }
 
-client::Failure failure_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const client::Error& e) {
-    return e.kind();
-  }
-  ADD_FAILURE() << "no client::Error thrown";
-  return client::Failure::kProtocol;
-}
-
 std::vector<std::string> leftovers(const std::filesystem::path& dir) {
   std::vector<std::string> out;
   for (const auto& n : list_dir(dir)) {

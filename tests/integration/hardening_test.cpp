@@ -17,23 +17,6 @@ using protocol::Frame;
 using protocol::MsgType;
 using protocol::Status;
 
-Frame frame(MsgType t, std::string name = {}) {
-  Frame f;
-  f.type = t;
-  f.name = std::move(name);
-  return f;
-}
-
-client::Failure failure_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const client::Error& e) {
-    return e.kind();
-  }
-  ADD_FAILURE() << "no client::Error thrown";
-  return client::Failure::kProtocol;
-}
-
 // Many idle TCP connections on one io_context (a RawPeer each would cost an epoll set each).
 class IdleSockets {
  public:

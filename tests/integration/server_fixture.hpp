@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
+#include <functional>
 #include <memory>
 
 #include "client/client.hpp"
@@ -13,6 +14,25 @@
 #include "support/test_support.hpp"
 
 namespace ftx::test {
+
+// A frame of type `t` with `name` and every other field zero.
+inline protocol::Frame frame(protocol::MsgType t, std::string name = {}) {
+  protocol::Frame f;
+  f.type = t;
+  f.name = std::move(name);
+  return f;
+}
+
+// The kind of client::Error that `f` throws (a test failure if it throws none).
+inline client::Failure failure_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const client::Error& e) {
+    return e.kind();
+  }
+  ADD_FAILURE() << "no client::Error thrown";
+  return client::Failure::kProtocol;
+}
 
 class ServerTest : public ::testing::Test {
  protected:

@@ -19,13 +19,6 @@ using protocol::Frame;
 using protocol::MsgType;
 using protocol::Status;
 
-Frame frame(MsgType t, std::string name = {}) {
-  Frame f;
-  f.type = t;
-  f.name = std::move(name);
-  return f;
-}
-
 TEST_F(ServerTest, RoundTripsEverySizeAroundTheChunkBoundary) {
   constexpr std::size_t kChunk = protocol::kChunkSize;
   client::Client c(address());

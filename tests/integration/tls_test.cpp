@@ -15,16 +15,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-client::Failure failure_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const client::Error& e) {
-    return e.kind();
-  }
-  ADD_FAILURE() << "no client::Error thrown";
-  return client::Failure::kProtocol;
-}
-
 std::string message_of(const std::function<void()>& f) {
   try {
     f();
