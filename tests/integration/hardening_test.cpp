@@ -3,6 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <thread>
 
 #include "client/client.hpp"
@@ -322,6 +327,77 @@ TEST_F(Token, AnAnswerWorksOnceForItsOwnChallenge) {
   RawPeer c(server_->port());  // answers without asking
   c.send_frame(answer);
   EXPECT_EQ(c.read_frame().status, Status::kUnauthorized);
+}
+
+}  // namespace
+}  // namespace ftx::test
+
+namespace ftx::test {
+namespace {
+
+// A real ENOSPC in the middle of an upload: the root on a 16 MiB tmpfs this test mounts
+// (root only; elsewhere faults_test.sh covers the same path with RLIMIT_FSIZE). The upload
+// passes the free-space guard, then the test fills the filesystem behind the server's back
+// before the second half of the body arrives.
+class DiskFull : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mount_ = dir_ / "small";
+    std::filesystem::create_directories(mount_);
+    if (::mount("tmpfs", mount_.c_str(), "tmpfs", 0, "size=16m") != 0) {
+      GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << "); see faults_test.sh";
+    }
+    mounted_ = true;
+    server::ServerOptions o;
+    o.root = mount_ / "root";
+    o.port = 0;
+    o.threads = 2;
+    o.min_free_bytes = 0;
+    server_ = std::make_unique<server::Server>(o);
+    server_->start();
+  }
+  void TearDown() override {
+    if (server_) {
+      server_->stop();
+      server_->wait();
+      server_.reset();
+    }
+    if (mounted_) ::umount2(mount_.c_str(), MNT_DETACH);
+  }
+  TempDir dir_;
+  std::filesystem::path mount_;
+  bool mounted_ = false;
+  std::unique_ptr<server::Server> server_;
+};
+
+TEST_F(DiskFull, EnospcMidUploadAnswersAnErrorKeepsTheOldFileAndLeavesNothing) {
+  const auto old = random_bytes(1 << 20, 20);
+  write_file(mount_ / "root" / "victim", old);
+  const auto body = random_bytes(8 << 20, 21);
+  RawPeer peer(server_->port());
+  Frame put = frame(MsgType::kPut, "victim");
+  put.size = body.size();
+  put.digest = hash::sha256(body);
+  peer.send_frame(put);
+  ASSERT_EQ(peer.read_frame().type, MsgType::kReady) << "the guard let it through: it fits now";
+  const auto half = static_cast<std::ptrdiff_t>(body.size() / 2);
+  peer.send_bytes({body.begin(), body.begin() + half});
+  // Fill what is left (the write stops at ENOSPC; that is the point).
+  {
+    std::ofstream filler(mount_ / "filler", std::ios::binary);
+    const std::vector<char> block(1 << 20, 'x');
+    while (filler.write(block.data(), static_cast<std::streamsize>(block.size()))) {
+    }
+  }
+  peer.send_bytes({body.begin() + half, body.end()});
+  const Frame reply = peer.read_frame();
+  EXPECT_EQ(reply.status, protocol::Status::kNoSpace) << reply.name;
+  EXPECT_NE(reply.name.find("ran out of space"), std::string::npos) << reply.name;
+  EXPECT_EQ(read_file(mount_ / "root" / "victim"), old);
+  EXPECT_TRUE(list_dir(mount_ / "root" / ".ftx-staging").empty());
+  std::filesystem::remove(mount_ / "filler");
+  peer.send_frame(frame(MsgType::kPing));
+  EXPECT_EQ(peer.read_frame().type, MsgType::kPong) << "the connection and the server carry on";
 }
 
 }  // namespace
