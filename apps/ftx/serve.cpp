@@ -121,11 +121,11 @@ int run_serve(const ServeOptions& opts) {
   }
 
   std::string fingerprint;
+  if (opts.tls_cert.empty() != opts.tls_key.empty()) {
+    print_error("--tls-cert and --tls-key go together");
+    return kUsage;
+  }
   if (opts.tls || !opts.tls_cert.empty() || !opts.client_ca.empty()) {
-    if (opts.tls_cert.empty() != opts.tls_key.empty()) {
-      print_error("--tls-cert and --tls-key go together");
-      return kUsage;
-    }
     try {
       tls::Pem pem;
       if (!opts.tls_cert.empty()) {
@@ -138,6 +138,9 @@ int run_serve(const ServeOptions& opts) {
       }
       so.tls = server::make_server_tls_context(pem.cert, pem.key, opts.client_ca);
       fingerprint = tls::fingerprint(pem.cert);
+    } catch (const std::filesystem::filesystem_error& e) {
+      print_error(std::string(e.what()) + " \u2014 check --root");
+      return kLocalIo;
     } catch (const std::exception& e) {
       print_error(std::string("cannot set up TLS: ") + e.what() + " \u2014 check --tls-cert/--tls-key/--client-ca");
       return kTls;
@@ -165,7 +168,7 @@ int run_serve(const ServeOptions& opts) {
                so.max_connections, so.max_connections_per_client, opts.idle_timeout_s, opts.header_timeout_s,
                opts.body_timeout_s, so.max_file_size, so.min_free_bytes, so.max_name_bytes, so.max_depth,
                so.read_only ? ", read-only" : "", so.token.empty() ? "" : ", token required");
-  if (so.token.empty()) {
+  if (so.token.empty() && opts.client_ca.empty()) {
     if (!srv->listens_on_loopback()) {
       spdlog::warn("listening on {} without a token: anyone who can reach it can read and write the root; "
                    "set FTX_TOKEN or --token-file",

@@ -108,7 +108,10 @@ void Client::start_tls(const std::string& host, const TlsOptions& tls) {
   tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_ctx_);
   std::error_code ec;
   asio::ip::make_address(host, ec);
-  if (ec)  // a host name, not an address literal: send it for SNI SSL_set_tlsext_host_name(tls_->native_handle(), host.c_str());
+  if (ec) {  // a host name, not an address literal: send it for SNI
+    SSL_set_tlsext_host_name(tls_->native_handle(), host.c_str());
+  }
+  // With a CA, the certificate must also name the host (or IP) the user typed.
   if (!tls.ca_file.empty()) tls_->set_verify_callback(asio::ssl::host_name_verification(host));
 
   std::error_code hs_ec;
@@ -198,6 +201,13 @@ void Client::run_with_timeout(const char* what) {
 void Client::connection_lost(const std::error_code& ec) {
   std::error_code ignored;
   socket_.close(ignored);
+  if (tls_ && ec.category() == asio::error::get_ssl_category()) {
+    // A TLS alert after the handshake: e.g. the server wants a client certificate.
+    throw Error(Failure::kTls, "TLS connection to " + address_ + " failed: " + ec.message() +
+                                   (ec.message().find("certificate") != std::string::npos
+                                        ? " \u2014 the server may require --cert/--key"
+                                        : ""));
+  }
   if (ec == asio::error::eof) {
     throw Error(Failure::kConnection, "connection to " + address_ + " lost: the server closed it" +
                                           (tls_ ? "" : " (if it serves TLS, add --tls)"));
