@@ -113,10 +113,18 @@ std::vector<std::uint8_t>& Session::chunk() {
 asio::awaitable<void> Session::run() {
   spdlog::debug("{} connected", peer_);
   arm(server_.options().header_timeout, "handshake");
-  if (auto ec = co_await stream_->handshake()) {
+  idle_ = true;  // nothing to finish yet: a stopping server may cancel the handshake
+  auto hs_ec = co_await stream_->handshake();
+  idle_ = false;
+  if (!hs_ec && server_.stopping()) hs_ec = asio::error::operation_aborted;
+  if (hs_ec) {
     // A plaintext client, an untrusted client certificate, a scanner: say so in the log;
     // the peer gets TLS's own alert.
-    spdlog::warn("{} TLS handshake failed: {}", peer_, ec.message());
+    if (expired_ != nullptr) {
+      spdlog::info("{} closed: {} timeout", peer_, expired_);
+    } else if (hs_ec != asio::error::operation_aborted) {
+      spdlog::warn("{} TLS handshake failed: {}", peer_, hs_ec.message());
+    }
     done_ = true;
     watchdog_.cancel();
     std::error_code ignored;

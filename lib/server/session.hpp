@@ -97,7 +97,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t in_end_ = 0;
   std::vector<std::uint8_t> out_;
   std::vector<std::uint8_t> chunk_;  // allocated on first transfer, freed when idle
-  bool idle_ = false;                // waiting for the first byte of a request
+  bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
 };
 
 }  // namespace ftx::server

@@ -174,6 +174,15 @@ TEST_F(TlsServer, PlaintextClientGetsAClearErrorAndTheServerKeepsServing) {
   expect_still_serving();
 }
 
+TEST_F(TlsServer, StopDoesNotWaitForAHandshakeThatNeverStarts) {
+  RawPeer silent(server_->port());  // connects, never sends a ClientHello
+  connect(with_ca())->ping();       // the silent connection was accepted before this one
+  const auto t0 = std::chrono::steady_clock::now();
+  server_->stop();
+  server_->wait();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms) << "the 2 s grace is for transfers, not for handshakes";
+}
+
 class ExpiredCertificate : public TlsServer {
   tls::Pem server_pem() const override {
     tls::CertSpec spec;
