@@ -47,10 +47,6 @@ std::string base_name(const std::string& remote) {
   return slash == std::string::npos ? remote : remote.substr(slash + 1);
 }
 
-std::int64_t mtime_of(const struct stat& st) {
-  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-}
-
 }  // namespace
 
 Client::~Client() = default;
@@ -355,7 +351,7 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
   req.type = MsgType::kPut;
   req.flags = protocol::kFlagHasMtime;
   req.size = size;
-  req.mtime_ns = mtime_of(st);
+  req.mtime_ns = storage::mtime_ns(st);
   req.digest = hasher.finish();
   req.name = remote;
   send(req);

@@ -1,7 +1,6 @@
 #include "client/local_file.hpp"
 
 #include <fcntl.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,16 +54,6 @@ extern "C" void on_fatal_signal(int sig) {
   std::raise(sig);
 }
 
-std::string random_suffix() {
-  std::uint8_t raw[6] = {};
-  if (::getrandom(raw, sizeof raw, 0) != static_cast<ssize_t>(sizeof raw)) {
-    throw std::system_error(errno, std::system_category(), "getrandom");
-  }
-  char out[13];
-  for (std::size_t i = 0; i < sizeof raw; ++i) std::snprintf(out + 2 * i, 3, "%02x", raw[i]);
-  return out;
-}
-
 // Removes staging files for the same target left by downloads whose process is gone (a
 // SIGKILL cannot be caught). The pid in the name tells; a live process keeps its file.
 void remove_dead_leftovers(const std::filesystem::path& dir, const std::string& prefix) {
@@ -97,7 +86,7 @@ StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)
   const auto dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
   const std::string prefix = "." + target_.filename().string() + ".ftx-";
   remove_dead_leftovers(dir, prefix);
-  staging_ = dir / (prefix + std::to_string(::getpid()) + "-" + random_suffix() + ".part");
+  staging_ = dir / (prefix + std::to_string(::getpid()) + "-" + storage::random_hex(6) + ".part");
   fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   if (!fd_) throw std::system_error(storage::last_error(), "cannot create " + staging_.string());
   cleanup_slot_ = arm_cleanup(staging_);
@@ -115,9 +104,8 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns) {
   if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) {
     if (::fchmod(fd_.get(), old.st_mode & 07777) != 0) return storage::last_error();
   }
-  if (mtime_ns && *mtime_ns >= 0) {
-    const timespec times[2] = {{0, UTIME_NOW}, {*mtime_ns / 1'000'000'000, *mtime_ns % 1'000'000'000}};
-    if (::futimens(fd_.get(), times) != 0) return storage::last_error();
+  if (mtime_ns) {
+    if (auto ec = storage::set_mtime(fd_.get(), *mtime_ns)) return ec;
   }
   if (::fsync(fd_.get()) != 0) return storage::last_error();
   if (::rename(staging_.c_str(), target_.c_str()) != 0) return storage::last_error();

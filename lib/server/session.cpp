@@ -2,7 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <sys/random.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -484,13 +483,7 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
 
 asio::awaitable<std::error_code> Session::handle_hello() {
   protocol::Digest nonce{};
-  std::size_t got = 0;
-  while (got < nonce.size()) {
-    const ssize_t n = ::getrandom(nonce.data() + got, nonce.size() - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::system_error(errno, std::system_category(), "getrandom");
-    got += static_cast<std::size_t>(n);
-  }
+  storage::fill_random(nonce);
   nonce_ = nonce;
   Frame challenge;
   challenge.type = MsgType::kChallenge;

@@ -1,6 +1,10 @@
 #include "storage/fd.hpp"
 
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <vector>
 
 #include <cerrno>
 
@@ -25,20 +29,6 @@ std::error_code write_all(int fd, std::span<const std::uint8_t> data) {
   return {};
 }
 
-std::error_code read_full(int fd, std::span<std::uint8_t> buf, std::size_t& got) {
-  got = 0;
-  while (got < buf.size()) {
-    const ssize_t n = ::read(fd, buf.data() + got, buf.size() - got);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return last_error();
-    }
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  return {};
-}
-
 std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got) {
   got = 0;
   while (got < buf.size()) {
@@ -51,6 +41,40 @@ std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t of
     got += static_cast<std::size_t>(n);
   }
   return {};
+}
+
+std::int64_t mtime_ns(const struct ::stat& st) {
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+std::error_code set_mtime(int fd, std::int64_t mtime_ns) {
+  if (mtime_ns < 0) return {};
+  const timespec times[2] = {{0, UTIME_NOW}, {mtime_ns / 1'000'000'000, mtime_ns % 1'000'000'000}};
+  if (::futimens(fd, times) != 0) return last_error();
+  return {};
+}
+
+void fill_random(std::span<std::uint8_t> out) {
+  std::size_t got = 0;
+  while (got < out.size()) {
+    const ssize_t n = ::getrandom(out.data() + got, out.size() - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::system_error(errno, std::system_category(), "getrandom");
+    got += static_cast<std::size_t>(n);
+  }
+}
+
+std::string random_hex(std::size_t bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::vector<std::uint8_t> raw(bytes);
+  fill_random(raw);
+  std::string s;
+  s.reserve(2 * bytes);
+  for (const auto b : raw) {
+    s += kHex[b >> 4];
+    s += kHex[b & 0xF];
+  }
+  return s;
 }
 
 }  // namespace ftx::storage

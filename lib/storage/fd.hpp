@@ -6,7 +6,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <system_error>
+
+struct stat;
 
 namespace ftx::storage {
 
@@ -42,10 +45,18 @@ std::error_code last_error();
 // Writes all of `data` at the file's current offset, retrying on EINTR and short writes.
 std::error_code write_all(int fd, std::span<const std::uint8_t> data);
 
-// Reads until `buf` is full or EOF; `got` is the number of bytes read (< size only at EOF).
-std::error_code read_full(int fd, std::span<std::uint8_t> buf, std::size_t& got);
-
 // Reads until `buf` is full or EOF, from `offset` without moving the file offset.
 std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got);
+
+// Modification time of `st` in ns since the Unix epoch.
+std::int64_t mtime_ns(const struct ::stat& st);
+
+// Sets the modification time of `fd` (access time: now). Negative times are not applied.
+std::error_code set_mtime(int fd, std::int64_t mtime_ns);
+
+// Fills `out` from the kernel's CSPRNG (getrandom); throws std::system_error on failure.
+void fill_random(std::span<std::uint8_t> out);
+// `bytes` random bytes as lower-case hex (2 * bytes characters), for unique file names.
+std::string random_hex(std::size_t bytes);
 
 }  // namespace ftx::storage

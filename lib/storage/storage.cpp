@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -17,10 +16,6 @@ namespace {
 
 constexpr int kDirFlags = O_DIRECTORY | O_NOFOLLOW | O_RDONLY | O_CLOEXEC;
 
-std::int64_t mtime_of(const struct stat& st) {
-  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-}
-
 // After openat(.., O_NOFOLLOW) failed with ELOOP or ENOTDIR, tells a symlink (which we
 // refuse on principle) from a plain "not a folder".
 std::error_code classify_open_error(int dirfd, std::string_view comp, int saved_errno) {
@@ -32,23 +27,7 @@ std::error_code classify_open_error(int dirfd, std::string_view comp, int saved_
   return {saved_errno, std::system_category()};
 }
 
-std::string random_staging_name() {
-  std::uint8_t raw[12];
-  std::size_t got = 0;
-  while (got < sizeof raw) {
-    const ssize_t n = ::getrandom(raw + got, sizeof raw - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::system_error(errno, std::system_category(), "getrandom");
-    got += static_cast<std::size_t>(n);
-  }
-  std::string s;
-  char hex[3];
-  for (auto b : raw) {
-    std::snprintf(hex, sizeof hex, "%02x", b);
-    s += hex;
-  }
-  return s + ".part";
-}
+std::string random_staging_name() { return random_hex(12) + ".part"; }
 
 // Calls fn(dirfd, entry_name, stat) for each entry of the folder `dirfd` except . and ..
 template <typename Fn>
@@ -79,7 +58,7 @@ void walk(int dirfd, const std::string& prefix, std::vector<FileInfo>& out) {
     std::string rel = prefix.empty() ? std::string(name) : prefix + "/" + std::string(name);
     if (check_name(rel)) return;  // not fetchable, so not listed
     if (S_ISREG(st.st_mode)) {
-      out.push_back({std::move(rel), static_cast<std::uint64_t>(st.st_size), mtime_of(st)});
+      out.push_back({std::move(rel), static_cast<std::uint64_t>(st.st_size), mtime_ns(st)});
     } else if (S_ISDIR(st.st_mode)) {
       UniqueFd child(::openat(dirfd, std::string(name).c_str(), kDirFlags));
       if (child) walk(child.get(), rel, out);
@@ -140,10 +119,7 @@ std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::
   } else if (hasher_.finish() != expected) {
     ec = errc::digest_mismatch;
   }
-  if (!ec && mtime_ns) {
-    const timespec times[2] = {{0, UTIME_NOW}, {*mtime_ns / 1'000'000'000, *mtime_ns % 1'000'000'000}};
-    if (*mtime_ns >= 0 && ::futimens(fd_.get(), times) != 0) ec = last_error();
-  }
+  if (!ec && mtime_ns) ec = set_mtime(fd_.get(), *mtime_ns);
   // The data must be on disk before the rename makes it visible, or a crash could publish
   // a file whose blocks never arrived.
   if (!ec && ::fsync(fd_.get()) != 0) ec = last_error();
@@ -257,7 +233,7 @@ std::error_code Storage::open_file(std::string_view name, ReadFile& out) const {
   if (!S_ISREG(st.st_mode)) return errc::not_regular;
   out.fd = std::move(fd);
   out.size = static_cast<std::uint64_t>(st.st_size);
-  out.mtime_ns = mtime_of(st);
+  out.mtime_ns = mtime_ns(st);
   return {};
 }
 
