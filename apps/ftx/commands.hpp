@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "client/client.hpp"
 #include "protocol/address.hpp"
@@ -31,6 +32,7 @@ struct ServeOptions {
   std::string tls_cert;    // or this certificate chain...
   std::string tls_key;     // ...and key
   std::string client_ca;   // mutual TLS: clients need a certificate signed by this CA
+  std::string log_format = "text";  // text | json
 };
 
 struct ClientOptions {
@@ -41,26 +43,54 @@ struct ClientOptions {
   std::string cert_file;
   std::string key_file;
   bool accept_new = false;
+  bool json = false;  // --json: results as JSON lines on stdout
 };
 
 struct PutOptions {
   ClientOptions client;
   std::string local;
   std::string remote;  // empty = base name of local
+  bool recursive = false;
+  bool quiet = false;
 };
 
 struct GetOptions {
   ClientOptions client;
   std::string remote;
   std::string local;  // empty = ./<base name>
+  bool recursive = false;
+  bool quiet = false;
 };
 
 struct LsOptions {
   ClientOptions client;
+  std::string path;  // empty = everything
+  bool long_format = false;
 };
 
 struct PingOptions {
   ClientOptions client;
+};
+
+struct StatOptions {
+  ClientOptions client;
+  std::string name;
+};
+
+struct RmOptions {
+  ClientOptions client;
+  std::vector<std::string> names;
+};
+
+struct MvOptions {
+  ClientOptions client;
+  std::string from;
+  std::string to;
+};
+
+struct MkdirOptions {
+  ClientOptions client;
+  std::vector<std::string> names;
 };
 
 CLI::App* setup_serve(CLI::App& app, ServeOptions& opts);
@@ -68,15 +98,26 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts);
 CLI::App* setup_get(CLI::App& app, GetOptions& opts);
 CLI::App* setup_ls(CLI::App& app, LsOptions& opts);
 CLI::App* setup_ping(CLI::App& app, PingOptions& opts);
+CLI::App* setup_stat(CLI::App& app, StatOptions& opts);
+CLI::App* setup_rm(CLI::App& app, RmOptions& opts);
+CLI::App* setup_mv(CLI::App& app, MvOptions& opts);
+CLI::App* setup_mkdir(CLI::App& app, MkdirOptions& opts);
 
 int run_serve(const ServeOptions& opts);
 int run_put(const PutOptions& opts);
 int run_get(const GetOptions& opts);
 int run_ls(const LsOptions& opts);
 int run_ping(const PingOptions& opts);
+int run_stat(const StatOptions& opts);
+int run_rm(const RmOptions& opts);
+int run_mv(const MvOptions& opts);
+int run_mkdir(const MkdirOptions& opts);
 
-// Shared by the client commands.
+// Shared by the client commands: --server, token, TLS options and --json.
 void add_server_option(CLI::App& cmd, ClientOptions& opts);
+// Gives every long option of `cmd` that has none an environment variable FTX_<NAME>
+// (--max-depth -> FTX_MAX_DEPTH), so any flag can come from the environment.
+void add_env_names(CLI::App& cmd);
 // Prints "ftx: <message>" on stderr.
 void print_error(const std::string& message);
 // Parses --server; on a bad address prints the error and returns nullopt.
@@ -86,13 +127,10 @@ std::optional<protocol::Address> server_address(const ClientOptions& opts);
 std::string read_token(const std::string& token_file);
 // Connects (and authenticates when a token is configured).
 std::unique_ptr<client::Client> connect(const ClientOptions& opts, const protocol::Address& address);
-// Runs a client action, mapping every failure to its message and exit code.
-int run_client_action(const std::function<void()>& action);
+// Runs a client action, mapping every failure to its message (stderr) and exit code. With
+// --json, the failure is also printed as {"op":op,"ok":false,...} on stdout.
+int run_client_action(const ClientOptions& opts, const char* op, const std::function<void()>& action);
 int exit_code_for(client::Failure f);
 
 }  // namespace ftx::app
 
-namespace ftx::app {
-// "0 B", "512 B", "1.5 KiB", "3.2 GiB".
-std::string human_size(std::uint64_t bytes);
-}  // namespace ftx::app

@@ -11,6 +11,7 @@
 
 #include "apps/ftx/commands.hpp"
 #include "apps/ftx/exit_codes.hpp"
+#include "apps/ftx/output.hpp"
 #include "tls/certs.hpp"
 
 namespace ftx::app {
@@ -39,6 +40,18 @@ void add_server_option(CLI::App& cmd, ClientOptions& opts) {
       ->envname("FTX_KEY")
       ->check(CLI::ExistingFile)
       ->group(tls);
+  cmd.add_flag("--json", opts.json, "print results as JSON, one object a line (schema: docs/cli.md)");
+}
+
+void add_env_names(CLI::App& cmd) {
+  for (CLI::Option* opt : cmd.get_options()) {
+    if (!opt->get_envname().empty() || opt->get_lnames().empty()) continue;
+    const std::string& name = opt->get_lnames().front();
+    if (name == "help") continue;
+    std::string env = "FTX_";
+    for (const char c : name) env += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    opt->envname(env);
+  }
 }
 
 std::string read_token(const std::string& token_file) {
@@ -111,32 +124,20 @@ int exit_code_for(client::Failure f) {
   return kInternal;
 }
 
-int run_client_action(const std::function<void()>& action) {
+int run_client_action(const ClientOptions& opts, const char* op, const std::function<void()>& action) {
   try {
     action();
     return kOk;
   } catch (const client::Error& e) {
     print_error(e.what());
+    if (opts.json) {
+      auto j = json_error(e);
+      j["op"] = op;
+      print_json(j);
+    }
     return exit_code_for(e.kind());
   }
 }
 
 }  // namespace ftx::app
 
-namespace ftx::app {
-
-std::string human_size(std::uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  if (bytes < 1024) return std::to_string(bytes) + " B";
-  double v = static_cast<double>(bytes);
-  std::size_t unit = 0;
-  while (v >= 1024 && unit + 1 < std::size(kUnits)) {
-    v /= 1024;
-    ++unit;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[unit]);
-  return buf;
-}
-
-}  // namespace ftx::app

@@ -1,45 +1,95 @@
+// ls, stat and ping: commands that only read from the server.
+
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
-#include <ctime>
 
 #include "apps/ftx/commands.hpp"
 #include "apps/ftx/exit_codes.hpp"
+#include "apps/ftx/output.hpp"
+#include "hash/sha256.hpp"
 
 namespace ftx::app {
 namespace {
 
-// ISO 8601 in UTC: sortable, unambiguous across time zones.
-std::string format_mtime(std::int64_t mtime_ns) {
-  const std::time_t secs = static_cast<std::time_t>(mtime_ns / 1'000'000'000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+nlohmann::json json_entry(const client::Entry& e) {
+  nlohmann::json j{{"name", e.name},
+                   {"type", e.folder ? "folder" : "file"},
+                   {"size", e.size},
+                   {"mtime", format_mtime(e.mtime_ns, true)},
+                   {"mtime_ns", e.mtime_ns},
+                   {"executable", e.executable}};
+  if (e.digest) j["sha256"] = hash::to_hex(*e.digest);
+  return j;
 }
 
 }  // namespace
 
 CLI::App* setup_ls(CLI::App& app, LsOptions& opts) {
   auto* cmd = app.add_subcommand("ls", "list stored files, one a line: size in bytes, mtime (UTC), name");
+  cmd->add_option("PATH", opts.path, "folder to list (default: everything), or one file");
+  cmd->add_flag("-l,--long", opts.long_format, "also show each file's stored SHA-256 (between mtime and name)");
   add_server_option(*cmd, opts.client);
-  cmd->footer("Example:\n  ftx ls\n     1048576  2026-11-25T04:18:54Z  docs/q3.pdf");
+  cmd->footer(
+      "Examples:\n"
+      "  ftx ls\n"
+      "       1048576  2026-11-25T04:18:54Z  docs/q3.pdf\n"
+      "  ftx ls -l docs\n"
+      "       1048576  2026-11-25T04:18:54Z  5f0c...e1a9  docs/q3.pdf\n"
+      "  ftx ls --json | jq -r 'select(.size > 1000000) | .name'");
   return cmd;
 }
 
 int run_ls(const LsOptions& opts) {
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
-  return run_client_action([&] {
+  return run_client_action(opts.client, "ls", [&] {
     auto c = connect(opts.client, *address);
-    c->list("", [](const client::Entry& e) {
-      std::string name = e.name;
-      for (auto& ch : name) {
-        if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
-      }
-      std::printf("%12" PRIu64 "  %s  %s\n", e.size, format_mtime(e.mtime_ns).c_str(), name.c_str());
-    });
+    client::ListOptions lo;
+    lo.digests = opts.long_format;
+    c->list(
+        opts.path,
+        [&](const client::Entry& e) {
+          if (opts.client.json) {
+            print_json(json_entry(e));
+          } else if (opts.long_format) {
+            std::printf("%12" PRIu64 "  %s  %s  %s\n", e.size, format_mtime(e.mtime_ns).c_str(),
+                        e.digest ? hash::to_hex(*e.digest).c_str() : std::string(64, '?').c_str(),
+                        printable(e.name).c_str());
+          } else {
+            std::printf("%12" PRIu64 "  %s  %s\n", e.size, format_mtime(e.mtime_ns).c_str(), printable(e.name).c_str());
+          }
+        },
+        lo);
+  });
+}
+
+CLI::App* setup_stat(CLI::App& app, StatOptions& opts) {
+  auto* cmd = app.add_subcommand("stat", "show one stored file's size, mtime and SHA-256 (computed by the server)");
+  cmd->add_option("NAME", opts.name, "file or folder on the server")->required();
+  add_server_option(*cmd, opts.client);
+  cmd->footer(
+      "Examples:\n"
+      "  ftx stat docs/q3.pdf\n"
+      "  ftx stat docs/q3.pdf --json | jq -r .sha256");
+  return cmd;
+}
+
+int run_stat(const StatOptions& opts) {
+  const auto address = server_address(opts.client);
+  if (!address) return kUsage;
+  return run_client_action(opts.client, "stat", [&] {
+    auto c = connect(opts.client, *address);
+    const auto e = c->stat(opts.name);
+    if (opts.client.json) {
+      print_json(json_entry(e));
+      return;
+    }
+    std::printf("name    %s\n", printable(e.name).c_str());
+    std::printf("type    %s\n", e.folder ? "folder" : e.executable ? "file, executable" : "file");
+    if (!e.folder) std::printf("size    %" PRIu64 " (%s)\n", e.size, human_size(e.size).c_str());
+    std::printf("mtime   %s\n", format_mtime(e.mtime_ns, true).c_str());
+    if (e.digest) std::printf("sha256  %s\n", hash::to_hex(*e.digest).c_str());
   });
 }
 
@@ -53,12 +103,16 @@ CLI::App* setup_ping(CLI::App& app, PingOptions& opts) {
 int run_ping(const PingOptions& opts) {
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
-  return run_client_action([&] {
+  return run_client_action(opts.client, "ping", [&] {
     const auto start = std::chrono::steady_clock::now();
     auto c = connect(opts.client, *address);
     c->ping();
     const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::printf("pong from %s in %.1f ms\n", address->to_string().c_str(), ms);
+    if (opts.client.json) {
+      print_json({{"op", "ping"}, {"ok", true}, {"server", address->to_string()}, {"ms", ms}});
+    } else {
+      std::printf("pong from %s in %.1f ms\n", address->to_string().c_str(), ms);
+    }
   });
 }
 

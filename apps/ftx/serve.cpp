@@ -1,4 +1,3 @@
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -6,6 +5,7 @@
 
 #include "apps/ftx/commands.hpp"
 #include "apps/ftx/exit_codes.hpp"
+#include "log/log.hpp"
 #include "server/server.hpp"
 #include "storage/names.hpp"
 #include "tls/certs.hpp"
@@ -78,6 +78,11 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
   cmd->add_option("--client-ca", opts.client_ca, "mutual TLS: require client certificates signed by this CA")
       ->check(CLI::ExistingFile)
       ->group(tls);
+  cmd->add_option("--log-format", opts.log_format,
+                  "text: one line per event for people; json: one JSON object per line for log collectors")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->envname("FTX_LOG_FORMAT")
+      ->capture_default_str();
   cmd->footer(
       "Examples:\n  ftx serve --root /srv/ftx --listen 0.0.0.0:7021 --token-file /etc/ftx/token --tls\n"
       "  ftx serve --read-only --max-connections 200\n\n"
@@ -86,9 +91,7 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
 }
 
 int run_serve(const ServeOptions& opts) {
-  auto logger = spdlog::stderr_color_mt("ftx");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%l%$ %v");
-  spdlog::set_default_logger(logger);
+  log::setup(opts.log_format == "json" ? log::Format::kJson : log::Format::kText);
 
   std::string error;
   const auto address = protocol::parse_address(opts.listen, error);

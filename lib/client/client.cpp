@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
 #include <cstring>
+#include <deque>
 #include <optional>
 
 #include "client/local_file.hpp"
@@ -25,6 +28,79 @@ using protocol::MsgType;
 using protocol::Status;
 
 constexpr std::chrono::seconds kConnectTimeout{15};
+
+// Normal endings travel as error codes; Client turns them into Errors with its own words.
+constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
+
+// Files up to this size are read once into memory, hashed, and sent from there; larger
+// ones are hashed in one pass and sent in a second (the header carries the digest).
+constexpr std::uint64_t kWholeFileBytes = protocol::kChunkSize;
+
+// A local file opened for upload.
+struct Source {
+  storage::UniqueFd fd;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+  bool executable = false;
+};
+
+Source open_source(const std::filesystem::path& local) {
+  Source src;
+  src.fd.reset(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!src.fd) {
+    throw Error(Failure::kLocalIo, "cannot open " + local.string() + ": " + storage::last_error().message());
+  }
+  struct stat st {};
+  if (::fstat(src.fd.get(), &st) != 0) {
+    throw Error(Failure::kLocalIo, "cannot stat " + local.string() + ": " + storage::last_error().message());
+  }
+  if (!S_ISREG(st.st_mode)) throw Error(Failure::kLocalIo, local.string() + " is not a regular file");
+  src.size = static_cast<std::uint64_t>(st.st_size);
+  if (src.size > protocol::kMaxFileSize) {
+    throw Error(Failure::kRejected, local.string() + " is larger than the protocol's limit of 1 PiB");
+  }
+  src.mtime_ns = storage::mtime_ns(st);
+  src.executable = (st.st_mode & S_IXUSR) != 0;
+  return src;
+}
+
+// Reads [off, off + buf.size()) of the source; a file that shrank meanwhile is an error.
+std::span<const std::uint8_t> read_source(const Source& src, const std::filesystem::path& local,
+                                          std::span<std::uint8_t> buf, std::uint64_t off) {
+  std::size_t got = 0;
+  if (auto ec = storage::pread_full(src.fd.get(), buf, off, got)) {
+    throw Error(Failure::kLocalIo, "cannot read " + local.string() + ": " + ec.message());
+  }
+  if (got != buf.size()) throw Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
+  return buf.first(got);
+}
+
+// The kPut header for `src`, its digest computed by reading it through `buf`. When the
+// whole file fits in buf, buf holds it afterwards (the caller need not read it again).
+Frame put_header(const Source& src, const std::filesystem::path& local, const std::string& remote,
+                 std::vector<std::uint8_t>& buf) {
+  hash::Sha256 hasher;
+  for (std::uint64_t off = 0; off < src.size;) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), src.size - off));
+    const auto data = read_source(src, local, std::span(buf.data(), want), off);
+    hasher.update(data);
+    off += data.size();
+  }
+  Frame req;
+  req.type = MsgType::kPut;
+  req.flags = protocol::kFlagHasMtime | (src.executable ? protocol::kFlagExecutable : 0);
+  req.size = src.size;
+  req.mtime_ns = src.mtime_ns;
+  req.digest = hasher.finish();
+  req.name = remote;
+  return req;
+}
+
+void check_remote_name(const std::string& remote) {
+  if (remote.size() > protocol::kMaxNameBytes) {
+    throw Error(Failure::kRejected, "remote name is longer than " + std::to_string(protocol::kMaxNameBytes) + " bytes");
+  }
+}
 
 // Messages from the server are printed on the user's terminal: keep them to one line of
 // printable text whatever the peer sent.
@@ -181,17 +257,59 @@ void Client::authenticate(const std::string& token) {
   if (reply.type != MsgType::kAuthOk) fail_from_reply(reply, "authentication");
 }
 
+void Client::throw_timeout(const char* what) {
+  throw Error(Failure::kConnection,
+              "no answer from " + address_ + " for " +
+                  std::to_string(std::chrono::duration_cast<std::chrono::seconds>(io_timeout_).count()) + " s while " +
+                  what + "; giving up");
+}
+
 void Client::run_with_timeout(const char* what) {
   io_.restart();
   io_.run_for(io_timeout_);
   if (!io_.stopped()) {
     socket_.close();
     io_.run();
-    throw Error(Failure::kConnection,
-                "no answer from " + address_ + " for " +
-                    std::to_string(std::chrono::duration_cast<std::chrono::seconds>(io_timeout_).count()) +
-                    " s while " + what + "; giving up");
+    throw_timeout(what);
   }
+}
+
+template <typename T>
+T Client::run(asio::awaitable<T> op, const char* what) {
+  std::exception_ptr failure;
+  std::optional<T> value;
+  bool finished = false;
+  asio::co_spawn(io_, std::move(op), [&](std::exception_ptr e, T v) {
+    failure = e;
+    if (!e) value.emplace(std::move(v));
+    finished = true;
+  });
+  // The timeout is about progress, not duration: a large file may take hours, a server that
+  // stops answering is given io_timeout_.
+  last_progress_ = std::chrono::steady_clock::now();
+  const auto slice = std::min<std::chrono::milliseconds>(io_timeout_, std::chrono::milliseconds(250));
+  io_.restart();
+  while (!finished) {
+    io_.run_for(slice);
+    if (!finished && std::chrono::steady_clock::now() - last_progress_ >= io_timeout_) {
+      std::error_code ignored;
+      socket_.close(ignored);
+      io_.restart();
+      io_.run();
+      throw_timeout(what);
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  return std::move(*value);
+}
+
+template <>
+void Client::run<void>(asio::awaitable<void> op, const char* what) {
+  auto wrapped = [](asio::awaitable<void> inner) -> asio::awaitable<bool> {
+    co_await std::move(inner);
+    co_return true;
+  };
+  run<bool>(wrapped(std::move(op)), what);
 }
 
 void Client::connection_lost(const std::error_code& ec) {
@@ -211,42 +329,29 @@ void Client::connection_lost(const std::error_code& ec) {
   throw Error(Failure::kConnection, "connection to " + address_ + " lost: " + ec.message());
 }
 
-void Client::write_bytes(const void* data, std::size_t n) {
-  std::error_code ec;
-  with_stream([&](auto& s) {
-    asio::async_write(s, asio::buffer(data, n), [&](const std::error_code& e, std::size_t) { ec = e; });
-  });
-  run_with_timeout("sending");
-  if (ec) connection_lost(ec);
+asio::awaitable<void> Client::co_write(std::span<const std::uint8_t> data) {
+  while (!data.empty()) {
+    auto [ec, n] = co_await on_stream(
+        [&](auto& s) { return s.async_write_some(asio::buffer(data.data(), data.size()), kTuple); });
+    if (ec) connection_lost(ec);
+    last_progress_ = std::chrono::steady_clock::now();
+    data = data.subspan(n);
+  }
 }
 
-void Client::send(const Frame& f) {
-  out_.clear();
-  protocol::encode(f, out_);
-  write_bytes(out_.data(), out_.size());
+asio::awaitable<void> Client::co_send(const Frame& f, std::vector<std::uint8_t>& scratch) {
+  scratch.clear();
+  protocol::encode(f, scratch);
+  co_await co_write(scratch);
 }
 
-std::size_t Client::read_some(void* data, std::size_t n) {
-  std::error_code ec;
-  std::size_t got = 0;
-  with_stream([&](auto& s) {
-    s.async_read_some(asio::buffer(data, n), [&](const std::error_code& e, std::size_t k) {
-      ec = e;
-      got = k;
-    });
-  });
-  run_with_timeout("waiting for the server");
-  if (ec) connection_lost(ec);
-  return got;
-}
-
-Frame Client::read_frame() {
+asio::awaitable<Frame> Client::co_read_frame() {
   decoder_.reset();
   for (;;) {
     if (in_begin_ < in_end_) {
       const auto step = decoder_.put(std::span(in_.data() + in_begin_, in_end_ - in_begin_));
       in_begin_ += step.consumed;
-      if (step.result == protocol::Decoder::Result::kFrame) return std::move(decoder_.frame());
+      if (step.result == protocol::Decoder::Result::kFrame) co_return std::move(decoder_.frame());
       if (step.result == protocol::Decoder::Result::kError) {
         std::error_code ignored;
         socket_.close(ignored);
@@ -259,109 +364,79 @@ Frame Client::read_frame() {
                                             (tls_ ? "" : " \u2014 if it is a TLS server, use --tls"));
       }
     }
-    in_begin_ = 0;
-    in_end_ = read_some(in_.data(), in_.size());
+    in_begin_ = in_end_ = 0;
+    auto [ec, n] = co_await on_stream([&](auto& s) { return s.async_read_some(asio::buffer(in_), kTuple); });
+    if (ec) connection_lost(ec);
+    last_progress_ = std::chrono::steady_clock::now();
+    in_end_ = n;
   }
 }
 
-void Client::read_body(std::uint64_t n, const std::function<void(std::span<const std::uint8_t>)>& sink) {
+asio::awaitable<void> Client::co_read_body(std::uint64_t n,
+                                           const std::function<void(std::span<const std::uint8_t>)>& sink) {
+  // Bytes that arrived with the header belong to the body first.
   const std::size_t buffered = static_cast<std::size_t>(std::min<std::uint64_t>(n, in_end_ - in_begin_));
   if (buffered > 0) {
     sink(std::span<const std::uint8_t>(in_.data() + in_begin_, buffered));
     in_begin_ += buffered;
     n -= buffered;
   }
-  if (n == 0) return;
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(n, protocol::kChunkSize)));
+  if (n == 0) co_return;
+  if (body_.empty()) body_.resize(protocol::kChunkSize);
   while (n > 0) {
-    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, buf.size()));
-    std::error_code ec;
-    std::size_t got = 0;
-    // Exactly the body's remaining bytes: what follows belongs to the next message.
-    with_stream([&](auto& s) {
-      asio::async_read(s, asio::buffer(buf.data(), want), [&](const std::error_code& e, std::size_t k) {
-        ec = e;
-        got = k;
-      });
-    });
-    run_with_timeout("receiving a file");
+    // Never more than the body's remaining bytes: what follows is the next message.
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, body_.size()));
+    auto [ec, got] = co_await on_stream(
+        [&](auto& s) { return s.async_read_some(asio::buffer(body_.data(), want), kTuple); });
     if (ec) connection_lost(ec);
-    sink(std::span<const std::uint8_t>(buf.data(), got));
+    last_progress_ = std::chrono::steady_clock::now();
+    sink(std::span<const std::uint8_t>(body_.data(), got));
     n -= got;
   }
 }
 
-void Client::fail_from_reply(const Frame& f, std::string_view context) {
+void Client::send(const Frame& f) { run(co_send(f, out_), "sending"); }
+
+Frame Client::read_frame() { return run(co_read_frame(), "waiting for the server"); }
+
+Error Client::error_from_reply(const Frame& f, std::string_view context) const {
   const std::string msg = printable(f.name);
   switch (f.status) {
     case Status::kNotFound:
-      throw Error(Failure::kNotFound, msg + " on " + address_ + " \u2014 'ftx ls' lists what is stored");
+      return Error(Failure::kNotFound, msg + " on " + address_ + " \u2014 'ftx ls' lists what is stored");
     case Status::kIntegrity:
-      throw Error(Failure::kIntegrity, msg);
+      return Error(Failure::kIntegrity, msg);
     case Status::kUnauthorized:
-      throw Error(Failure::kAuth, address_ + ": " + msg);
+      return Error(Failure::kAuth, address_ + ": " + msg);
     case Status::kBadRequest:
     case Status::kUnsupportedVersion:
-      throw Error(Failure::kProtocol, address_ + " refused the request: " + msg);
+      return Error(Failure::kProtocol, address_ + " refused the request: " + msg);
     case Status::kOk:
-      throw Error(Failure::kProtocol, address_ + " sent an unexpected " +
-                                          std::string(protocol::to_string(f.type)) + " message during " +
-                                          std::string(context));
+      return Error(Failure::kProtocol, address_ + " sent an unexpected " + std::string(protocol::to_string(f.type)) +
+                                           " message during " + std::string(context));
     default:
-      throw Error(Failure::kRejected, "server refused " + std::string(context) + ": " + msg);
+      return Error(Failure::kRejected, "server refused " + std::string(context) + ": " + msg);
   }
 }
 
-Result Client::put(const std::filesystem::path& local, const std::string& remote) {
+void Client::fail_from_reply(const Frame& f, std::string_view context) { throw error_from_reply(f, context); }
+
+Result Client::put(const std::filesystem::path& local, const std::string& remote, const ProgressFn& progress) {
   const std::string context = "put " + storage::quote_name(remote);
-  if (remote.size() > protocol::kMaxNameBytes) {
-    throw Error(Failure::kRejected, "remote name is longer than " + std::to_string(protocol::kMaxNameBytes) + " bytes");
-  }
-  storage::UniqueFd fd(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) throw Error(Failure::kLocalIo, "cannot open " + local.string() + ": " + errno_text(storage::last_error()));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) {
-    throw Error(Failure::kLocalIo, "cannot stat " + local.string() + ": " + errno_text(storage::last_error()));
-  }
-  if (!S_ISREG(st.st_mode)) throw Error(Failure::kLocalIo, local.string() + " is not a regular file");
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size > protocol::kMaxFileSize) {
-    throw Error(Failure::kRejected, local.string() + " is larger than the protocol's limit of 1 PiB");
-  }
-
-  // The header carries the SHA-256, so the file is hashed before it is sent.
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(protocol::kChunkSize, size)));
-  hash::Sha256 hasher;
-  auto read_chunk = [&](std::uint64_t off) {
-    std::size_t got = 0;
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
-    if (auto ec = storage::pread_full(fd.get(), std::span(buf.data(), want), off, got)) {
-      throw Error(Failure::kLocalIo, "cannot read " + local.string() + ": " + errno_text(ec));
-    }
-    if (got != want) throw Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
-    return std::span<const std::uint8_t>(buf.data(), got);
-  };
-  for (std::uint64_t off = 0; off < size;) {
-    const auto data = read_chunk(off);
-    hasher.update(data);
-    off += data.size();
-  }
-
-  Frame req;
-  req.type = MsgType::kPut;
-  req.flags = protocol::kFlagHasMtime;
-  req.size = size;
-  req.mtime_ns = storage::mtime_ns(st);
-  req.digest = hasher.finish();
-  req.name = remote;
+  check_remote_name(remote);
+  const Source src = open_source(local);
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(protocol::kChunkSize, src.size)));
+  const Frame req = put_header(src, local, remote, buf);
   send(req);
   const Frame ready = read_frame();
   if (ready.type != MsgType::kReady) fail_from_reply(ready, context);
 
-  for (std::uint64_t off = 0; off < size;) {
-    const auto data = read_chunk(off);
-    write_bytes(data.data(), data.size());
+  for (std::uint64_t off = 0; off < src.size;) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), src.size - off));
+    const auto data = read_source(src, local, std::span(buf.data(), want), off);
+    run(co_write(data), "sending");
     off += data.size();
+    if (progress) progress(off, src.size);
   }
   const Frame done = read_frame();
   if (done.type != MsgType::kDone) {
@@ -371,17 +446,15 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
     }
     fail_from_reply(done, context);
   }
-  if (done.digest != req.digest || done.size != size) {
+  if (done.digest != req.digest || done.size != src.size) {
     throw Error(Failure::kProtocol, address_ + " acknowledged a different file than the one sent");
   }
-  return {size, req.digest, local};
+  return {src.size, req.digest, local, src.executable};
 }
 
-Result Client::get(const std::string& remote, const std::filesystem::path& local) {
+Result Client::get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress) {
   const std::string context = "get " + storage::quote_name(remote);
-  if (remote.size() > protocol::kMaxNameBytes) {
-    throw Error(Failure::kRejected, "remote name is longer than " + std::to_string(protocol::kMaxNameBytes) + " bytes");
-  }
+  check_remote_name(remote);
   const bool to_stdout = is_stdout(local);
   std::filesystem::path target = local;
   if (!to_stdout) {
@@ -411,16 +484,22 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
 
   const int out_fd = to_stdout ? STDOUT_FILENO : staged->fd();
   hash::Sha256 hasher;
-  read_body(reply.size, [&](std::span<const std::uint8_t> data) {
-    hasher.update(data);
-    if (auto ec = storage::write_all(out_fd, data)) {
-      std::error_code ignored;
-      socket_.close(ignored);  // the rest of the body cannot be consumed
-      throw Error(Failure::kLocalIo,
-                  "cannot write " + (to_stdout ? std::string("to standard output") : target.string()) + ": " +
-                      errno_text(ec));
-    }
-  });
+  std::uint64_t received = 0;
+  run(co_read_body(reply.size,
+                   [&](std::span<const std::uint8_t> data) {
+                     hasher.update(data);
+                     if (auto ec = storage::write_all(out_fd, data)) {
+                       std::error_code ignored;
+                       socket_.close(ignored);  // the rest of the body cannot be consumed
+                       throw Error(Failure::kLocalIo,
+                                   "cannot write " +
+                                       (to_stdout ? std::string("to standard output") : target.string()) + ": " +
+                                       errno_text(ec));
+                     }
+                     received += data.size();
+                     if (progress) progress(received, reply.size);
+                   }),
+      "receiving a file");
   const auto digest = hasher.finish();
   if (digest != reply.digest) {
     throw Error(Failure::kIntegrity,
@@ -428,19 +507,274 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
                     (to_stdout ? std::string("the bytes written to standard output are corrupt")
                                : target.string() + " was left untouched"));
   }
+  const bool executable = (reply.flags & protocol::kFlagExecutable) != 0;
   if (!to_stdout) {
     const bool has_mtime = (reply.flags & protocol::kFlagHasMtime) != 0;
-    if (auto ec = staged->commit(has_mtime ? std::optional(reply.mtime_ns) : std::nullopt)) {
+    if (auto ec = staged->commit(has_mtime ? std::optional(reply.mtime_ns) : std::nullopt, executable)) {
       throw Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + errno_text(ec));
     }
   }
-  return {reply.size, digest, to_stdout ? std::filesystem::path("-") : target};
+  return {reply.size, digest, to_stdout ? std::filesystem::path("-") : target, executable};
 }
 
-std::uint64_t Client::list(const std::string& folder, const std::function<void(const Entry&)>& on_entry) {
+// ---------------------------------------------------------------- batches
+
+// What a batch's sender and receiver share. Both run on io_ (one thread), so plain members
+// suffice; `wake_*` timers serve as condition variables (cancel() wakes the waiter).
+struct Client::Batch {
+  Batch(asio::io_context& io, const std::vector<BatchItem>& items_in, const BatchOptions& opts_in,
+        const std::function<void(const BatchResult&)>& result_fn, const std::function<void(std::uint64_t)>& bytes_fn)
+      : items(items_in), opts(opts_in), on_result(result_fn), on_bytes(bytes_fn), wake_sender(io), wake_receiver(io) {
+    wake_sender.expires_at(asio::steady_timer::time_point::max());
+    wake_receiver.expires_at(asio::steady_timer::time_point::max());
+  }
+
+  struct InFlight {
+    std::size_t index = 0;
+    Frame request;                  // what was asked (put: the header sent)
+    std::optional<Error> local;     // failed before anything was sent: report, read nothing
+  };
+
+  const std::vector<BatchItem>& items;
+  const BatchOptions& opts;
+  const std::function<void(const BatchResult&)>& on_result;
+  const std::function<void(std::uint64_t)>& on_bytes;
+  std::deque<InFlight> in_flight;
+  std::uint64_t bytes_in_flight = 0;
+  asio::steady_timer wake_sender;
+  asio::steady_timer wake_receiver;
+  std::vector<std::uint8_t> header;  // the sender's encode (and gather) buffer
+};
+
+namespace {
+
+asio::awaitable<void> wait_for(asio::steady_timer& t) {
+  co_await t.async_wait(kTuple);  // cancel() is the signal; an error code is expected
+  t.expires_at(asio::steady_timer::time_point::max());
+}
+
+}  // namespace
+
+asio::awaitable<void> Client::put_sender(Batch& b) {
+  std::vector<std::uint8_t> buf(protocol::kChunkSize);
+  // Small files are gathered (headers and bodies) into one write of up to kGather bytes:
+  // fewer system calls and fuller segments than one write per file.
+  constexpr std::size_t kGather = 256 * 1024;
+  auto& pending = b.header;
+  pending.clear();
+  for (std::size_t i = 0; i < b.items.size(); ++i) {
+    while (!b.in_flight.empty() &&
+           (b.in_flight.size() >= b.opts.window_files || b.bytes_in_flight >= b.opts.window_bytes)) {
+      if (!pending.empty()) {
+        co_await co_write(pending);  // the server needs these before it can answer
+        pending.clear();
+      }
+      co_await wait_for(b.wake_sender);
+    }
+    const auto& item = b.items[i];
+    Batch::InFlight f;
+    f.index = i;
+    std::optional<Source> src;
+    try {
+      check_remote_name(item.remote);
+      src.emplace(open_source(item.local));
+      f.request = put_header(*src, item.local, item.remote, buf);
+      f.request.flags |= protocol::kFlagStreamed;
+    } catch (const Error& e) {
+      f.local = e;
+    }
+    const bool send_it = !f.local;
+    b.bytes_in_flight += send_it ? src->size : 0;
+    const Frame req = send_it ? f.request : Frame{};
+    b.in_flight.push_back(std::move(f));
+    b.wake_receiver.cancel();
+    if (!send_it) continue;
+    if (req.size <= buf.size()) {
+      // buf still holds the whole file from hashing it.
+      protocol::encode(req, pending);
+      pending.insert(pending.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(req.size));
+      if (b.on_bytes) b.on_bytes(req.size);
+      if (pending.size() >= kGather) {
+        co_await co_write(pending);
+        pending.clear();
+      }
+      continue;
+    }
+    protocol::encode(req, pending);
+    co_await co_write(pending);
+    pending.clear();
+    for (std::uint64_t off = 0; off < req.size;) {
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), req.size - off));
+      std::span<const std::uint8_t> data;
+      try {
+        data = read_source(*src, item.local, std::span(buf.data(), want), off);
+      } catch (const Error&) {
+        // The header promised `size` bytes: send zeros instead; the server's digest check
+        // then refuses the file and the receiver reports it.
+        std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(want), std::uint8_t{0});
+        data = std::span(buf.data(), want);
+      }
+      co_await co_write(data);
+      if (b.on_bytes) b.on_bytes(data.size());
+      off += data.size();
+    }
+  }
+  if (!pending.empty()) co_await co_write(pending);
+}
+
+asio::awaitable<void> Client::put_receiver(Batch& b) {
+  for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
+    while (b.in_flight.empty()) co_await wait_for(b.wake_receiver);
+    Batch::InFlight f = std::move(b.in_flight.front());
+    BatchResult r;
+    r.index = f.index;
+    const auto& item = b.items[f.index];
+    if (f.local) {
+      r.error = std::move(f.local);
+    } else {
+      const Frame reply = co_await co_read_frame();
+      const std::string context = "put " + storage::quote_name(item.remote);
+      if (reply.type == MsgType::kDone) {
+        if (reply.digest != f.request.digest || reply.size != f.request.size) {
+          throw Error(Failure::kProtocol, address_ + " acknowledged a different file than the one sent");
+        }
+        r.result = {f.request.size, f.request.digest, item.local,
+                    (f.request.flags & protocol::kFlagExecutable) != 0};
+      } else if (reply.type == MsgType::kError) {
+        r.error = error_from_reply(reply, context);
+      } else {
+        fail_from_reply(reply, context);
+      }
+      b.bytes_in_flight -= f.request.size;
+    }
+    b.in_flight.pop_front();
+    b.wake_sender.cancel();
+    b.on_result(r);
+  }
+}
+
+asio::awaitable<void> Client::get_sender(Batch& b) {
+  for (std::size_t i = 0; i < b.items.size(); ++i) {
+    while (b.in_flight.size() >= b.opts.window_files) co_await wait_for(b.wake_sender);
+    Batch::InFlight f;
+    f.index = i;
+    f.request.type = MsgType::kGet;
+    f.request.name = b.items[i].remote;
+    try {
+      check_remote_name(f.request.name);
+    } catch (const Error& e) {
+      f.local = e;
+    }
+    const bool send_it = !f.local;
+    const Frame req = f.request;
+    b.in_flight.push_back(std::move(f));
+    b.wake_receiver.cancel();
+    // Requests are small: they queue in the socket's buffers while the server answers.
+    if (send_it) co_await co_send(req, b.header);
+  }
+}
+
+asio::awaitable<void> Client::get_receiver(Batch& b) {
+  for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
+    while (b.in_flight.empty()) co_await wait_for(b.wake_receiver);
+    Batch::InFlight f = std::move(b.in_flight.front());
+    b.in_flight.pop_front();
+    b.wake_sender.cancel();
+    BatchResult r;
+    r.index = f.index;
+    const auto& item = b.items[f.index];
+    if (f.local) {
+      r.error = std::move(f.local);
+      b.on_result(r);
+      continue;
+    }
+    const std::string context = "get " + storage::quote_name(item.remote);
+    const Frame reply = co_await co_read_frame();
+    if (reply.type == MsgType::kError) {
+      r.error = error_from_reply(reply, context);
+      b.on_result(r);
+      continue;
+    }
+    if (reply.type != MsgType::kFile) fail_from_reply(reply, context);
+    // A local failure does not stop the batch: the body is still read (and dropped) so the
+    // next reply is found where it should be.
+    std::optional<StagedFile> staged;
+    try {
+      staged.emplace(item.local);
+    } catch (const std::system_error& e) {
+      r.error = Error(Failure::kLocalIo, e.what());
+    }
+    hash::Sha256 hasher;
+    co_await co_read_body(reply.size, [&](std::span<const std::uint8_t> data) {
+      if (b.on_bytes) b.on_bytes(data.size());
+      if (r.error) return;
+      hasher.update(data);
+      if (auto ec = storage::write_all(staged->fd(), data)) {
+        r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + ec.message());
+        staged.reset();
+      }
+    });
+    if (!r.error) {
+      const auto digest = hasher.finish();
+      const bool executable = (reply.flags & protocol::kFlagExecutable) != 0;
+      if (digest != reply.digest) {
+        r.error = Error(Failure::kIntegrity, "data received for " + storage::quote_name(item.remote) +
+                                                 " does not match the SHA-256 the server announced; " +
+                                                 item.local.string() + " was left untouched");
+      } else if (auto ec = staged->commit((reply.flags & protocol::kFlagHasMtime) != 0
+                                              ? std::optional(reply.mtime_ns)
+                                              : std::nullopt,
+                                          executable)) {
+        r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + ec.message());
+      } else {
+        r.result = {reply.size, digest, item.local, executable};
+      }
+    }
+    b.on_result(r);
+  }
+}
+
+void Client::put_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
+                      const std::function<void(const BatchResult&)>& on_result,
+                      const std::function<void(std::uint64_t)>& on_bytes) {
+  using namespace asio::experimental::awaitable_operators;
+  Batch b(io_, items, opts, on_result, on_bytes);
+  run(put_sender(b) && put_receiver(b), "uploading");
+}
+
+void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
+                      const std::function<void(const BatchResult&)>& on_result,
+                      const std::function<void(std::uint64_t)>& on_bytes) {
+  using namespace asio::experimental::awaitable_operators;
+  Batch b(io_, items, opts, on_result, on_bytes);
+  run(get_sender(b) && get_receiver(b), "downloading");
+}
+
+// ---------------------------------------------------------------- listing and file commands
+
+namespace {
+
+Entry entry_from(Frame&& f) {
+  Entry e;
+  e.name = std::move(f.name);
+  e.size = f.size;
+  e.mtime_ns = f.mtime_ns;
+  e.folder = (f.flags & protocol::kFlagFolder) != 0;
+  e.executable = (f.flags & protocol::kFlagExecutable) != 0;
+  if ((f.flags & protocol::kFlagDigest) != 0) e.digest = f.digest;
+  return e;
+}
+
+}  // namespace
+
+std::uint64_t Client::list(const std::string& folder, const std::function<void(const Entry&)>& on_entry,
+                           const ListOptions& opts) {
+  check_remote_name(folder);
   Frame req;
   req.type = MsgType::kList;
   req.name = folder;
+  if (opts.digests) req.flags |= protocol::kFlagDigest;
+  if (opts.folders) req.flags |= protocol::kFlagFolder;
   send(req);
   std::uint64_t count = 0;
   for (;;) {
@@ -448,8 +782,51 @@ std::uint64_t Client::list(const std::string& folder, const std::function<void(c
     if (f.type == MsgType::kListEnd) return count;
     if (f.type != MsgType::kEntry) fail_from_reply(f, "ls");
     ++count;
-    on_entry(Entry{std::move(f.name), f.size, f.mtime_ns});
+    on_entry(entry_from(std::move(f)));
   }
+}
+
+Entry Client::stat(const std::string& name) {
+  check_remote_name(name);
+  Frame req;
+  req.type = MsgType::kStat;
+  req.name = name;
+  send(req);
+  Frame reply = read_frame();
+  if (reply.type != MsgType::kEntry) fail_from_reply(reply, "stat " + storage::quote_name(name));
+  reply.name = name;
+  return entry_from(std::move(reply));
+}
+
+void Client::remove(const std::string& name) {
+  check_remote_name(name);
+  Frame req;
+  req.type = MsgType::kRemove;
+  req.name = name;
+  send(req);
+  const Frame reply = read_frame();
+  if (reply.type != MsgType::kOk) fail_from_reply(reply, "rm " + storage::quote_name(name));
+}
+
+std::pair<std::string, bool> Client::move(const std::string& from, const std::string& to) {
+  Frame req;
+  req.type = MsgType::kMove;
+  req.name = protocol::join_move(from, to);
+  check_remote_name(req.name);
+  send(req);
+  const Frame reply = read_frame();
+  if (reply.type != MsgType::kOk) fail_from_reply(reply, "mv " + storage::quote_name(from));
+  return {reply.name.empty() ? to : printable(reply.name), reply.size != 0};
+}
+
+void Client::make_folder(const std::string& name) {
+  check_remote_name(name);
+  Frame req;
+  req.type = MsgType::kMkdir;
+  req.name = name;
+  send(req);
+  const Frame reply = read_frame();
+  if (reply.type != MsgType::kOk) fail_from_reply(reply, "mkdir " + storage::quote_name(name));
 }
 
 void Client::ping() {

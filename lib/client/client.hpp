@@ -13,6 +13,9 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <span>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -58,12 +61,42 @@ struct Result {
   std::uint64_t bytes = 0;
   protocol::Digest digest{};
   std::filesystem::path local;  // where a download was written ("-" for stdout)
+  bool executable = false;
 };
 
 struct Entry {
   std::string name;
   std::uint64_t size = 0;
   std::int64_t mtime_ns = 0;
+  bool folder = false;
+  bool executable = false;
+  std::optional<protocol::Digest> digest;  // when asked for (ls -l, stat)
+};
+
+struct ListOptions {
+  bool digests = false;  // ask for every file's stored SHA-256
+  bool folders = false;  // also list folders (Entry::folder)
+};
+
+// Called as body bytes move: bytes of the file so far, and its size.
+using ProgressFn = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
+// One file of a batch (put_many / get_many).
+struct BatchItem {
+  std::filesystem::path local;  // put: the file to send; get: the target path
+  std::string remote;
+};
+
+// The outcome of one BatchItem: either result or error is set.
+struct BatchResult {
+  std::size_t index = 0;  // into the items given
+  Result result;
+  std::optional<Error> error;
+};
+
+struct BatchOptions {
+  std::size_t window_files = 64;             // requests in flight at most
+  std::uint64_t window_bytes = 16ull << 20;  // unanswered upload bytes at most (one file always fits)
 };
 
 class Client {
@@ -79,48 +112,87 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  // Uploads `local` (a regular file) as `remote`. The server publishes it only after its
-  // SHA-256 matched; returns once it is durable there.
-  Result put(const std::filesystem::path& local, const std::string& remote);
+  // Uploads `local` (a regular file) as `remote`, with its mtime and executable bit. The
+  // server publishes it only after its SHA-256 matched; returns once it is durable there.
+  Result put(const std::filesystem::path& local, const std::string& remote, const ProgressFn& progress = {});
 
   // Downloads `remote`. `local` empty = ./<base name>; an existing folder = <folder>/<base
   // name>; "-" or "/dev/stdout" = standard output (verified at the end: a mismatch throws
-  // kIntegrity after the bytes were written). Otherwise the file appears only once verified.
-  Result get(const std::string& remote, const std::filesystem::path& local);
+  // kIntegrity after the bytes were written). Otherwise the file appears only once verified,
+  // with the server's mtime and executable bit.
+  Result get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress = {});
 
-  // Calls on_entry for every stored file below `folder` ("" = all), sorted by name.
-  // Returns the number of entries.
-  std::uint64_t list(const std::string& folder, const std::function<void(const Entry&)>& on_entry);
+  // Pipelined transfers of many files over this one connection: requests go out without
+  // waiting for the answers to earlier ones (at most `opts` ahead), so small files are not
+  // one round trip each. Every file is verified and published atomically as with put/get.
+  // on_result is called once per item, in order; a failed file does not stop the others.
+  // on_bytes is called with the number of body bytes each time some moved. Throws Error
+  // only when the connection itself fails; items not yet reported then did not complete.
+  // For get_many, items' local paths are final target paths whose folders exist.
+  void put_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
+                const std::function<void(const BatchResult&)>& on_result,
+                const std::function<void(std::uint64_t)>& on_bytes = {});
+  void get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
+                const std::function<void(const BatchResult&)>& on_result,
+                const std::function<void(std::uint64_t)>& on_bytes = {});
+
+  // Calls on_entry for every stored file below `folder` ("" = all; a file's name = that
+  // file), sorted by name. Returns the number of entries.
+  std::uint64_t list(const std::string& folder, const std::function<void(const Entry&)>& on_entry,
+                     const ListOptions& opts = {});
+
+  // One file or folder, with the file's SHA-256 as the server computed it.
+  Entry stat(const std::string& name);
+  // Removes a file or an empty folder.
+  void remove(const std::string& name);
+  // Renames FROM to TO (into TO when it is a folder); returns the final name, and whether a
+  // file there was replaced.
+  std::pair<std::string, bool> move(const std::string& from, const std::string& to);
+  // Creates a folder and its parents; an existing folder is fine.
+  void make_folder(const std::string& name);
 
   // One round trip; throws if the server does not answer as an ftx server.
   void ping();
 
  private:
-  void send(const protocol::Frame& f);
-  void write_bytes(const void* data, std::size_t n);
-  protocol::Frame read_frame();
+  struct Batch;  // state shared by a batch's sender and receiver (client.cpp)
+
+  // The I/O core: coroutines on io_, each completed operation counting as progress.
+  asio::awaitable<void> co_write(std::span<const std::uint8_t> data);
+  asio::awaitable<void> co_send(const protocol::Frame& f, std::vector<std::uint8_t>& scratch);
+  asio::awaitable<protocol::Frame> co_read_frame();
   // Reads exactly n body bytes, handing them to sink chunk by chunk.
-  void read_body(std::uint64_t n, const std::function<void(std::span<const std::uint8_t>)>& sink);
-  std::size_t read_some(void* data, std::size_t n);
+  asio::awaitable<void> co_read_body(std::uint64_t n, const std::function<void(std::span<const std::uint8_t>)>& sink);
+  asio::awaitable<void> put_sender(Batch& b);
+  asio::awaitable<void> put_receiver(Batch& b);
+  asio::awaitable<void> get_sender(Batch& b);
+  asio::awaitable<void> get_receiver(Batch& b);
+  // Runs `op` to completion on io_, giving up (and closing the connection) when no
+  // operation completes for io_timeout_. Rethrows what op threw.
+  template <typename T>
+  T run(asio::awaitable<T> op, const char* what);
+
+  void send(const protocol::Frame& f);
+  protocol::Frame read_frame();
   // Runs the io_context until the pending operation completes or io_timeout_ passes.
   void run_with_timeout(const char* what);
+  [[noreturn]] void throw_timeout(const char* what);
+  Error error_from_reply(const protocol::Frame& f, std::string_view context) const;
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
   [[noreturn]] void connection_lost(const std::error_code& ec);
   void authenticate(const std::string& token);
   void start_tls(const std::string& host, const TlsOptions& tls);
   void check_pin(const TlsOptions& tls);
-  // Runs f on the TLS stream when there is one, else on the TCP socket.
+  // f(stream) on the TLS stream when there is one, else on the TCP socket; returns what f
+  // returns (an awaitable of the same type for both).
   template <typename F>
-  void with_stream(F&& f) {
-    if (tls_) {
-      f(*tls_);
-    } else {
-      f(socket_);
-    }
+  auto on_stream(F&& f) {
+    return tls_ ? f(*tls_) : f(socket_);
   }
 
   std::string address_;
   std::chrono::milliseconds io_timeout_;
+  std::chrono::steady_clock::time_point last_progress_;
   asio::io_context io_;
   asio::ip::tcp::socket socket_;
   std::unique_ptr<asio::ssl::context> tls_ctx_;
@@ -130,6 +202,7 @@ class Client {
   std::size_t in_begin_ = 0;
   std::size_t in_end_ = 0;
   std::vector<std::uint8_t> out_;
+  std::vector<std::uint8_t> body_;  // receive buffer for bodies
 };
 
 }  // namespace ftx::client

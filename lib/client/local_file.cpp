@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <set>
 
 namespace ftx::client {
 namespace {
@@ -54,16 +56,20 @@ extern "C" void on_fatal_signal(int sig) {
   std::raise(sig);
 }
 
-// Removes staging files for the same target left by downloads whose process is gone (a
-// SIGKILL cannot be caught). The pid in the name tells; a live process keeps its file.
-void remove_dead_leftovers(const std::filesystem::path& dir, const std::string& prefix) {
+// Removes staging files in `dir` left by downloads whose process is gone (a SIGKILL cannot
+// be caught). The pid in the name tells; a live process keeps its file.
+void remove_dead_leftovers(const std::filesystem::path& dir) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    // Only names of exactly our shape: prefix, pid digits, '-', 12 hex digits, ".part".
-    // (A target named "a.ftx-1" shares the prefix of target "a"; its files do not match.)
+    // Only names of exactly our shape: ".", target, ".ftx-", pid digits, '-', 12 hex
+    // digits, ".part".
     const std::string name = entry.path().filename().string();
-    if (!name.starts_with(prefix) || !name.ends_with(".part")) continue;
-    const std::string_view rest(name.c_str() + prefix.size(), name.size() - prefix.size() - 5);
+    if (!name.starts_with(".") || !name.ends_with(".part")) continue;
+    const auto marker = name.rfind(".ftx-");
+    if (marker == std::string::npos || marker == 0) continue;
+    const std::size_t from = marker + 5;
+    if (name.size() < from + 5) continue;
+    const std::string_view rest(name.c_str() + from, name.size() - from - 5);
     const auto dash = rest.find('-');
     if (dash == 0 || dash == std::string_view::npos || rest.size() - dash - 1 != 12) continue;
     const auto pid_text = rest.substr(0, dash);
@@ -85,7 +91,14 @@ void install_interrupt_cleanup() {
 StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)) {
   const auto dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
   const std::string prefix = "." + target_.filename().string() + ".ftx-";
-  remove_dead_leftovers(dir, prefix);
+  // Once per folder and process: a folder download stages thousands of files in one
+  // folder, and scanning it for each would cost time quadratic in its size.
+  static std::mutex scanned_mutex;
+  static std::set<std::filesystem::path> scanned;
+  {
+    const std::lock_guard lock(scanned_mutex);
+    if (scanned.insert(dir).second) remove_dead_leftovers(dir);
+  }
   staging_ = dir / (prefix + std::to_string(::getpid()) + "-" + storage::random_hex(6) + ".part");
   fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   if (!fd_) throw std::system_error(storage::last_error(), "cannot create " + staging_.string());
@@ -99,11 +112,21 @@ StagedFile::~StagedFile() {
   }
 }
 
-std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns) {
+std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable) {
   struct stat old {};
+  mode_t mode = 0;
+  bool set_mode = false;
   if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) {
-    if (::fchmod(fd_.get(), old.st_mode & 07777) != 0) return storage::last_error();
+    mode = old.st_mode & 07777;
+    set_mode = true;
+  } else if (::fstat(fd_.get(), &old) == 0) {
+    mode = old.st_mode & 07777;  // 0666 less the umask, from the open
   }
+  if (executable) {
+    mode = (mode & ~mode_t{0111}) | (*executable ? (mode & 0444) >> 2 : 0);
+    set_mode = true;
+  }
+  if (set_mode && ::fchmod(fd_.get(), mode) != 0) return storage::last_error();
   if (mtime_ns) {
     if (auto ec = storage::set_mtime(fd_.get(), *mtime_ns)) return ec;
   }

@@ -26,9 +26,11 @@ class StagedFile {
   int fd() const { return fd_.get(); }
   const std::filesystem::path& staging_path() const { return staging_; }
 
-  // fsyncs, applies `mtime_ns`, keeps the permission bits of the file it replaces, renames
-  // over the target and fsyncs the folder.
-  std::error_code commit(std::optional<std::int64_t> mtime_ns);
+  // fsyncs, applies `mtime_ns`, keeps the permission bits of the file it replaces (else the
+  // umask's), sets or clears the execute bits when `executable` is given (execute where
+  // read is allowed, as chmod +x would under the umask), renames over the target and
+  // fsyncs the folder.
+  std::error_code commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable = std::nullopt);
 
  private:
   std::filesystem::path target_;

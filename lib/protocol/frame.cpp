@@ -12,6 +12,11 @@ bool is_known_type(std::uint8_t raw) {
     case MsgType::kPing:
     case MsgType::kHello:
     case MsgType::kAuth:
+    case MsgType::kStat:
+    case MsgType::kRemove:
+    case MsgType::kMove:
+    case MsgType::kMkdir:
+    case MsgType::kOk:
     case MsgType::kChallenge:
     case MsgType::kAuthOk:
     case MsgType::kReady:
@@ -34,6 +39,11 @@ std::string_view to_string(MsgType t) {
     case MsgType::kPing: return "ping";
     case MsgType::kHello: return "hello";
     case MsgType::kAuth: return "auth";
+    case MsgType::kStat: return "stat";
+    case MsgType::kRemove: return "rm";
+    case MsgType::kMove: return "mv";
+    case MsgType::kMkdir: return "mkdir";
+    case MsgType::kOk: return "ok";
     case MsgType::kChallenge: return "challenge";
     case MsgType::kAuthOk: return "auth-ok";
     case MsgType::kReady: return "ready";
@@ -74,6 +84,23 @@ Frame make_error(Status status, std::string message) {
   if (message.size() > kMaxNameBytes) message.resize(kMaxNameBytes);
   f.name = std::move(message);
   return f;
+}
+
+std::string join_move(std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(from.size() + 1 + to.size());
+  out.append(from);
+  out.push_back('\0');
+  out.append(to);
+  return out;
+}
+
+bool split_move(std::string_view name, std::string& from, std::string& to) {
+  const auto nul = name.find('\0');
+  if (nul == std::string_view::npos || name.find('\0', nul + 1) != std::string_view::npos) return false;
+  from.assign(name.substr(0, nul));
+  to.assign(name.substr(nul + 1));
+  return true;
 }
 
 }  // namespace ftx::protocol

@@ -3,7 +3,8 @@
 //
 // Every message is a fixed 64-byte header in network byte order, then `name_len` bytes of
 // name (a path for requests, a human-readable message for errors), then, for the two
-// message types that carry a file (kPut after kReady, kFile), exactly `size` bytes of body.
+// message types that carry a file (kPut after kReady, or at once when kFlagStreamed; kFile),
+// exactly `size` bytes of body.
 // docs/protocol.md gives the byte layout; the offsets and static_asserts in codec.cpp pin it.
 
 #include <array>
@@ -35,6 +36,10 @@ enum class MsgType : std::uint8_t {
   kPing = 4,  // no fields; answered by kPong (allowed before authentication)
   kHello = 5,  // asks for an authentication challenge; answered by kChallenge
   kAuth = 6,   // digest = HMAC-SHA256(token, "ftx-auth-v1" || nonce); answered by kAuthOk or kError
+  kStat = 7,    // name = remote path; answered by one kEntry with the stored SHA-256
+  kRemove = 8,  // name = file or empty folder; answered by kOk
+  kMove = 9,    // name = FROM '\0' TO; answered by kOk (size = 1 when TO was replaced)
+  kMkdir = 10,  // name = folder, created with its parents; answered by kOk
   // replies (server -> client)
   kReady = 64,      // a kPut was accepted: send the body now
   kDone = 65,       // a kPut body was verified and published; size and sha256 echo it
@@ -44,6 +49,7 @@ enum class MsgType : std::uint8_t {
   kPong = 69,       // answer to kPing
   kChallenge = 70,  // answer to kHello: digest = a fresh 32-byte random nonce
   kAuthOk = 71,     // answer to a correct kAuth
+  kOk = 72,         // a kRemove, kMove or kMkdir succeeded
   kError = 127,     // status != kOk, name = message; the request failed
 };
 
@@ -66,8 +72,19 @@ enum class Status : std::uint16_t {
 };
 
 // Flag bits (u16). Unknown bits are rejected so that they can be given meaning later.
-inline constexpr std::uint16_t kFlagHasMtime = 0x0001;  // kPut/kFile/kEntry: mtime_ns is set
-inline constexpr std::uint16_t kKnownFlags = kFlagHasMtime;
+inline constexpr std::uint16_t kFlagHasMtime = 0x0001;    // kPut/kFile/kEntry: mtime_ns is set
+inline constexpr std::uint16_t kFlagExecutable = 0x0002;  // kPut/kFile/kEntry: the file is executable
+// kPut: the body follows the header at once, without waiting for kReady (pipelined uploads).
+// A refused streamed upload is still read to its end (and dropped) before the kError, so
+// the connection stays usable; only a size over the server's limit closes it.
+inline constexpr std::uint16_t kFlagStreamed = 0x0004;
+// kList: also send the stored SHA-256 of every file (kEntry.digest, flagged the same way).
+// kEntry/kFile: digest holds the file's SHA-256.
+inline constexpr std::uint16_t kFlagDigest = 0x0008;
+// kList: also send folders (as kEntry with kFlagFolder). kEntry: this entry is a folder.
+inline constexpr std::uint16_t kFlagFolder = 0x0010;
+inline constexpr std::uint16_t kKnownFlags =
+    kFlagHasMtime | kFlagExecutable | kFlagStreamed | kFlagDigest | kFlagFolder;
 
 using Digest = std::array<std::uint8_t, 32>;
 
@@ -78,14 +95,14 @@ struct Frame {
   Status status = Status::kOk;
   std::uint64_t size = 0;     // file size (kPut, kFile, kEntry, kDone) or entry count (kListEnd)
   std::int64_t mtime_ns = 0;  // modification time, ns since the Unix epoch, when kFlagHasMtime
-  Digest digest{};            // SHA-256 (kPut, kFile, kDone); zero elsewhere
+  Digest digest{};            // SHA-256 (kPut, kFile, kDone, kEntry with kFlagDigest); zero elsewhere
   std::string name;           // path, or error message for kError
 
   bool operator==(const Frame&) const = default;
 };
 
 // True for the types followed by `size` bytes of body on the wire. For kPut the body is
-// sent only after the server answered kReady, as its own step of the exchange.
+// sent only after the server answered kReady (unless kFlagStreamed), as its own step.
 constexpr bool carries_body(MsgType t) { return t == MsgType::kPut || t == MsgType::kFile; }
 
 bool is_known_type(std::uint8_t raw);
@@ -94,5 +111,10 @@ std::string_view to_string(Status s);
 
 // Convenience constructors for the common messages.
 Frame make_error(Status status, std::string message);
+
+// kMove carries two names in one: FROM, a NUL byte, TO (names never contain NUL).
+std::string join_move(std::string_view from, std::string_view to);
+// Splits a kMove name; false when there is not exactly one NUL.
+bool split_move(std::string_view name, std::string& from, std::string& to);
 
 }  // namespace ftx::protocol

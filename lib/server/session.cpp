@@ -8,6 +8,7 @@
 #include <asio/experimental/as_tuple.hpp>
 
 #include "hash/sha256.hpp"
+#include "log/log.hpp"
 #include "server/server.hpp"
 #include "storage/names.hpp"
 
@@ -25,6 +26,11 @@ constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
 // Room for the largest frame header plus name, so a whole request fits without growth.
 constexpr std::size_t kInBufferSize = 8192;
 static_assert(kInBufferSize >= protocol::kHeaderSize + protocol::kMaxNameBytes);
+// While pipelined uploads stream in, one read takes in many small files at once.
+constexpr std::size_t kBusyInBufferSize = 128 * 1024;
+// Bodies up to this size are answered from out_ in one write with the replies around them;
+// it is also how much queued output triggers a write, and the largest buffer kept idle.
+constexpr std::size_t kSmallBody = 64 * 1024;
 
 // Entries are batched into writes of about this size.
 constexpr std::size_t kListBatchBytes = 64 * 1024;
@@ -41,8 +47,8 @@ Session::Session(Server& server, std::unique_ptr<Stream> stream)
     : server_(server),
       stream_(std::move(stream)),
       socket_(stream_->socket()),
-      watchdog_(socket_.get_executor()),
-      in_(kInBufferSize) {
+      watchdog_(socket_.get_executor()) {
+  resize_in(kInBufferSize);
   std::error_code ec;
   const auto ep = socket_.remote_endpoint(ec);
   client_address_ = ec ? std::string("unknown") : ep.address().to_string();
@@ -104,9 +110,19 @@ void Session::shutdown() {
   });
 }
 
-std::vector<std::uint8_t>& Session::chunk() {
-  if (chunk_.empty()) chunk_.resize(protocol::kChunkSize);
-  return chunk_;
+std::span<std::uint8_t> Session::chunk(std::uint64_t n) {
+  const auto want = static_cast<std::size_t>(std::clamp<std::uint64_t>(n, 1, protocol::kChunkSize));
+  if (chunk_capacity_ < want) {
+    chunk_ = std::make_unique_for_overwrite<std::uint8_t[]>(want);
+    chunk_capacity_ = want;
+  }
+  return {chunk_.get(), chunk_capacity_};
+}
+
+void Session::resize_in(std::size_t capacity) {
+  if (capacity == in_capacity_) return;
+  in_ = std::make_unique_for_overwrite<std::uint8_t[]>(capacity);
+  in_capacity_ = capacity;
 }
 
 asio::awaitable<void> Session::run() {
@@ -164,10 +180,15 @@ asio::awaitable<void> Session::run() {
       co_await refuse_auth("sent " + std::string(protocol::to_string(req.type)) + " without authenticating");
       break;
     }
+    pipelining_ = req.type == MsgType::kPut && (req.flags & protocol::kFlagStreamed) != 0;
     switch (req.type) {
       case MsgType::kPut: ec = co_await handle_put(req); break;
       case MsgType::kGet: ec = co_await handle_get(req); break;
       case MsgType::kList: ec = co_await handle_list(req); break;
+      case MsgType::kStat: ec = co_await handle_stat(req); break;
+      case MsgType::kRemove:
+      case MsgType::kMove:
+      case MsgType::kMkdir: ec = co_await handle_change(req); break;
       case MsgType::kHello: ec = co_await handle_hello(); break;
       case MsgType::kAuth: ec = co_await handle_auth(req); break;
       case MsgType::kPing: {
@@ -187,6 +208,12 @@ asio::awaitable<void> Session::run() {
       break;
     }
   }
+  if (!out_.empty()) {
+    // Answers already earned (e.g. uploads published before a stop) still go out.
+    closing_ = true;
+    arm(std::chrono::seconds(2), "closing");
+    co_await flush();
+  }
   done_ = true;
   watchdog_.cancel();
   std::error_code ignored;
@@ -201,24 +228,29 @@ asio::awaitable<std::error_code> Session::read_frame() {
   bool started = false;  // the header deadline runs from a request's first byte
   for (;;) {
     if (in_begin_ < in_end_) {
-      const auto step = decoder_.put(std::span(in_.data() + in_begin_, in_end_ - in_begin_));
+      const auto step = decoder_.put(std::span(in_.get() + in_begin_, in_end_ - in_begin_));
       in_begin_ += step.consumed;
       if (step.result == protocol::Decoder::Result::kFrame) co_return std::error_code{};
       if (step.result == protocol::Decoder::Result::kError) co_return decoder_.error();
     }
-    // The decoder took every buffered byte and wants more.
+    // The decoder took every buffered byte and wants more: first answer what was done.
     in_begin_ = in_end_ = 0;
+    if (auto ec = co_await flush()) co_return ec;
+    resize_in(pipelining_ ? kBusyInBufferSize : kInBufferSize);
     idle_ = decoder_.at_boundary();
     if (idle_) {
-      // An idle connection keeps only its header buffer.
-      chunk_ = {};
-      if (out_.capacity() > kInBufferSize) out_ = {};
+      // An idle connection keeps only small buffers.
+      if (chunk_capacity_ > kSmallBody) {
+        chunk_.reset();
+        chunk_capacity_ = 0;
+      }
+      if (out_.capacity() > kSmallBody) out_ = {};
       arm(opts.idle_timeout, "idle");
     } else if (!started) {
       started = true;
       arm(opts.header_timeout, "header");
     }
-    auto [ec, n] = co_await stream_->read_some(asio::buffer(in_));
+    auto [ec, n] = co_await stream_->read_some(asio::buffer(in_.get(), in_capacity_));
     idle_ = false;
     if (ec) {
       if (ec == asio::error::eof && !decoder_.at_boundary()) co_return protocol::errc::truncated;
@@ -233,12 +265,12 @@ asio::awaitable<std::error_code> Session::read_body(std::uint64_t n, Sink&& sink
   // Bytes that arrived together with the header belong to the body first.
   const std::size_t buffered = static_cast<std::size_t>(std::min<std::uint64_t>(n, in_end_ - in_begin_));
   if (buffered > 0) {
-    sink(std::span<const std::uint8_t>(in_.data() + in_begin_, buffered));
+    sink(std::span<const std::uint8_t>(in_.get() + in_begin_, buffered));
     in_begin_ += buffered;
     n -= buffered;
   }
   if (n == 0) co_return std::error_code{};
-  auto& buf = chunk();
+  const auto buf = chunk(n);
   while (n > 0) {
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, buf.size()));
     // Fill a chunk before handing it on (fewer, larger disk writes), but re-arm the body
@@ -258,9 +290,20 @@ asio::awaitable<std::error_code> Session::read_body(std::uint64_t n, Sink&& sink
 }
 
 asio::awaitable<std::error_code> Session::send(const Frame& f) {
-  out_.clear();
+  queue(f);
+  co_return co_await flush();
+}
+
+void Session::queue(const Frame& f, std::span<const std::uint8_t> body) {
   protocol::encode(f, out_);
-  co_return co_await write_all(out_);
+  out_.insert(out_.end(), body.begin(), body.end());
+}
+
+asio::awaitable<std::error_code> Session::flush() {
+  if (out_.empty()) co_return std::error_code{};
+  const auto ec = co_await write_all(out_);
+  out_.clear();
+  co_return ec;
 }
 
 asio::awaitable<std::error_code> Session::write_all(std::span<const std::uint8_t> data) {
@@ -303,6 +346,9 @@ std::pair<Status, std::string> Session::describe(const std::error_code& ec, cons
   if (ec == std::errc::no_such_file_or_directory) return {Status::kNotFound, "no such file " + q};
   if (ec == std::errc::is_a_directory) return {Status::kConflict, q + " is a folder"};
   if (ec == std::errc::not_a_directory) return {Status::kConflict, "a parent of " + q + " is a file, not a folder"};
+  if (ec == std::errc::directory_not_empty) return {Status::kConflict, "folder " + q + " is not empty"};
+  if (ec == std::errc::file_exists) return {Status::kConflict, q + " already exists"};
+  if (ec == std::errc::invalid_argument) return {Status::kConflict, "cannot move a folder into itself (" + q + ")"};
   if (ec == std::errc::no_space_on_device || ec == std::errc::file_too_large || ec.value() == EDQUOT) {
     return {Status::kNoSpace, "server ran out of space while storing " + q + "; nothing was stored"};
   }
@@ -310,10 +356,32 @@ std::pair<Status, std::string> Session::describe(const std::error_code& ec, cons
 }
 
 void Session::log_transfer(std::string_view op, const std::string& name, std::uint64_t amount,
-                           std::chrono::steady_clock::time_point start, std::string_view result) const {
-  const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("{} {} {} {}={} ms={:.1f} result={}", peer_, op, storage::quote_name(name),
-               op == "ls" ? "entries" : "bytes", amount, ms, result);
+                           std::chrono::steady_clock::time_point start, std::string_view result,
+                           const std::string* to) const {
+  log::RequestRecord r;
+  r.peer = peer_;
+  r.op = std::string(op);
+  r.name = name;
+  if (to != nullptr) r.to = *to;
+  r.amount = amount;
+  r.amount_is_entries = op == "ls";
+  r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  r.result = std::string(result);
+  log::log_request(r);
+}
+
+std::optional<std::pair<Status, std::string>> Session::check_new_name(const std::string& name) const {
+  const auto& o = server_.options();
+  if (name.size() > o.max_name_bytes) {
+    return {{Status::kBadName, "name is " + std::to_string(name.size()) + " bytes; this server takes at most " +
+                                   std::to_string(o.max_name_bytes)}};
+  }
+  const auto depth = static_cast<std::size_t>(std::count(name.begin(), name.end(), '/'));
+  if (depth > o.max_depth) {
+    return {{Status::kBadName, storage::quote_name(name) + " is " + std::to_string(depth) +
+                                   " folders deep; this server allows " + std::to_string(o.max_depth)}};
+  }
+  return std::nullopt;
 }
 
 std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Frame& req) const {
@@ -324,15 +392,7 @@ std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Fr
     return {{Status::kTooLarge, q + " is " + std::to_string(req.size) + " bytes; this server takes at most " +
                                     std::to_string(o.max_file_size)}};
   }
-  if (req.name.size() > o.max_name_bytes) {
-    return {{Status::kBadName, "name is " + std::to_string(req.name.size()) + " bytes; this server takes at most " +
-                                   std::to_string(o.max_name_bytes)}};
-  }
-  const auto depth = static_cast<std::size_t>(std::count(req.name.begin(), req.name.end(), '/'));
-  if (depth > o.max_depth) {
-    return {{Status::kBadName, q + " is " + std::to_string(depth) + " folders deep; this server allows " +
-                                   std::to_string(o.max_depth)}};
-  }
+  if (auto bad = check_new_name(req.name)) return bad;
   std::uint64_t free = 0;
   if (!server_.storage().free_bytes(free) && (free < o.min_free_bytes || free - o.min_free_bytes < req.size)) {
     return {{Status::kNoSpace, "not enough free space on the server for " + q + " (" + std::to_string(req.size) +
@@ -342,23 +402,39 @@ std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Fr
   return std::nullopt;
 }
 
+asio::awaitable<std::error_code> Session::refuse_put(const Frame& req, Status st, std::string message,
+                                                    std::chrono::steady_clock::time_point start) {
+  log_transfer("put", req.name, 0, start, protocol::to_string(st));
+  if ((req.flags & protocol::kFlagStreamed) == 0) co_return co_await send_error(st, std::move(message));
+  // A streamed body is already on its way. Within the size limit it is read and dropped so
+  // the connection stays in step for the files queued behind it; beyond, that would be
+  // reading a possibly endless stream for nothing, so the connection ends.
+  if (req.size > server_.options().max_file_size) {
+    co_await send_final_error(st, std::move(message) + "; closing the connection");
+    co_return make_error_code(protocol::errc::unexpected_message);
+  }
+  if (auto ec = co_await read_body(req.size, [](std::span<const std::uint8_t>) {})) co_return ec;
+  co_return co_await send_error(st, std::move(message));
+}
+
 asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   const auto start = std::chrono::steady_clock::now();
+  const bool streamed = (req.flags & protocol::kFlagStreamed) != 0;
   if (auto refusal = check_put_limits(req)) {
-    log_transfer("put", req.name, 0, start, protocol::to_string(refusal->first));
-    co_return co_await send_error(refusal->first, std::move(refusal->second));
+    co_return co_await refuse_put(req, refusal->first, std::move(refusal->second), start);
   }
   storage::Upload up;
   if (auto ec = server_.storage().begin_upload(req.name, req.size, up)) {
     auto [st, msg] = describe(ec, req.name);
-    log_transfer("put", req.name, 0, start, protocol::to_string(st));
-    co_return co_await send_error(st, std::move(msg));
+    co_return co_await refuse_put(req, st, std::move(msg), start);
   }
-  Frame ready;
-  ready.type = MsgType::kReady;
-  if (auto ec = co_await send(ready)) {
-    log_transfer("put", req.name, 0, start, "aborted: " + ec.message());
-    co_return ec;
+  if (!streamed) {
+    Frame ready;
+    ready.type = MsgType::kReady;
+    if (auto ec = co_await send(ready)) {
+      log_transfer("put", req.name, 0, start, "aborted: " + ec.message());
+      co_return ec;
+    }
   }
 
   // A failed disk write does not end the exchange: the rest of the body is still read (and
@@ -373,7 +449,8 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   }
   if (!store_ec) {
     const bool has_mtime = (req.flags & protocol::kFlagHasMtime) != 0;
-    store_ec = up.commit(req.digest, has_mtime ? std::optional(req.mtime_ns) : std::nullopt);
+    store_ec = up.commit(req.digest, has_mtime ? std::optional(req.mtime_ns) : std::nullopt,
+                         (req.flags & protocol::kFlagExecutable) != 0);
   }
   if (store_ec) {
     auto [st, msg] = describe(store_ec, req.name);
@@ -385,7 +462,8 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   done.type = MsgType::kDone;
   done.size = req.size;
   done.digest = req.digest;
-  co_return co_await send(done);
+  queue(done);  // written before the session next waits for input
+  co_return std::error_code{};
 }
 
 asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
@@ -396,50 +474,54 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
     log_transfer("get", req.name, 0, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));
   }
-  // The header must carry the digest, so the file is hashed before it is sent. Both passes
-  // read the same open descriptor: a rename over the name meanwhile does not mix versions.
-  auto& buf = chunk();
-  hash::Sha256 hasher;
-  for (std::uint64_t off = 0; off < file.size;) {
-    std::size_t got = 0;
-    auto ec = storage::pread_full(file.fd.get(), buf, off, got);
-    if (!ec && got == 0) ec = std::make_error_code(std::errc::io_error);  // shrank under us
-    if (ec) {
-      log_transfer("get", req.name, 0, start, "storage: " + ec.message());
-      co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) + ": " +
-                                                          ec.message());
-    }
-    hasher.update(std::span<const std::uint8_t>(buf.data(), std::min<std::uint64_t>(got, file.size - off)));
-    off += got;
-  }
+  // The header carries the digest: from the digest cache when the file is as it was
+  // stored, else by reading it once first. Both reads use the same open descriptor, so a
+  // rename over the name meanwhile does not mix versions.
+  const auto buf = chunk(file.size);
   Frame reply;
+  bool cached = false;
+  if (auto ec = server_.storage().digest(file, buf, reply.digest, cached)) {
+    log_transfer("get", req.name, 0, start, "storage: " + ec.message());
+    co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) + ": " +
+                                                        ec.message());
+  }
   reply.type = MsgType::kFile;
-  reply.flags = protocol::kFlagHasMtime;
+  reply.flags = protocol::kFlagHasMtime | (file.executable ? protocol::kFlagExecutable : 0);
   reply.size = file.size;
   reply.mtime_ns = file.mtime_ns;
-  reply.digest = hasher.finish();
-  if (auto ec = co_await send(reply)) {
-    log_transfer("get", req.name, 0, start, "aborted: " + ec.message());
-    co_return ec;
-  }
 
-  for (std::uint64_t off = 0; off < file.size;) {
+  for (std::uint64_t off = 0; off < file.size || off == 0;) {
     std::size_t got = 0;
-    auto ec = storage::pread_full(file.fd.get(), std::span(buf.data(), std::min<std::uint64_t>(buf.size(), file.size - off)),
-                                  off, got);
-    if (!ec && got == 0) ec = std::make_error_code(std::errc::io_error);
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), file.size - off));
+    auto ec = storage::pread_full(file.fd.get(), buf.first(want), off, got);
+    if (!ec && got < want) ec = std::make_error_code(std::errc::io_error);  // shrank under us
+    if (ec && off == 0) {
+      log_transfer("get", req.name, 0, start, "storage: " + ec.message());
+      co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) +
+                                                          ": " + ec.message());
+    }
     if (ec) {
       // The header is out; the only honest way left to fail is to drop the connection,
       // which the client reports as a truncated transfer.
       log_transfer("get", req.name, off, start, "storage: " + ec.message());
       co_return ec;
     }
-    const auto wec = co_await write_all(std::span<const std::uint8_t>(buf.data(), got));
-    if (wec) {
-      log_transfer("get", req.name, off, start, "aborted: " + wec.message());
-      co_return wec;
+    const std::span<const std::uint8_t> data(buf.data(), got);
+    if (off == 0) queue(reply);
+    if (file.size <= kSmallBody) {
+      // With the replies around it: pipelined downloads of small files share writes.
+      out_.insert(out_.end(), data.begin(), data.end());
+      if (out_.size() >= kSmallBody) ec = co_await flush();
+    } else {
+      ec = co_await flush();
+      if (!ec) ec = co_await write_all(data);
+    }
+    if (ec) {
+      log_transfer("get", req.name, off, start, "aborted: " + ec.message());
+      co_return ec;
     }
     off += got;
+    if (file.size == 0) break;
   }
   log_transfer("get", req.name, file.size, start, "ok");
   co_return std::error_code{};
@@ -448,37 +530,109 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
 asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   const auto start = std::chrono::steady_clock::now();
   std::vector<storage::FileInfo> files;
-  if (auto ec = server_.storage().list(req.name, files)) {
+  storage::ListOptions lo;
+  lo.digests = (req.flags & protocol::kFlagDigest) != 0;
+  lo.folders = (req.flags & protocol::kFlagFolder) != 0;
+  if (auto ec = server_.storage().list(req.name, files, lo)) {
     auto [st, msg] = describe(ec, req.name);
     if (ec == std::errc::no_such_file_or_directory) msg = "no such folder " + storage::quote_name(req.name);
     if (ec == std::errc::not_a_directory) msg = storage::quote_name(req.name) + " is not a folder";
     log_transfer("ls", req.name, 0, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));
   }
-  out_.clear();
   for (const auto& f : files) {
-    Frame e;
-    e.type = MsgType::kEntry;
-    e.flags = protocol::kFlagHasMtime;
-    e.size = f.size;
-    e.mtime_ns = f.mtime_ns;
-    e.name = f.name;
-    protocol::encode(e, out_);
+    queue(entry_of(f));
     if (out_.size() >= kListBatchBytes) {
-      if (auto ec = co_await write_all(out_)) {
+      if (auto ec = co_await flush()) {
         log_transfer("ls", req.name, files.size(), start, "aborted: " + ec.message());
         co_return ec;
       }
-      out_.clear();
     }
   }
   Frame end;
   end.type = MsgType::kListEnd;
   end.size = files.size();
-  protocol::encode(end, out_);
-  const auto ec = co_await write_all(out_);
+  const auto ec = co_await send(end);
   log_transfer("ls", req.name, files.size(), start, ec ? "aborted: " + ec.message() : "ok");
   co_return ec;
+}
+
+Frame Session::entry_of(const storage::FileInfo& f) {
+  Frame e;
+  e.type = MsgType::kEntry;
+  e.flags = protocol::kFlagHasMtime;
+  if (f.folder) e.flags |= protocol::kFlagFolder;
+  if (f.executable) e.flags |= protocol::kFlagExecutable;
+  if (f.digest) {
+    e.flags |= protocol::kFlagDigest;
+    e.digest = *f.digest;
+  }
+  e.size = f.size;
+  e.mtime_ns = f.mtime_ns;
+  e.name = f.name;
+  return e;
+}
+
+asio::awaitable<std::error_code> Session::handle_stat(const Frame& req) {
+  const auto start = std::chrono::steady_clock::now();
+  storage::FileInfo info;
+  if (auto ec = server_.storage().stat(req.name, info)) {
+    auto [st, msg] = describe(ec, req.name);
+    log_transfer("stat", req.name, 0, start, protocol::to_string(st));
+    co_return co_await send_error(st, std::move(msg));
+  }
+  log_transfer("stat", req.name, info.size, start, "ok");
+  co_return co_await send(entry_of(info));
+}
+
+asio::awaitable<std::error_code> Session::handle_change(const Frame& req) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string op(protocol::to_string(req.type));
+  const bool is_move = req.type == MsgType::kMove;
+  std::string name = req.name;
+  std::string to;
+  Frame ok;
+  ok.type = MsgType::kOk;
+  std::optional<std::pair<Status, std::string>> refusal;
+  if (is_move && !protocol::split_move(req.name, name, to)) {
+    name.clear();
+    refusal = {Status::kBadRequest, "mv needs two names separated by one NUL byte"};
+  } else if (server_.options().read_only) {
+    refusal = {Status::kForbidden, "server is read-only; " + op + " is refused"};
+  } else if (req.type != MsgType::kRemove) {
+    // Names that come into being obey the same limits as uploads.
+    refusal = check_new_name(is_move ? to : name);
+  }
+  if (!refusal) {
+    std::error_code ec;
+    if (req.type == MsgType::kRemove) {
+      ec = server_.storage().remove(name);
+    } else if (req.type == MsgType::kMkdir) {
+      ec = server_.storage().make_folder(name);
+    } else {
+      storage::MoveResult moved;
+      ec = server_.storage().move(name, to, moved);
+      if (!ec || ec == storage::errc::not_durable) {
+        to = moved.to;
+        ok.size = moved.replaced ? 1 : 0;
+        ok.name = moved.to;
+      }
+    }
+    if (ec == storage::errc::not_durable) {
+      refusal = {Status::kStorage, op + " of " + storage::quote_name(name) +
+                                       " was done, but the server could not sync the folder: it may not survive a "
+                                       "crash"};
+    } else if (ec) {
+      refusal = describe(ec, ec == std::errc::file_exists && is_move ? to : name);
+    }
+  }
+  const std::string* to_ptr = is_move ? &to : nullptr;
+  if (refusal) {
+    log_transfer(op, name, 0, start, protocol::to_string(refusal->first), to_ptr);
+    co_return co_await send_error(refusal->first, std::move(refusal->second));
+  }
+  log_transfer(op, name, 0, start, "ok", to_ptr);
+  co_return co_await send(ok);
 }
 
 asio::awaitable<std::error_code> Session::handle_hello() {

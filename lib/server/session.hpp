@@ -3,8 +3,12 @@
 // something malformed, or the server stops. Internal to the server library.
 //
 // Each Session lives on its own strand; every member runs there. Memory while idle is one
-// small header buffer; the chunk buffer for bodies exists only during a transfer, so idle
-// connections cost little.
+// small header buffer; the larger input and chunk buffers exist only while requests flow,
+// so idle connections cost little.
+//
+// Replies to pipelined requests are batched: a reply is queued in out_ and written when the
+// session is about to wait for more input (or the queue is large), so a client streaming
+// many small files gets one write per batch of answers, not one per file.
 
 #include <asio.hpp>
 #include <chrono>
@@ -55,28 +59,47 @@ class Session : public std::enable_shared_from_this<Session> {
   // buffered after the header are used first.
   template <typename Sink>
   asio::awaitable<std::error_code> read_body(std::uint64_t n, Sink&& sink);
+  // Queues f and writes everything queued.
   asio::awaitable<std::error_code> send(const protocol::Frame& f);
+  // Queues f (and `body` after it) to be written at the next flush.
+  void queue(const protocol::Frame& f, std::span<const std::uint8_t> body = {});
+  // Writes out_ and empties it; a no-op when nothing is queued.
+  asio::awaitable<std::error_code> flush();
   asio::awaitable<std::error_code> write_all(std::span<const std::uint8_t> data);
   asio::awaitable<std::error_code> send_error(protocol::Status st, std::string message);
 
   asio::awaitable<std::error_code> handle_put(const protocol::Frame& req);
   asio::awaitable<std::error_code> handle_get(const protocol::Frame& req);
   asio::awaitable<std::error_code> handle_list(const protocol::Frame& req);
+  asio::awaitable<std::error_code> handle_stat(const protocol::Frame& req);
+  // kRemove, kMove, kMkdir: refused on a read-only server; new names obey the upload limits.
+  asio::awaitable<std::error_code> handle_change(const protocol::Frame& req);
+  // Answers a refused kPut; a streamed one's body is read and dropped first.
+  asio::awaitable<std::error_code> refuse_put(const protocol::Frame& req, protocol::Status st, std::string message,
+                                              std::chrono::steady_clock::time_point start);
+  static protocol::Frame entry_of(const storage::FileInfo& f);
   asio::awaitable<std::error_code> handle_hello();
   asio::awaitable<std::error_code> handle_auth(const protocol::Frame& req);
   // Logs, waits auth_delay, answers kUnauthorized; the caller then closes the connection.
   asio::awaitable<void> refuse_auth(std::string why);
+  // Checks a name about to be created (upload, mkdir, mv target) against --max-name/--max-depth.
+  std::optional<std::pair<protocol::Status, std::string>> check_new_name(const std::string& name) const;
   // Checks a kPut against the server's limits before anything is allocated or read.
   std::optional<std::pair<protocol::Status, std::string>> check_put_limits(const protocol::Frame& req) const;
 
   // Maps a storage error to its wire status and a message for the client.
   static std::pair<protocol::Status, std::string> describe(const std::error_code& ec, const std::string& name);
-  // One line per request: peer, op, name, amount (bytes, or entries for ls), duration, result.
+  // One record per request (log/log.hpp): peer, op, name, amount (bytes, or entries for
+  // ls), duration, result; `to` for mv.
   void log_transfer(std::string_view op, const std::string& name, std::uint64_t amount,
-                    std::chrono::steady_clock::time_point start, std::string_view result) const;
+                    std::chrono::steady_clock::time_point start, std::string_view result,
+                    const std::string* to = nullptr) const;
   // Sends a last error with a short deadline of its own; the connection closes after it.
   asio::awaitable<void> send_final_error(protocol::Status st, std::string message);
-  std::vector<std::uint8_t>& chunk();
+  // A body buffer of at least min(n, kChunkSize) bytes, kept between requests.
+  std::span<std::uint8_t> chunk(std::uint64_t n);
+  // Sets in_'s capacity; only while it holds no unread bytes.
+  void resize_in(std::size_t capacity);
 
   Server& server_;
   std::unique_ptr<Stream> stream_;
@@ -92,12 +115,17 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string peer_;
   std::string client_address_;
   protocol::Decoder decoder_;
-  std::vector<std::uint8_t> in_;  // bytes read but not yet consumed: in_[in_begin_, in_end_)
+  // Bytes read but not yet consumed: in_[in_begin_, in_end_). Uninitialised storage (no
+  // memset per allocation): small while idle, larger while a pipelined batch streams in.
+  std::unique_ptr<std::uint8_t[]> in_;
+  std::size_t in_capacity_ = 0;
   std::size_t in_begin_ = 0;
   std::size_t in_end_ = 0;
-  std::vector<std::uint8_t> out_;
-  std::vector<std::uint8_t> chunk_;  // allocated on first transfer, freed when idle
+  std::vector<std::uint8_t> out_;  // replies queued for the next flush
+  std::unique_ptr<std::uint8_t[]> chunk_;  // body buffer: sized to the bodies seen, freed when idle if large
+  std::size_t chunk_capacity_ = 0;
   bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
+  bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
 };
 
 }  // namespace ftx::server

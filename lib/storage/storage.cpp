@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 namespace ftx::storage {
@@ -27,7 +29,42 @@ std::error_code classify_open_error(int dirfd, std::string_view comp, int saved_
   return {saved_errno, std::system_category()};
 }
 
-std::string random_staging_name() { return random_hex(12) + ".part"; }
+
+// The digest cache: an extended attribute on the stored file. It records what the file was
+// when hashed (size, mtime, inode), so a file changed behind the server's back (edited in
+// place, replaced by a copy) is hashed afresh instead of being served with a stale digest.
+// Local to this machine, so native byte order.
+constexpr const char* kDigestAttr = "user.ftx.sha256";
+struct DigestRecord {
+  std::uint32_t version = 1;
+  std::uint32_t reserved = 0;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+  std::uint64_t inode = 0;
+  hash::Digest digest{};
+};
+static_assert(sizeof(DigestRecord) == 64);
+
+std::optional<hash::Digest> read_digest_record(int fd, std::uint64_t size, std::int64_t mtime, std::uint64_t inode) {
+  DigestRecord rec;
+  if (::fgetxattr(fd, kDigestAttr, &rec, sizeof rec) != static_cast<ssize_t>(sizeof rec)) return std::nullopt;
+  if (rec.version != 1 || rec.size != size || rec.mtime_ns != mtime || rec.inode != inode) return std::nullopt;
+  return rec.digest;
+}
+
+// Best effort: a filesystem without user xattrs (or a read-only one) only costs a rehash.
+void write_digest_record(int fd, const hash::Digest& digest) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return;
+  DigestRecord rec;
+  rec.size = static_cast<std::uint64_t>(st.st_size);
+  rec.mtime_ns = mtime_ns(st);
+  rec.inode = st.st_ino;
+  rec.digest = digest;
+  ::fsetxattr(fd, kDigestAttr, &rec, sizeof rec, 0);
+}
+
+bool is_executable(const struct stat& st) { return (st.st_mode & S_IXUSR) != 0; }
 
 // Calls fn(dirfd, entry_name, stat) for each entry of the folder `dirfd` except . and ..
 template <typename Fn>
@@ -52,16 +89,28 @@ std::error_code for_each_entry(int dirfd, Fn&& fn) {
   return {};
 }
 
-void walk(int dirfd, const std::string& prefix, std::vector<FileInfo>& out) {
+FileInfo info_of(std::string name, const struct stat& st) {
+  FileInfo f;
+  f.name = std::move(name);
+  f.folder = S_ISDIR(st.st_mode);
+  f.size = f.folder ? 0 : static_cast<std::uint64_t>(st.st_size);
+  f.mtime_ns = mtime_ns(st);
+  f.executable = !f.folder && is_executable(st);
+  return f;
+}
+
+void walk(int dirfd, const std::string& prefix, const ListOptions& opts, std::vector<FileInfo>& out) {
   for_each_entry(dirfd, [&](std::string_view name, const struct stat& st) {
     if (prefix.empty() && (name == kStagingDir || name == kTlsDir)) return;
     std::string rel = prefix.empty() ? std::string(name) : prefix + "/" + std::string(name);
     if (check_name(rel)) return;  // not fetchable, so not listed
     if (S_ISREG(st.st_mode)) {
-      out.push_back({std::move(rel), static_cast<std::uint64_t>(st.st_size), mtime_ns(st)});
+      out.push_back(info_of(std::move(rel), st));
     } else if (S_ISDIR(st.st_mode)) {
       UniqueFd child(::openat(dirfd, std::string(name).c_str(), kDirFlags));
-      if (child) walk(child.get(), rel, out);
+      if (!child) return;
+      if (opts.folders) out.push_back(info_of(rel, st));
+      walk(child.get(), rel, opts, out);
     }
   });
 }
@@ -77,6 +126,7 @@ Upload::Upload(Upload&& o) noexcept
       name_(std::move(o.name_)),
       staging_name_(std::exchange(o.staging_name_, {})),
       fd_(std::move(o.fd_)),
+      parent_(std::move(o.parent_)),
       hasher_(std::move(o.hasher_)),
       size_(o.size_),
       written_(o.written_) {}
@@ -88,6 +138,7 @@ Upload& Upload::operator=(Upload&& o) noexcept {
     name_ = std::move(o.name_);
     staging_name_ = std::exchange(o.staging_name_, {});
     fd_ = std::move(o.fd_);
+    parent_ = std::move(o.parent_);
     hasher_ = std::move(o.hasher_);
     size_ = o.size_;
     written_ = o.written_;
@@ -111,7 +162,8 @@ std::error_code Upload::write(std::span<const std::uint8_t> data) {
   return {};
 }
 
-std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns) {
+std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
+                               bool executable) {
   if (staging_name_.empty()) return std::make_error_code(std::errc::bad_file_descriptor);
   std::error_code ec;
   if (written_ != size_) {
@@ -119,13 +171,17 @@ std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::
   } else if (hasher_.finish() != expected) {
     ec = errc::digest_mismatch;
   }
+  if (!ec && executable && ::fchmod(fd_.get(), 0755) != 0) ec = last_error();
   if (!ec && mtime_ns) ec = set_mtime(fd_.get(), *mtime_ns);
+  // After the mtime: the record must describe the file as published.
+  if (!ec) write_digest_record(fd_.get(), expected);
   // The data must be on disk before the rename makes it visible, or a crash could publish
   // a file whose blocks never arrived.
   if (!ec && ::fsync(fd_.get()) != 0) ec = last_error();
-  UniqueFd dir;
-  std::string leaf;
-  if (!ec) ec = store_->open_parent(name_, /*create=*/true, dir, leaf);
+  // The folder found at begin_upload, else (it did not exist yet) found and made now.
+  DirFd dir = std::move(parent_);
+  std::string leaf = name_.substr(name_.rfind('/') + 1);
+  if (!ec && !dir) ec = store_->open_parent(name_, /*create=*/true, dir, leaf);
   if (!ec && ::renameat(store_->staging_fd_.get(), staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
     ec = last_error();
   }
@@ -155,6 +211,7 @@ Storage::Storage(const std::filesystem::path& root) : root_(root) {
   }
   staging_fd_.reset(::openat(root_fd_.get(), staging.c_str(), kDirFlags));
   if (!staging_fd_) throw std::system_error(last_error(), "cannot open " + (root_ / staging).string());
+  staging_prefix_ = random_hex(6) + "-";
   leftovers_removed_ = clean_staging();
 }
 
@@ -167,10 +224,13 @@ std::size_t Storage::clean_staging() const {
   return removed;
 }
 
-std::error_code Storage::open_parent(std::string_view name, bool create, UniqueFd& dir, std::string& leaf) const {
+std::string Storage::next_staging_name() const {
+  return staging_prefix_ + std::to_string(staging_counter_.fetch_add(1, std::memory_order_relaxed)) + ".part";
+}
+
+std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf) const {
   const auto parts = split_name(name);
-  UniqueFd cur(::openat(root_fd_.get(), ".", O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-  if (!cur) return last_error();
+  DirFd cur(root_fd_.get());
   for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
     const std::string comp(parts[i]);
     UniqueFd next(::openat(cur.get(), comp.c_str(), kDirFlags));
@@ -180,7 +240,7 @@ std::error_code Storage::open_parent(std::string_view name, bool create, UniqueF
       next.reset(::openat(cur.get(), comp.c_str(), kDirFlags));
     }
     if (!next) return classify_open_error(cur.get(), comp, errno);
-    cur = std::move(next);
+    cur = DirFd(std::move(next));
   }
   leaf = std::string(parts.back());
   dir = std::move(cur);
@@ -189,7 +249,7 @@ std::error_code Storage::open_parent(std::string_view name, bool create, UniqueF
 
 std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size, Upload& out) const {
   if (auto ec = check_name(name)) return ec;
-  UniqueFd dir;
+  DirFd dir;
   std::string leaf;
   auto ec = open_parent(name, /*create=*/false, dir, leaf);
   if (ec && ec != std::errc::no_such_file_or_directory) return ec;  // missing folders are made at commit
@@ -203,7 +263,8 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   up.store_ = this;
   up.name_ = std::string(name);
   up.size_ = size;
-  up.staging_name_ = random_staging_name();
+  if (!ec) up.parent_ = std::move(dir);
+  up.staging_name_ = next_staging_name();
   up.fd_.reset(::openat(staging_fd_.get(), up.staging_name_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!up.fd_) {
     up.staging_name_.clear();
@@ -222,7 +283,7 @@ std::error_code Storage::free_bytes(std::uint64_t& out) const {
 
 std::error_code Storage::open_file(std::string_view name, ReadFile& out) const {
   if (auto ec = check_name(name)) return ec;
-  UniqueFd dir;
+  DirFd dir;
   std::string leaf;
   if (auto ec = open_parent(name, /*create=*/false, dir, leaf)) return ec;
   // O_NONBLOCK so that a FIFO planted in the root cannot block the open.
@@ -234,10 +295,39 @@ std::error_code Storage::open_file(std::string_view name, ReadFile& out) const {
   out.fd = std::move(fd);
   out.size = static_cast<std::uint64_t>(st.st_size);
   out.mtime_ns = mtime_ns(st);
+  out.executable = is_executable(st);
+  out.inode = st.st_ino;
   return {};
 }
 
-std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& out) const {
+std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out,
+                                bool& cached) const {
+  if (auto d = read_digest_record(file.fd.get(), file.size, file.mtime_ns, file.inode)) {
+    out = *d;
+    cached = true;
+    return {};
+  }
+  cached = false;
+  hash::Sha256 hasher;
+  for (std::uint64_t off = 0; off < file.size;) {
+    std::size_t got = 0;
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), file.size - off));
+    if (auto ec = pread_full(file.fd.get(), buf.first(want), off, got)) return ec;
+    if (got == 0) return std::make_error_code(std::errc::io_error);  // shrank under us
+    hasher.update(std::span<const std::uint8_t>(buf.data(), got));
+    off += got;
+  }
+  out = hasher.finish();
+  // Cache only if the file did not change while it was read.
+  struct stat st {};
+  if (::fstat(file.fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == file.size &&
+      mtime_ns(st) == file.mtime_ns) {
+    write_digest_record(file.fd.get(), out);
+  }
+  return {};
+}
+
+std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& out, const ListOptions& opts) const {
   out.clear();
   UniqueFd dir;
   if (folder.empty()) {
@@ -245,15 +335,136 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
     if (!dir) return last_error();
   } else {
     if (auto ec = check_name(folder)) return ec;
-    UniqueFd parent;
+    DirFd parent;
     std::string leaf;
     if (auto ec = open_parent(folder, /*create=*/false, parent, leaf)) return ec;
     dir.reset(::openat(parent.get(), leaf.c_str(), kDirFlags));
-    if (!dir) return classify_open_error(parent.get(), leaf, errno);
+    if (!dir) {
+      const int saved = errno;
+      struct stat st {};
+      // `ls NAME` of a file lists that file, as ls(1) does.
+      if (saved == ENOTDIR && ::fstatat(parent.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+          S_ISREG(st.st_mode)) {
+        out.push_back(info_of(std::string(folder), st));
+      } else {
+        return classify_open_error(parent.get(), leaf, saved);
+      }
+    }
   }
-  walk(dir.get(), std::string(folder), out);
+  if (dir) walk(dir.get(), std::string(folder), opts, out);
   std::sort(out.begin(), out.end(), [](const FileInfo& a, const FileInfo& b) { return a.name < b.name; });
+  if (opts.digests) {
+    std::vector<std::uint8_t> buf;
+    for (auto& f : out) {
+      if (f.folder) continue;
+      ReadFile file;
+      if (open_file(f.name, file)) continue;  // vanished or replaced by a folder meanwhile
+      if (buf.empty()) buf.resize(1 << 20);
+      hash::Digest d{};
+      bool cached = false;
+      if (!digest(file, buf, d, cached)) f.digest = d;
+      f.size = file.size;  // describe the version that was hashed
+      f.mtime_ns = file.mtime_ns;
+    }
+  }
   return {};
+}
+
+std::error_code Storage::stat(std::string_view name, FileInfo& out) const {
+  if (auto ec = check_name(name)) return ec;
+  DirFd parent;
+  std::string leaf;
+  if (auto ec = open_parent(name, /*create=*/false, parent, leaf)) return ec;
+  struct stat st {};
+  if (::fstatat(parent.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
+  if (S_ISLNK(st.st_mode)) return errc::symlink;
+  if (S_ISDIR(st.st_mode)) {
+    out = info_of(std::string(name), st);
+    return {};
+  }
+  ReadFile file;
+  if (auto ec = open_file(name, file)) return ec;
+  std::vector<std::uint8_t> buf(1 << 20);
+  hash::Digest d{};
+  bool cached = false;
+  if (auto ec = digest(file, buf, d, cached)) return ec;
+  struct stat now {};
+  if (::fstat(file.fd.get(), &now) != 0) return last_error();
+  out = info_of(std::string(name), now);
+  out.size = file.size;
+  out.mtime_ns = file.mtime_ns;
+  out.digest = d;
+  return {};
+}
+
+std::error_code Storage::remove(std::string_view name) const {
+  if (auto ec = check_name(name)) return ec;
+  DirFd parent;
+  std::string leaf;
+  if (auto ec = open_parent(name, /*create=*/false, parent, leaf)) return ec;
+  struct stat st {};
+  if (::fstatat(parent.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
+  if (S_ISLNK(st.st_mode)) return errc::symlink;
+  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return errc::not_regular;
+  if (::unlinkat(parent.get(), leaf.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) != 0) return last_error();
+  if (::fsync(parent.get()) != 0) return errc::not_durable;
+  return {};
+}
+
+std::error_code Storage::move(std::string_view from, std::string_view to, MoveResult& out) const {
+  if (auto ec = check_name(from)) return ec;
+  if (auto ec = check_name(to)) return ec;
+  DirFd from_dir;
+  std::string from_leaf;
+  if (auto ec = open_parent(from, /*create=*/false, from_dir, from_leaf)) return ec;
+  struct stat from_st {};
+  if (::fstatat(from_dir.get(), from_leaf.c_str(), &from_st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
+  if (S_ISLNK(from_st.st_mode)) return errc::symlink;
+  if (!S_ISREG(from_st.st_mode) && !S_ISDIR(from_st.st_mode)) return errc::not_regular;
+
+  std::string target(to);
+  DirFd to_dir;
+  std::string to_leaf;
+  auto ec = open_parent(target, /*create=*/false, to_dir, to_leaf);
+  struct stat to_st {};
+  bool exists = !ec && ::fstatat(to_dir.get(), to_leaf.c_str(), &to_st, AT_SYMLINK_NOFOLLOW) == 0;
+  if (exists && S_ISLNK(to_st.st_mode)) return errc::symlink;
+  if (exists && S_ISDIR(to_st.st_mode)) {
+    // Into the folder, as mv(1) does.
+    target += "/" + from_leaf;
+    if (auto bad = check_name(target)) return bad;
+    exists = false;
+    ec = open_parent(target, /*create=*/false, to_dir, to_leaf);
+    if (!ec) exists = ::fstatat(to_dir.get(), to_leaf.c_str(), &to_st, AT_SYMLINK_NOFOLLOW) == 0;
+    if (exists && (S_ISLNK(to_st.st_mode) || S_ISDIR(to_st.st_mode))) {
+      return std::make_error_code(std::errc::file_exists);
+    }
+  }
+  if (exists && S_ISDIR(from_st.st_mode) != S_ISDIR(to_st.st_mode)) {
+    return std::make_error_code(S_ISDIR(to_st.st_mode) ? std::errc::is_a_directory : std::errc::not_a_directory);
+  }
+  if (ec) ec = open_parent(target, /*create=*/true, to_dir, to_leaf);
+  if (ec) return ec;
+  if (::renameat(from_dir.get(), from_leaf.c_str(), to_dir.get(), to_leaf.c_str()) != 0) return last_error();
+  out.to = target;
+  out.replaced = exists;
+  if (::fsync(to_dir.get()) != 0 || ::fsync(from_dir.get()) != 0) return errc::not_durable;
+  return {};
+}
+
+std::error_code Storage::make_folder(std::string_view name) const {
+  if (auto ec = check_name(name)) return ec;
+  DirFd parent;
+  std::string leaf;
+  if (auto ec = open_parent(name, /*create=*/true, parent, leaf)) return ec;
+  if (::mkdirat(parent.get(), leaf.c_str(), 0755) == 0) {
+    if (::fsync(parent.get()) != 0) return errc::not_durable;
+    return {};
+  }
+  if (errno != EEXIST) return last_error();
+  struct stat st {};
+  if (::fstatat(parent.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) return {};
+  return std::make_error_code(std::errc::file_exists);
 }
 
 }  // namespace ftx::storage

@@ -12,6 +12,7 @@
 // and the staging folder's descriptors). Upload and ReadFile objects belong to one thread
 // at a time.
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -29,17 +30,49 @@ namespace ftx::storage {
 
 struct FileInfo {
   std::string name;  // relative to the root, '/'-separated
-  std::uint64_t size = 0;
+  std::uint64_t size = 0;  // 0 for folders
   std::int64_t mtime_ns = 0;
+  bool folder = false;
+  bool executable = false;               // owner may execute (files only)
+  std::optional<hash::Digest> digest;    // SHA-256, when asked for (files only)
 };
 
 struct ReadFile {
   UniqueFd fd;
   std::uint64_t size = 0;
   std::int64_t mtime_ns = 0;
+  bool executable = false;
+  std::uint64_t inode = 0;
+};
+
+// What list() returns besides plain files.
+struct ListOptions {
+  bool folders = false;  // include folders (FileInfo::folder), e.g. to recreate empty ones
+  bool digests = false;  // fill FileInfo::digest (from the digest cache, else by hashing)
+};
+
+// Where a successful move() put the file, and whether it replaced one.
+struct MoveResult {
+  std::string to;  // final name (TO, or TO/<base name of FROM> when TO is a folder)
+  bool replaced = false;
 };
 
 class Storage;
+
+// A folder descriptor that is either owned or borrowed (the root's, which Storage keeps
+// open): resolving a name directly below the root then costs no extra open/close.
+class DirFd {
+ public:
+  DirFd() = default;
+  explicit DirFd(int borrowed) : fd_(borrowed) {}
+  explicit DirFd(UniqueFd owned) : owned_(std::move(owned)), fd_(owned_.get()) {}
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+
+ private:
+  UniqueFd owned_;
+  int fd_ = -1;
+};
 
 // An upload in progress. Destroying it before commit() succeeded removes the staging file,
 // so an upload that fails for any reason (bad digest, dropped connection, server shutdown)
@@ -63,8 +96,10 @@ class Upload {
   // success the file is durable and visible. On a failure before the rename the staging
   // file is removed and whatever was stored under the name before is untouched; only the
   // final folder fsync can fail after it: then the new file is in place but may not
-  // survive a crash, and the result is errc::not_durable.
-  std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns);
+  // survive a crash, and the result is errc::not_durable. The verified digest is kept
+  // with the file (digest cache, see Storage::digest) so downloads need not hash it again.
+  std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
+                         bool executable = false);
 
   // Removes the staging file now (the destructor does the same).
   void abort();
@@ -75,6 +110,7 @@ class Upload {
   std::string name_;          // final name
   std::string staging_name_;  // file name inside the staging folder
   UniqueFd fd_;
+  DirFd parent_;              // the final name's folder, when it existed at begin_upload
   hash::Sha256 hasher_;
   std::uint64_t size_ = 0;
   std::uint64_t written_ = 0;
@@ -103,21 +139,49 @@ class Storage {
   // Opens a stored regular file for reading.
   std::error_code open_file(std::string_view name, ReadFile& out) const;
 
-  // Every regular file below `folder` ("" = the root), sorted by name. Symlinks, special
-  // files, names check_name would refuse and the staging folder are skipped.
-  std::error_code list(std::string_view folder, std::vector<FileInfo>& out) const;
+  // The SHA-256 of an open file. Taken from the digest cache (an extended attribute
+  // written at upload, valid only while size, mtime and inode still match) when it can be,
+  // else computed by reading the file once and cached for next time. `buf` is scratch
+  // space for that read. `cached` says which happened.
+  std::error_code digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out,
+                         bool& cached) const;
+
+  // Every regular file below `folder` ("" = the root), sorted by name; `folder` naming a
+  // file lists just that file. Symlinks, special files, names check_name would refuse and
+  // the staging folder are skipped.
+  std::error_code list(std::string_view folder, std::vector<FileInfo>& out, const ListOptions& opts = {}) const;
+
+  // One file or folder, with the file's SHA-256.
+  std::error_code stat(std::string_view name, FileInfo& out) const;
+
+  // Removes a file, or an empty folder (ENOTEMPTY otherwise), and syncs its folder.
+  std::error_code remove(std::string_view name) const;
+
+  // Renames `from` (file or folder) to `to`, creating `to`'s missing folders; a file at
+  // `to` is replaced, a folder at `to` receives `from` under its base name. Atomic
+  // (renameat); both folders are synced.
+  std::error_code move(std::string_view from, std::string_view to, MoveResult& out) const;
+
+  // Creates folder `name` and its missing parents. An existing folder is fine (like
+  // mkdir -p); an existing file is std::errc::file_exists.
+  std::error_code make_folder(std::string_view name) const;
 
  private:
   friend class Upload;
   // Opens the folder holding the last component of `name` (which check_name accepted),
   // creating missing folders when `create`. `leaf` receives the last component.
-  std::error_code open_parent(std::string_view name, bool create, UniqueFd& dir, std::string& leaf) const;
+  std::error_code open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf) const;
+  // A new file name inside the staging folder, unique in this process and (by its random
+  // prefix) among processes sharing the root.
+  std::string next_staging_name() const;
   std::size_t clean_staging() const;
 
   std::filesystem::path root_;
   UniqueFd root_fd_;
   UniqueFd staging_fd_;
   std::size_t leftovers_removed_ = 0;
+  std::string staging_prefix_;
+  mutable std::atomic<std::uint64_t> staging_counter_{0};
 };
 
 }  // namespace ftx::storage

@@ -60,6 +60,25 @@ std::vector<Frame> samples() {
   auth.digest = digest_of(5);
   v.push_back(auth);
   v.push_back(make(MsgType::kAuthOk));
+  Frame streamed = make(MsgType::kPut, "bin/tool", 7);
+  streamed.flags = kFlagHasMtime | kFlagExecutable | kFlagStreamed;
+  streamed.digest = digest_of(6);
+  v.push_back(streamed);
+  Frame list_all = make(MsgType::kList, "src");
+  list_all.flags = kFlagDigest | kFlagFolder;
+  v.push_back(list_all);
+  Frame folder = make(MsgType::kEntry, "src/empty");
+  folder.flags = kFlagFolder | kFlagHasMtime;
+  v.push_back(folder);
+  v.push_back(make(MsgType::kStat, "a/b"));
+  Frame stat_reply = make(MsgType::kEntry, "a/b", 9);
+  stat_reply.flags = kFlagDigest | kFlagHasMtime;
+  stat_reply.digest = digest_of(7);
+  v.push_back(stat_reply);
+  v.push_back(make(MsgType::kRemove, "old.log"));
+  v.push_back(make(MsgType::kMove, join_move("a", "b/c")));
+  v.push_back(make(MsgType::kMkdir, "x/y"));
+  v.push_back(make(MsgType::kOk, "", 1));
   v.push_back(make_error(Status::kNotFound, "no such file \"a\""));
   v.push_back(make(MsgType::kGet, std::string(kMaxNameBytes, 'n')));
   return v;
@@ -260,7 +279,7 @@ TEST(FrameCodec, RejectsUnsupportedVersion) {
 
 TEST(FrameCodec, RejectsUnknownType) {
   const auto ping = encode(make(MsgType::kPing));
-  for (const int t : {0, 7, 63, 72, 126, 128, 255}) {
+  for (const int t : {0, 11, 63, 73, 126, 128, 255}) {
     EXPECT_EQ(decode_error(with_byte(ping, 5, static_cast<std::uint8_t>(t))), errc::bad_type) << t;
   }
 }
@@ -268,7 +287,7 @@ TEST(FrameCodec, RejectsUnknownType) {
 TEST(FrameCodec, RejectsUnknownFlagsAndReservedBytes) {
   const auto ping = encode(make(MsgType::kPing));
   EXPECT_EQ(decode_error(with_byte(ping, 6, 0x80)), errc::bad_flags);
-  EXPECT_EQ(decode_error(with_byte(ping, 7, 0x02)), errc::bad_flags);
+  EXPECT_EQ(decode_error(with_byte(ping, 7, 0x40)), errc::bad_flags);
   for (std::size_t i = 12; i < 16; ++i) EXPECT_EQ(decode_error(with_byte(ping, i, 1)), errc::bad_reserved) << i;
 }
 
@@ -308,6 +327,16 @@ TEST(FrameCodec, TruncatedHeaderOrNameIsNotAFrame) {
   }
   Decoder fresh;
   EXPECT_TRUE(fresh.at_boundary());
+}
+
+TEST(FrameCodec, MoveNamesSplitAtTheOnlyNul) {
+  std::string from;
+  std::string to;
+  ASSERT_TRUE(split_move(join_move("dir/a b", "c"), from, to));
+  EXPECT_EQ(from, "dir/a b");
+  EXPECT_EQ(to, "c");
+  EXPECT_FALSE(split_move("no separator", from, to));
+  EXPECT_FALSE(split_move(std::string("a\0b\0c", 5), from, to));
 }
 
 TEST(FrameCodec, ErrorIsStickyUntilReset) {

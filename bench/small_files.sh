@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# Many small files over loopback: FILES files of SIZE bytes (default 10,000 x 4 KiB = 41 MB,
+# random content, 100 files a folder) moved between a client and a server on 127.0.0.1 by
+#   ftx     `ftx put -r` up and `ftx get -r` down, against `ftx serve`
+#   rsync   `rsync -a` up and down, against an rsync daemon (no -c, no -z: as people use it)
+#   tar|nc  `tar -c | nc` into `nc -l | tar -x`, one direction ("stream"): the ceiling
+# For each tool and direction: the median wall time of RUNS runs, files/s, MB/s, the ratio to
+# ftx (ftx time / this time, so above 1 is faster than ftx; the stream is compared with ftx
+# up) and the CPU seconds of client + server. Every root and local folder is on /dev/shm, so
+# the disk is not what is measured. Each run starts from an empty destination and its copy is
+# checked against the source (SHA-256 of every file); a failed or wrong run marks its row
+# "failed" and the benchmark goes on. A benchmark, not a test: it asserts nothing.
+#
+# Usage: bench/small_files.sh [FILES (10000) [SIZE (4096) [RUNS (3)]]]
+#   the same as environment variables FILES, SIZE, RUNS; SMOKE=1 means FILES=200 RUNS=1 (seconds)
+#   FTX=path/to/ftx (default build/apps/ftx/ftx, else build/ftx), TOOLS="ftx rsync tarnc",
+#   RUN_TIMEOUT=seconds a single run may take (300)
+# rsync and netcat-openbsd are installed with apt-get when missing.
+set -euo pipefail
+
+if [ "${SMOKE:-0}" = 1 ]; then FILES=${FILES:-200} RUNS=${RUNS:-1}; fi
+FILES=${1:-${FILES:-10000}}
+SIZE=${2:-${SIZE:-4096}}
+RUNS=${3:-${RUNS:-3}}
+TOOLS=${TOOLS:-ftx rsync tarnc}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+PER_DIR=100
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${FTX:-}" ]; then
+  FTX=$REPO/build/apps/ftx/ftx
+  [ -x "$FTX" ] || [ ! -x "$REPO/build/ftx" ] || FTX=$REPO/build/ftx
+fi
+FTX=$(realpath -m "$FTX")
+
+W=$(mktemp -d /dev/shm/ftx-bench.XXXX)
+PIDS=()     # the servers this script started; killed at exit
+CLIENT=     # the client run in flight, if any
+RECV=       # the tar|nc receiver in flight, if any
+cleanup() {
+  local p
+  for p in $CLIENT $RECV "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in $CLIENT $RECV "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+export XDG_CONFIG_HOME=$W/config
+
+say() { echo "$*" >&2; }
+
+# ---------------------------------------------------------------- tools
+
+install_packages() {  # install_packages PKG...: apt-get, with an update only if the first try fails
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+  command -v apt-get >/dev/null || return 1
+  say "installing $*"
+  "${sudo[@]}" apt-get install -y -qq "$@" >&2 ||
+    { "${sudo[@]}" apt-get update -qq >&2 && "${sudo[@]}" apt-get install -y -qq "$@" >&2; }
+}
+
+NC= NC_LISTEN=() NC_SEND=()
+find_nc() {  # sets NC, NC_LISTEN (before the port) and NC_SEND (close the socket at EOF)
+  local c help
+  for c in nc.openbsd nc; do
+    command -v "$c" >/dev/null || continue
+    help=$("$c" -h 2>&1 || true)
+    if grep -q OpenBSD <<<"$help"; then NC=$c NC_LISTEN=(-l 127.0.0.1) NC_SEND=(-N); return; fi
+    if grep -q -- '-q secs' <<<"$help"; then NC=$c NC_LISTEN=(-l -s 127.0.0.1 -p) NC_SEND=(-q 0); return; fi
+  done
+  return 1
+}
+
+ensure_tools() {
+  local missing=()
+  [[ " $TOOLS " != *" rsync "* ]] || command -v rsync >/dev/null || missing+=(rsync)
+  [[ " $TOOLS " != *" tarnc "* ]] || find_nc || missing+=(netcat-openbsd)
+  if [ ${#missing[@]} -gt 0 ]; then install_packages "${missing[@]}" || say "could not install ${missing[*]}"; fi
+  [[ " $TOOLS " != *" tarnc "* ]] || [ -n "$NC" ] || find_nc || true
+}
+
+# ---------------------------------------------------------------- helpers
+
+port_state() {  # port_state PORT: prints the TCP states (hex) of sockets bound to that local port
+  local hex; printf -v hex '%04X' "$1"
+  awk -v h="$hex" 'FNR > 1 { n = split($2, a, ":"); if (a[n] == h) print $4 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+free_port() { local p; while :; do p=$((20000 + RANDOM % 40000)); [ -n "$(port_state "$p")" ] || { echo "$p"; return; }; done; }
+wait_listening() {  # wait_listening PORT PID: up to 5 s
+  local _
+  for _ in $(seq 100); do
+    kill -0 "$2" 2>/dev/null || return 1
+    port_state "$1" | grep -qx 0A && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+TICK=$(getconf CLK_TCK)
+cpu_ticks() {  # cpu_ticks PID: user + system time of PID and of its reaped children, in ticks
+  local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  awk '{ print $12 + $13 + $14 + $15 }' <<<"${stat##*) }"
+}
+children_done() {  # children_done PID: wait (up to 3 s) until a server has reaped its children
+  local _
+  for _ in $(seq 60); do
+    [ -z "$(cat /proc/"$1"/task/*/children 2>/dev/null | tr -d ' ')" ] && return
+    sleep 0.05
+  done
+}
+
+TIME=()
+[ -x /usr/bin/time ] && TIME=(/usr/bin/time -o "$W/time.out" -f '%U %S')
+time_file_cpu() {  # time_file_cpu FILE: user+sys seconds from a /usr/bin/time -f '%U %S' file, or nothing
+  [ ${#TIME[@]} -gt 0 ] && [ -s "$1" ] && tail -n 1 "$1" | awk 'NF == 2 { print $1 + $2 }' || true
+}
+
+# run_client ERRFILE CMD...: runs CMD (with a time limit) and sets SECS and CPU (client
+# user+sys seconds, empty without /usr/bin/time); returns CMD's status
+run_client() {
+  local err=$1 t0 t1 rc=0; shift
+  rm -f "$W/time.out"
+  t0=$(date +%s%N)
+  timeout "$RUN_TIMEOUT" "${TIME[@]}" "$@" >/dev/null 2>"$err" &
+  CLIENT=$!
+  wait "$CLIENT" || rc=$?
+  t1=$(date +%s%N)
+  CLIENT=
+  SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+  CPU=$(time_file_cpu "$W/time.out")
+  return $rc
+}
+
+manifest() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum); }
+verify() {  # verify DIR NAME: DIR, or DIR/NAME (for "copy into" semantics), holds exactly the source
+  local d
+  for d in "$1" "$1/$2"; do
+    [ -d "$d" ] && manifest "$d" >"$W/copy.sha256" && cmp -s "$W/copy.sha256" "$W/src.sha256" && return 0
+  done
+  return 1
+}
+
+declare -A T C FAIL  # per "tool dir": run times, run CPU seconds, reason of failure
+fail() {  # fail TOOL DIR REASON
+  FAIL[$1 $2]=$3
+  say "$1 $2: failed: $3"
+}
+last_line() { local l; l=$(grep -v '^Command exited' "$1" 2>/dev/null | tail -n 1); echo "${l:-no message}"; }
+
+# one_run TOOL DIR RUN SERVER_PID CHECK_DIR ALT_NAME CMD...: one timed client run against a
+# running server, then the copy in CHECK_DIR is verified; records the time and the CPU seconds
+one_run() {
+  local tool=$1 dir=$2 run=$3 server=$4 check=$5 alt=$6 c0 c1 rc=0; shift 6
+  c0=$(cpu_ticks "$server")
+  run_client "$W/$tool-$dir.err" "$@" || rc=$?
+  children_done "$server"
+  c1=$(cpu_ticks "$server")
+  if [ $rc != 0 ]; then fail "$tool" "$dir" "exit $rc: $(last_line "$W/$tool-$dir.err")"; return 1; fi
+  verify "$check" "$alt" || { fail "$tool" "$dir" "the copy differs from the source"; return 1; }
+  T[$tool $dir]+="$SECS "
+  [ -z "$CPU" ] || C[$tool $dir]+="$(awk -v a="$CPU" -v b="$c0" -v c="$c1" -v t="$TICK" 'BEGIN { print a + (c - b) / t }') "
+  say "$tool $dir run $run/$RUNS: $SECS s"
+}
+
+seed() { rm -rf "$1" && cp -a "$W/src" "$1"; }  # seed DIR: a copy of the source, for the downloads
+
+# ---------------------------------------------------------------- the tools
+
+bench_ftx() {
+  local root=$W/ftx-root port= pid r _
+  if [ ! -x "$FTX" ]; then fail ftx up "no ftx binary at $FTX"; fail ftx down "no ftx binary at $FTX"; return; fi
+  mkdir -p "$root"
+  "$FTX" serve --root "$root" --listen 127.0.0.1:0 --min-free 0 >/dev/null 2>"$W/ftx-serve.log" &
+  pid=$!; PIDS+=("$pid")
+  for _ in $(seq 100); do
+    port=$(sed -nE 's/.*serving .* on 127\.0\.0\.1:([0-9]+).*/\1/p' "$W/ftx-serve.log" | head -n 1)
+    [ -n "$port" ] || ! kill -0 "$pid" 2>/dev/null && break
+    sleep 0.05
+  done
+  if [ -z "$port" ]; then
+    r="server did not start: $(last_line "$W/ftx-serve.log")"
+    fail ftx up "$r"; fail ftx down "$r"; return
+  fi
+  for r in $(seq "$RUNS"); do
+    rm -rf "$root/up"
+    one_run ftx up "$r" "$pid" "$root/up" src "$FTX" put -r -q "$W/src" up -s "127.0.0.1:$port" || break
+  done
+  seed "$root/set"
+  for r in $(seq "$RUNS"); do
+    rm -rf "$W/down"
+    one_run ftx down "$r" "$pid" "$W/down" set "$FTX" get -r -q set "$W/down" -s "127.0.0.1:$port" || break
+  done
+}
+
+bench_rsync() {
+  local root=$W/rsync-root conf=$W/rsyncd.conf port= pid= r _
+  if ! command -v rsync >/dev/null; then fail rsync up "rsync is not installed"; fail rsync down "rsync is not installed"; return; fi
+  mkdir -p "$root"
+  {
+    echo "use chroot = no"
+    echo "log file = $W/rsyncd.log"
+    echo "[mod]"
+    echo "  path = $root"
+    echo "  read only = no"
+    echo "  use chroot = no"
+    echo "  numeric ids = yes"
+    # as root the daemon would switch to "nobody", who cannot write into the 0700 bench folder
+    if [ "$(id -u)" = 0 ]; then echo "  uid = 0"; echo "  gid = 0"; fi
+  } >"$conf"
+  for _ in 1 2 3 4 5; do  # a free port may be taken before the daemon binds it: try another
+    port=$(free_port)
+    rsync --daemon --no-detach --config="$conf" --port="$port" --address=127.0.0.1 >/dev/null 2>"$W/rsyncd.err" &
+    pid=$!
+    wait_listening "$port" "$pid" && break
+    kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
+  done
+  if [ -z "$pid" ]; then
+    r="daemon did not start: $(last_line "$W/rsyncd.err")"
+    fail rsync up "$r"; fail rsync down "$r"; return
+  fi
+  PIDS+=("$pid")
+  for r in $(seq "$RUNS"); do
+    rm -rf "$root/up"
+    one_run rsync up "$r" "$pid" "$root/up" src rsync -a "$W/src/" "rsync://127.0.0.1:$port/mod/up/" || break
+  done
+  seed "$root/set"
+  for r in $(seq "$RUNS"); do
+    rm -rf "$W/down"
+    one_run rsync down "$r" "$pid" "$W/down" set rsync -a "rsync://127.0.0.1:$port/mod/set/" "$W/down/" || break
+  done
+}
+
+bench_tarnc() {  # the receiver is started afresh for every run and counts as the server
+  local r port rc rcpu t0 rtime
+  if [ -z "$NC" ]; then fail tar\|nc stream "no usable nc (netcat-openbsd)"; return; fi
+  for r in $(seq "$RUNS"); do
+    rm -rf "$W/stream"; mkdir "$W/stream"
+    port=$(free_port)
+    rm -f "$W/time.recv"
+    rtime=(); [ ${#TIME[@]} = 0 ] || rtime=(/usr/bin/time -o "$W/time.recv" -f '%U %S')
+    timeout "$RUN_TIMEOUT" "${rtime[@]}" \
+      bash -c 'set -o pipefail; "$@" </dev/null | tar -x -C "$0"' "$W/stream" "$NC" "${NC_LISTEN[@]}" "$port" \
+      >/dev/null 2>"$W/tarnc-recv.err" &
+    RECV=$!
+    if ! wait_listening "$port" "$RECV"; then
+      fail tar\|nc stream "receiver did not listen: $(last_line "$W/tarnc-recv.err")"
+      kill "$RECV" 2>/dev/null || true; wait "$RECV" 2>/dev/null || true; RECV=; return
+    fi
+    rc=0 t0=$(date +%s%N)
+    run_client "$W/tarnc-send.err" bash -c 'set -o pipefail; tar -c -C "$0" . | "$@"' "$W/src" "$NC" "${NC_SEND[@]}" 127.0.0.1 "$port" || rc=$?
+    wait "$RECV" || rc=$((rc ? rc : $?))
+    RECV=
+    # the time ends when the receiver has written the last file
+    SECS=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+    if [ $rc != 0 ]; then fail tar\|nc stream "exit $rc: $(last_line "$W/tarnc-send.err") / $(last_line "$W/tarnc-recv.err")"; return; fi
+    verify "$W/stream" src || { fail tar\|nc stream "the copy differs from the source"; return; }
+    T["tar|nc stream"]+="$SECS "
+    rcpu=$(time_file_cpu "$W/time.recv")
+    [ -z "$CPU" ] || [ -z "$rcpu" ] || C["tar|nc stream"]+="$(awk -v a="$CPU" -v b="$rcpu" 'BEGIN { print a + b }') "
+    say "tar|nc stream run $r/$RUNS: $SECS s"
+  done
+}
+
+# ---------------------------------------------------------------- main
+
+ensure_tools
+
+say "making $FILES files of $SIZE bytes in $W/src"
+mkdir "$W/src"
+for ((i = 0; i * PER_DIR < FILES; i++)); do
+  n=$((FILES - i * PER_DIR < PER_DIR ? FILES - i * PER_DIR : PER_DIR))
+  d=$(printf '%s/src/d%04d' "$W" "$i")
+  mkdir "$d"
+  head -c $((n * SIZE)) /dev/urandom | split -b "$SIZE" -d -a 4 --additional-suffix=.bin - "$d/f"
+done
+manifest "$W/src" >"$W/src.sha256"
+
+for tool in $TOOLS; do "bench_$tool"; done
+
+median() { tr ' ' '\n' | awk NF | sort -n | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+ftx_up=$(median <<<"${T[ftx up]:-}")
+ftx_down=$(median <<<"${T[ftx down]:-}")
+mb=$(awk -v f="$FILES" -v s="$SIZE" 'BEGIN { print f * s / 1e6 }')
+
+echo
+printf '%-7s %-7s %7s %9s %9s %8s %7s %8s\n' tool dir files "median s" "files/s" "MB/s" ratio "CPU s"
+for row in "ftx up" "ftx down" "rsync up" "rsync down" "tar|nc stream"; do
+  read -r tool dir <<<"$row"
+  case $tool in tar\|nc) [[ " $TOOLS " == *" tarnc "* ]] || continue ;; *) [[ " $TOOLS " == *" $tool "* ]] || continue ;; esac
+  if [ -n "${FAIL[$row]:-}" ]; then
+    printf '%-7s %-7s %7s %9s %9s %8s %7s %8s\n' "$tool" "$dir" "$FILES" failed - - - -
+    continue
+  fi
+  s=$(median <<<"${T[$row]:-}")
+  cpu=$(median <<<"${C[$row]:-}")
+  ref=$([ "$dir" = down ] && echo "$ftx_down" || echo "$ftx_up")
+  awk -v t="$tool" -v d="$dir" -v f="$FILES" -v s="$s" -v mb="$mb" -v ref="$ref" -v cpu="$cpu" 'BEGIN {
+    printf "%-7s %-7s %7s %9.3f %9.0f %8.1f %7s %8s\n", t, d, f, s, f / s, mb / s,
+      (ref == "" ? "-" : sprintf("%.2f", ref / s)), (cpu == "" ? "-" : sprintf("%.2f", cpu)) }'
+done
+echo "$FILES files of $SIZE B ($mb MB, $PER_DIR a folder), median of $RUNS run(s), 127.0.0.1, roots on /dev/shm, $(nproc) cores"
+echo "ratio = ftx time / this time (above 1: faster than ftx; the stream against ftx up); CPU s = client + server user+sys"
+for row in "${!FAIL[@]}"; do echo "failed: $row: ${FAIL[$row]}"; done | sort

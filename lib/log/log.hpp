@@ -1,0 +1,38 @@
+#pragma once
+// Server logging: spdlog's default logger on stderr, as text for people or one JSON object
+// a line for log collectors (`ftx serve --log-format json`).
+//
+// Every request ends in exactly one structured record (log_request): who, what, on which
+// name, how much, how long, and how it ended. In text mode it reads
+//   2026-11-25T10:00:00.123+0000 info 127.0.0.1:5012 put "a.txt" bytes=5 ms=0.4 result=ok
+// and in JSON mode
+//   {"time":"2026-11-25T10:00:00.123Z","level":"info","peer":"127.0.0.1:5012","op":"put",
+//    "name":"a.txt","bytes":5,"ms":0.4,"result":"ok"}
+// Other lines (start-up, warnings) become {"time":..,"level":..,"msg":".."} in JSON mode.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace ftx::log {
+
+enum class Format { kText, kJson };
+
+// Installs the "ftx" logger on stderr as spdlog's default, in `format`. Call once, early.
+void setup(Format format);
+
+struct RequestRecord {
+  std::string peer;    // address:port of the client
+  std::string op;      // put, get, ls, stat, rm, mv, mkdir
+  std::string name;    // the name the request was about (printed quoted and escaped)
+  std::optional<std::string> to;  // mv: the destination
+  std::uint64_t amount = 0;       // bytes moved, or entries for ls
+  bool amount_is_entries = false;
+  double ms = 0;
+  std::string result;  // "ok", a status name, or "aborted: <why>"
+};
+
+// Logs one request at info level, in the format chosen by setup().
+void log_request(const RequestRecord& r);
+
+}  // namespace ftx::log
