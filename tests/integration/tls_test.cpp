@@ -101,6 +101,25 @@ TEST_F(TlsServer, RoundTripsAllSizesWithACa) {
   EXPECT_EQ(n, 6u);
 }
 
+TEST_F(TlsServer, PipelinedBatchesWorkOverTls) {
+  // The batch sender and receiver use the TLS stream at the same time (one write, one read).
+  std::vector<client::BatchItem> up;
+  std::vector<client::BatchItem> down;
+  std::filesystem::create_directories(dir_ / "out");
+  for (int i = 0; i < 100; ++i) {
+    const auto local = dir_ / ("f" + std::to_string(i));
+    write_file(local, random_bytes(i == 9 ? protocol::kChunkSize * 3 : 1000 + i, 700 + i));
+    up.push_back({local, "tlsbatch/f" + std::to_string(i)});
+    down.push_back({dir_ / "out" / ("f" + std::to_string(i)), "tlsbatch/f" + std::to_string(i)});
+  }
+  auto c = connect(with_ca());
+  std::size_t ok = 0;
+  c->put_many(up, {}, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
+  c->get_many(down, {}, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
+  EXPECT_EQ(ok, 200u);
+  for (std::size_t i = 0; i < up.size(); ++i) EXPECT_EQ(read_file(down[i].local), read_file(up[i].local)) << i;
+}
+
 TEST_F(TlsServer, PinningTrustsOnFirstUseThenRequiresTheSameCertificate) {
   EXPECT_EQ(failure_of([&] { connect(pinning(false)); }), client::Failure::kTls) << "unknown and not accepted";
   EXPECT_FALSE(std::filesystem::exists(dir_ / "known_servers"));

@@ -1,0 +1,359 @@
+// Pipelined batches, streamed uploads, the digest cache, and the file commands (stat, rm,
+// mv, mkdir) against a real server on 127.0.0.1.
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include <map>
+
+#include "client/client.hpp"
+#include "hash/sha256.hpp"
+#include "integration/server_fixture.hpp"
+#include "protocol/codec.hpp"
+
+namespace ftx::test {
+namespace {
+
+using protocol::Frame;
+using protocol::MsgType;
+using protocol::Status;
+
+Frame streamed_put(const std::string& name, const std::vector<std::uint8_t>& body) {
+  Frame f = frame(MsgType::kPut, name);
+  f.flags = protocol::kFlagStreamed;
+  f.size = body.size();
+  f.digest = hash::sha256(body);
+  return f;
+}
+
+// Header and body as one run of bytes, for gluing several requests into one write.
+void append(std::vector<std::uint8_t>& out, const Frame& f, const std::vector<std::uint8_t>& body = {}) {
+  protocol::encode(f, out);
+  out.insert(out.end(), body.begin(), body.end());
+}
+
+bool is_executable(const std::filesystem::path& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && (st.st_mode & S_IXUSR) != 0;
+}
+
+std::int64_t mtime_of(const std::filesystem::path& p) {
+  struct stat st {};
+  EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+TEST_F(ServerTest, GluedStreamedUploadsAreAnsweredInOrder) {
+  // Three requests in one write, the way a pipelining client sends them: two uploads whose
+  // bodies follow their headers at once, then a download of the first.
+  const auto a = random_bytes(5000, 1);
+  const auto b = random_bytes(70000, 2);
+  std::vector<std::uint8_t> wire;
+  append(wire, streamed_put("p/a", a), a);
+  append(wire, streamed_put("p/b", b), b);
+  append(wire, frame(MsgType::kGet, "p/a"));
+  RawPeer peer(server_->port());
+  peer.send_bytes(wire);
+  const Frame done_a = peer.read_frame();
+  EXPECT_EQ(done_a.type, MsgType::kDone);
+  EXPECT_EQ(done_a.digest, hash::sha256(a));
+  const Frame done_b = peer.read_frame();
+  EXPECT_EQ(done_b.type, MsgType::kDone);
+  EXPECT_EQ(done_b.digest, hash::sha256(b));
+  const Frame file = peer.read_frame();
+  ASSERT_EQ(file.type, MsgType::kFile);
+  EXPECT_EQ(peer.read_body(file.size), a);
+  EXPECT_EQ(read_file(root() / "p/b"), b);
+}
+
+TEST_F(ServerTest, RefusedStreamedUploadIsDrainedAndTheConnectionGoesOn) {
+  const auto body = random_bytes(100000, 3);
+  const auto ok = random_bytes(10, 4);
+  std::vector<std::uint8_t> wire;
+  append(wire, streamed_put("bad//name", body), body);  // refused: bad name
+  Frame wrong = streamed_put("wrong", body);
+  wrong.digest[0] ^= 1;  // refused after the body: digest mismatch
+  append(wire, wrong, body);
+  append(wire, streamed_put("good", ok), ok);
+  RawPeer peer(server_->port());
+  peer.send_bytes(wire);
+  const Frame first = peer.read_frame();
+  EXPECT_EQ(first.type, MsgType::kError);
+  EXPECT_EQ(first.status, Status::kBadName);
+  const Frame second = peer.read_frame();
+  EXPECT_EQ(second.status, Status::kIntegrity);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
+  EXPECT_EQ(read_file(root() / "good"), ok);
+  EXPECT_FALSE(std::filesystem::exists(root() / "wrong"));
+  EXPECT_TRUE(list_dir(staging()).empty());
+}
+
+class SmallLimitTest : public ServerTest {
+  void configure(server::ServerOptions& o) override {
+    o.max_file_size = 1000;
+    o.max_depth = 2;
+  }
+};
+
+TEST_F(SmallLimitTest, StreamedUploadOverTheSizeLimitClosesTheConnection) {
+  // Reading (and dropping) an oversized body would let a client make the server read
+  // without bound; the server answers and closes instead.
+  Frame f = frame(MsgType::kPut, "huge");
+  f.flags = protocol::kFlagStreamed;
+  f.size = 1'000'000;
+  RawPeer peer(server_->port());
+  peer.send_frame(f);
+  const Frame reply = peer.read_frame();
+  EXPECT_EQ(reply.status, Status::kTooLarge);
+  EXPECT_TRUE(peer.closed_by_peer());
+}
+
+TEST_F(SmallLimitTest, NewNamesFromMkdirAndMvObeyTheDepthLimit) {
+  client::Client c(address());
+  EXPECT_EQ(failure_of([&] { c.make_folder("a/b/c/d"); }), client::Failure::kRejected);
+  EXPECT_FALSE(std::filesystem::exists(root() / "a"));
+  c.make_folder("a/b");
+  EXPECT_EQ(failure_of([&] { c.move("a", "x/y/z/a"); }), client::Failure::kRejected);
+  EXPECT_TRUE(std::filesystem::is_directory(root() / "a/b"));
+}
+
+TEST_F(ServerTest, PutManyStoresEveryFileAndReportsEachInOrder) {
+  std::vector<client::BatchItem> items;
+  std::map<std::string, std::vector<std::uint8_t>> expected;
+  for (int i = 0; i < 300; ++i) {
+    // Mostly small files (many to a write), one larger than a chunk, one empty.
+    const std::size_t size = i == 7 ? protocol::kChunkSize * 2 + 5 : i == 8 ? 0 : 100 + 37 * i;
+    const auto data = random_bytes(size, 100 + i);
+    const auto local = dir_ / ("src" + std::to_string(i));
+    write_file(local, data);
+    const std::string remote = "batch/" + std::to_string(i % 5) + "/f" + std::to_string(i);
+    items.push_back({local, remote});
+    expected[remote] = data;
+  }
+  items.insert(items.begin() + 50, client::BatchItem{dir_ / "does-not-exist", "batch/missing"});
+  ::chmod((dir_ / "src3").c_str(), 0755);
+
+  client::Client c(address());
+  std::vector<client::BatchResult> results;
+  std::uint64_t moved = 0;
+  client::BatchOptions opts;
+  opts.window_files = 8;  // small, so the window really closes and reopens
+  c.put_many(
+      items, opts, [&](const client::BatchResult& r) { results.push_back(r); },
+      [&](std::uint64_t n) { moved += n; });
+
+  ASSERT_EQ(results.size(), items.size());
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].index, i) << "results come in the order of the items";
+    if (items[i].remote == "batch/missing") {
+      ASSERT_TRUE(results[i].error);
+      EXPECT_EQ(results[i].error->kind(), client::Failure::kLocalIo);
+      continue;
+    }
+    ASSERT_FALSE(results[i].error) << items[i].remote << ": " << results[i].error->what();
+    EXPECT_EQ(results[i].result.digest, hash::sha256(expected[items[i].remote]));
+    EXPECT_EQ(read_file(root() / items[i].remote), expected[items[i].remote]) << items[i].remote;
+    EXPECT_EQ(mtime_of(root() / items[i].remote), mtime_of(items[i].local)) << "mtime kept";
+    total += expected[items[i].remote].size();
+  }
+  EXPECT_EQ(moved, total);
+  EXPECT_TRUE(is_executable(root() / "batch/3/f3"));
+  EXPECT_FALSE(is_executable(root() / "batch/4/f4"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "batch/missing"));
+  EXPECT_TRUE(list_dir(staging()).empty());
+
+  // The connection is still in step for ordinary requests.
+  c.ping();
+}
+
+TEST_F(ServerTest, PutManyReportsServerRefusalsPerFile) {
+  write_file(dir_ / "ok1", std::string("one"));
+  write_file(dir_ / "ok2", std::string("two"));
+  std::filesystem::create_directories(root() / "taken");  // a folder where a file should go
+  std::vector<client::BatchItem> items{{dir_ / "ok1", "ok1"}, {dir_ / "ok1", "taken"}, {dir_ / "ok2", "ok2"}};
+  client::Client c(address());
+  std::vector<client::BatchResult> results;
+  c.put_many(items, {}, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_FALSE(results[0].error);
+  ASSERT_TRUE(results[1].error);
+  EXPECT_EQ(results[1].error->kind(), client::Failure::kRejected);
+  EXPECT_FALSE(results[2].error);
+  EXPECT_EQ(read_file(root() / "ok2"), read_file(dir_ / "ok2"));
+}
+
+TEST_F(ServerTest, GetManyDownloadsEveryFileWithMtimeAndExecutableBit) {
+  std::vector<client::BatchItem> items;
+  std::map<std::string, std::vector<std::uint8_t>> expected;
+  std::filesystem::create_directories(dir_ / "out");
+  for (int i = 0; i < 200; ++i) {
+    const std::size_t size = i == 3 ? protocol::kChunkSize + 1 : 50 * i;
+    const auto data = random_bytes(size, 500 + i);
+    const std::string remote = "g/f" + std::to_string(i);
+    write_file(root() / remote, data);  // placed by hand: no digest cached yet
+    expected[remote] = data;
+    items.push_back({dir_ / "out" / ("f" + std::to_string(i)), remote});
+  }
+  ::chmod((root() / "g/f5").c_str(), 0755);
+  items.insert(items.begin() + 10, client::BatchItem{dir_ / "out" / "missing", "g/missing"});
+
+  client::Client c(address());
+  std::vector<client::BatchResult> results;
+  client::BatchOptions opts;
+  opts.window_files = 16;
+  c.get_many(items, opts, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), items.size());
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].index, i);
+    if (items[i].remote == "g/missing") {
+      ASSERT_TRUE(results[i].error);
+      EXPECT_EQ(results[i].error->kind(), client::Failure::kNotFound);
+      EXPECT_FALSE(std::filesystem::exists(items[i].local));
+      continue;
+    }
+    ASSERT_FALSE(results[i].error) << results[i].error->what();
+    EXPECT_EQ(read_file(items[i].local), expected[items[i].remote]);
+    EXPECT_EQ(mtime_of(items[i].local), mtime_of(root() / items[i].remote));
+  }
+  EXPECT_TRUE(is_executable(dir_ / "out/f5"));
+  EXPECT_FALSE(is_executable(dir_ / "out/f6"));
+  // No staging files left beside the targets.
+  for (const auto& name : list_dir(dir_ / "out")) EXPECT_EQ(name.find(".part"), std::string::npos) << name;
+}
+
+TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
+  const auto data = random_bytes(3000, 9);
+  write_file(dir_ / "src", data);
+  client::Client c(address());
+  c.put(dir_ / "src", "cached");
+  char rec[64];
+  ASSERT_EQ(::getxattr((root() / "cached").c_str(), "user.ftx.sha256", rec, sizeof rec), 64)
+      << "the upload's verified digest is kept with the file";
+  ASSERT_TRUE(c.stat("cached").digest);
+  EXPECT_EQ(*c.stat("cached").digest, hash::sha256(data));
+
+  // Changed behind the server's back (same size, new content): the cached digest no longer
+  // describes the file and must not be served.
+  const auto other = random_bytes(3000, 10);
+  write_file(root() / "cached", other);
+  const auto e = c.stat("cached");
+  ASSERT_TRUE(e.digest);
+  EXPECT_EQ(*e.digest, hash::sha256(other));
+  const auto got = c.get("cached", dir_ / "back");
+  EXPECT_EQ(got.digest, hash::sha256(other));
+  EXPECT_EQ(read_file(dir_ / "back"), other);
+}
+
+TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
+  write_file(root() / "d/x", std::string("xx"));
+  std::filesystem::create_directories(root() / "d/empty");
+  write_file(root() / "top", std::string("t"));
+  client::Client c(address());
+  std::vector<client::Entry> plain;
+  c.list("", [&](const client::Entry& e) { plain.push_back(e); });
+  ASSERT_EQ(plain.size(), 2u) << "files only, as before";
+  EXPECT_FALSE(plain[0].digest);
+
+  std::vector<client::Entry> all;
+  c.list("d", [&](const client::Entry& e) { all.push_back(e); }, {.digests = true, .folders = true});
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].name, "d/empty");
+  EXPECT_TRUE(all[0].folder);
+  EXPECT_EQ(all[1].name, "d/x");
+  ASSERT_TRUE(all[1].digest);
+  EXPECT_EQ(*all[1].digest, hash::sha256(std::vector<std::uint8_t>{'x', 'x'}));
+
+  std::vector<client::Entry> one;
+  c.list("d/x", [&](const client::Entry& e) { one.push_back(e); });
+  ASSERT_EQ(one.size(), 1u) << "a file's name lists that file";
+  EXPECT_EQ(one[0].name, "d/x");
+  EXPECT_EQ(failure_of([&] { c.list("nope", [](const client::Entry&) {}); }), client::Failure::kNotFound);
+}
+
+TEST_F(ServerTest, RemoveTakesFilesAndEmptyFoldersOnly) {
+  write_file(root() / "f", std::string("f"));
+  write_file(root() / "full/inner", std::string("i"));
+  std::filesystem::create_directories(root() / "empty");
+  client::Client c(address());
+  c.remove("f");
+  c.remove("empty");
+  EXPECT_FALSE(std::filesystem::exists(root() / "f"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "empty"));
+  EXPECT_EQ(failure_of([&] { c.remove("full"); }), client::Failure::kRejected);
+  EXPECT_TRUE(std::filesystem::exists(root() / "full/inner"));
+  EXPECT_EQ(failure_of([&] { c.remove("f"); }), client::Failure::kNotFound);
+  EXPECT_EQ(failure_of([&] { c.remove(".ftx-staging"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.remove("../outside"); }), client::Failure::kRejected);
+}
+
+TEST_F(ServerTest, MoveRenamesReplacesAndMovesIntoFolders) {
+  write_file(root() / "a", std::string("A"));
+  write_file(root() / "b", std::string("B"));
+  std::filesystem::create_directories(root() / "dir");
+  client::Client c(address());
+  auto [to, replaced] = c.move("a", "new/name");
+  EXPECT_EQ(to, "new/name");
+  EXPECT_FALSE(replaced);
+  EXPECT_EQ(read_file(root() / "new/name"), (std::vector<std::uint8_t>{'A'}));
+  std::tie(to, replaced) = c.move("new/name", "b");
+  EXPECT_TRUE(replaced);
+  EXPECT_EQ(read_file(root() / "b"), (std::vector<std::uint8_t>{'A'}));
+  std::tie(to, replaced) = c.move("b", "dir");
+  EXPECT_EQ(to, "dir/b") << "into an existing folder, as mv(1)";
+  EXPECT_TRUE(std::filesystem::exists(root() / "dir/b"));
+  EXPECT_EQ(failure_of([&] { c.move("dir", "dir/sub"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.move("nothing", "x"); }), client::Failure::kNotFound);
+  EXPECT_TRUE(list_dir(staging()).empty());
+}
+
+TEST_F(ServerTest, MkdirMakesParentsAndAcceptsAnExistingFolder) {
+  write_file(root() / "file", std::string("f"));
+  client::Client c(address());
+  c.make_folder("x/y/z");
+  c.make_folder("x/y/z");
+  EXPECT_TRUE(std::filesystem::is_directory(root() / "x/y/z"));
+  EXPECT_EQ(failure_of([&] { c.make_folder("file"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.make_folder("file/sub"); }), client::Failure::kRejected);
+}
+
+TEST_F(ServerTest, FileCommandsNeverFollowSymlinks) {
+  write_file(dir_ / "outside", std::string("secret"));
+  std::filesystem::create_directories(root());
+  std::filesystem::create_symlink(dir_ / "outside", root() / "link");
+  std::filesystem::create_directory_symlink(dir_.path(), root() / "dirlink");
+  client::Client c(address());
+  EXPECT_EQ(failure_of([&] { c.stat("link"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.move("link", "moved"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.remove("link"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.make_folder("dirlink/sub"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.move("link", "dirlink/x"); }), client::Failure::kRejected);
+  EXPECT_TRUE(std::filesystem::is_symlink(root() / "link"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "sub"));
+}
+
+class ReadOnlyCommandsTest : public ServerTest {
+  void configure(server::ServerOptions& o) override { o.read_only = true; }
+};
+
+TEST_F(ReadOnlyCommandsTest, ChangesAreRefusedAndReadsStillWork) {
+  write_file(root() / "keep", std::string("k"));
+  write_file(dir_ / "src", std::string("s"));
+  client::Client c(address());
+  EXPECT_EQ(failure_of([&] { c.remove("keep"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.move("keep", "other"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.make_folder("new"); }), client::Failure::kRejected);
+  std::vector<client::BatchResult> results;
+  c.put_many({{dir_ / "src", "src"}}, {}, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), 1u);
+  ASSERT_TRUE(results[0].error);
+  EXPECT_EQ(results[0].error->kind(), client::Failure::kRejected);
+  EXPECT_TRUE(std::filesystem::exists(root() / "keep"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "other"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "new"));
+  EXPECT_EQ(c.stat("keep").size, 1u);
+}
+
+}  // namespace
+}  // namespace ftx::test
