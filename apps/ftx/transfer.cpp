@@ -198,9 +198,12 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
       fs::create_directories(f, ec);
       if (ec) throw client::Error(client::Failure::kLocalIo, "cannot create folder " + f.string() + ": " + ec.message());
     }
+    fs::path made;  // files come sorted: most share the previous one's folder
     for (const auto& f : files) {
+      if (f.local.parent_path() == made) continue;
+      made = f.local.parent_path();
       std::error_code ec;
-      fs::create_directories(f.local.parent_path(), ec);
+      fs::create_directories(made, ec);
       if (ec) {
         throw client::Error(client::Failure::kLocalIo,
                             "cannot create folder " + f.local.parent_path().string() + ": " + ec.message());

@@ -654,23 +654,28 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
 }
 
 asio::awaitable<void> Client::get_sender(Batch& b) {
-  for (std::size_t i = 0; i < b.items.size(); ++i) {
-    while (b.in_flight.size() >= b.opts.window_files) co_await wait_for(b.wake_sender);
-    Batch::InFlight f;
-    f.index = i;
-    f.request.type = MsgType::kGet;
-    f.request.name = b.items[i].remote;
-    try {
-      check_remote_name(f.request.name);
-    } catch (const Error& e) {
-      f.local = e;
+  auto& pending = b.header;
+  for (std::size_t i = 0; i < b.items.size();) {
+    // Refill when half the window has been answered: requests then go out in batches, not
+    // one write per answer.
+    while (b.in_flight.size() > b.opts.window_files / 2) co_await wait_for(b.wake_sender);
+    // Every request the window allows goes out in one write.
+    pending.clear();
+    for (; i < b.items.size() && b.in_flight.size() < b.opts.window_files; ++i) {
+      Batch::InFlight f;
+      f.index = i;
+      f.request.type = MsgType::kGet;
+      f.request.name = b.items[i].remote;
+      try {
+        check_remote_name(f.request.name);
+        protocol::encode(f.request, pending);
+      } catch (const Error& e) {
+        f.local = e;
+      }
+      b.in_flight.push_back(std::move(f));
     }
-    const bool send_it = !f.local;
-    const Frame req = f.request;
-    b.in_flight.push_back(std::move(f));
     b.wake_receiver.cancel();
-    // Requests are small: they queue in the socket's buffers while the server answers.
-    if (send_it) co_await co_send(req, b.header);
+    if (!pending.empty()) co_await co_write(pending);
   }
 }
 

@@ -82,6 +82,30 @@ void remove_dead_leftovers(const std::filesystem::path& dir) {
   }
 }
 
+// 12 hex digits, unique within this process: a random half chosen once and a counter, so
+// a folder download does not ask the kernel for randomness once per file.
+std::string unique_suffix() {
+  static const std::string random_half = storage::random_hex(3);
+  static std::atomic<std::uint32_t> counter{0};
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%06x", counter.fetch_add(1) & 0xffffffu);
+  return random_half + buf;
+}
+
+// fsyncs `dir`, keeping the last folder's descriptor open: a folder download commits
+// thousands of files into the same few folders.
+void sync_folder(const std::filesystem::path& dir) {
+  static std::mutex mutex;
+  static std::filesystem::path last;
+  static storage::UniqueFd fd;
+  const std::lock_guard lock(mutex);
+  if (!fd || last != dir) {
+    fd.reset(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+    last = dir;
+  }
+  if (fd) ::fsync(fd.get());  // best effort: the file itself is already durable
+}
+
 }  // namespace
 
 void install_interrupt_cleanup() {
@@ -99,7 +123,7 @@ StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)
     const std::lock_guard lock(scanned_mutex);
     if (scanned.insert(dir).second) remove_dead_leftovers(dir);
   }
-  staging_ = dir / (prefix + std::to_string(::getpid()) + "-" + storage::random_hex(6) + ".part");
+  staging_ = dir / (prefix + std::to_string(::getpid()) + "-" + unique_suffix() + ".part");
   fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   if (!fd_) throw std::system_error(storage::last_error(), "cannot create " + staging_.string());
   cleanup_slot_ = arm_cleanup(staging_);
@@ -114,19 +138,13 @@ StagedFile::~StagedFile() {
 
 std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable) {
   struct stat old {};
-  mode_t mode = 0;
-  bool set_mode = false;
-  if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) {
-    mode = old.st_mode & 07777;
-    set_mode = true;
-  } else if (::fstat(fd_.get(), &old) == 0) {
-    mode = old.st_mode & 07777;  // 0666 less the umask, from the open
-  }
-  if (executable) {
-    mode = (mode & ~mode_t{0111}) | (*executable ? (mode & 0444) >> 2 : 0);
-    set_mode = true;
-  }
-  if (set_mode && ::fchmod(fd_.get(), mode) != 0) return storage::last_error();
+  struct stat mine {};
+  if (::fstat(fd_.get(), &mine) != 0) return storage::last_error();
+  const mode_t created = mine.st_mode & 07777;  // 0666 less the umask, from the open
+  mode_t mode = created;
+  if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) mode = old.st_mode & 07777;
+  if (executable) mode = (mode & ~mode_t{0111}) | (*executable ? (mode & 0444) >> 2 : 0);
+  if (mode != created && ::fchmod(fd_.get(), mode) != 0) return storage::last_error();
   if (mtime_ns) {
     if (auto ec = storage::set_mtime(fd_.get(), *mtime_ns)) return ec;
   }
@@ -135,9 +153,7 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
   committed_ = true;
   disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
   fd_.reset();
-  const auto dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
-  storage::UniqueFd dfd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-  if (dfd) ::fsync(dfd.get());  // best effort: the file itself is already durable
+  sync_folder(target_.has_parent_path() ? target_.parent_path() : std::filesystem::path("."));
   return {};
 }
 

@@ -250,7 +250,11 @@ asio::awaitable<std::error_code> Session::read_frame() {
       started = true;
       arm(opts.header_timeout, "header");
     }
+    const auto wait_start = std::chrono::steady_clock::now();
     auto [ec, n] = co_await stream_->read_some(asio::buffer(in_.get(), in_capacity_));
+    // After a real pause (not the gaps of a pipelined batch) the cached folder may have been
+    // renamed by anyone: resolve names afresh.
+    if (idle_ && std::chrono::steady_clock::now() - wait_start > std::chrono::milliseconds(100)) folders_.clear();
     idle_ = false;
     if (ec) {
       if (ec == asio::error::eof && !decoder_.at_boundary()) co_return protocol::errc::truncated;
@@ -424,7 +428,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
     co_return co_await refuse_put(req, refusal->first, std::move(refusal->second), start);
   }
   storage::Upload up;
-  if (auto ec = server_.storage().begin_upload(req.name, req.size, up)) {
+  if (auto ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed)) {
     auto [st, msg] = describe(ec, req.name);
     co_return co_await refuse_put(req, st, std::move(msg), start);
   }
@@ -469,7 +473,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
 asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
   const auto start = std::chrono::steady_clock::now();
   storage::ReadFile file;
-  if (auto ec = server_.storage().open_file(req.name, file)) {
+  if (auto ec = server_.storage().open_file(req.name, file, &folders_)) {
     auto [st, msg] = describe(ec, req.name);
     log_transfer("get", req.name, 0, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));

@@ -228,7 +228,16 @@ std::string Storage::next_staging_name() const {
   return staging_prefix_ + std::to_string(staging_counter_.fetch_add(1, std::memory_order_relaxed)) + ".part";
 }
 
-std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf) const {
+std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf,
+                                     FolderCache* cache) const {
+  const auto slash = name.rfind('/');
+  const std::string_view folder = slash == std::string_view::npos ? std::string_view() : name.substr(0, slash);
+  const auto generation = folder_generation_.load(std::memory_order_acquire);
+  if (cache != nullptr && !folder.empty() && cache->generation_ == generation && cache->path_ == folder) {
+    leaf = std::string(name.substr(slash + 1));
+    dir = cache->dir_;
+    return {};
+  }
   const auto parts = split_name(name);
   DirFd cur(root_fd_.get());
   for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
@@ -243,17 +252,23 @@ std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& 
     cur = DirFd(std::move(next));
   }
   leaf = std::string(parts.back());
+  if (cache != nullptr && !folder.empty()) {
+    cache->path_ = std::string(folder);
+    cache->dir_ = cur;
+    cache->generation_ = generation;
+  }
   dir = std::move(cur);
   return {};
 }
 
-std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size, Upload& out) const {
+std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size, Upload& out, FolderCache* cache,
+                                      bool streamed) const {
   if (auto ec = check_name(name)) return ec;
   DirFd dir;
   std::string leaf;
-  auto ec = open_parent(name, /*create=*/false, dir, leaf);
+  auto ec = open_parent(name, /*create=*/false, dir, leaf, cache);
   if (ec && ec != std::errc::no_such_file_or_directory) return ec;  // missing folders are made at commit
-  if (!ec) {
+  if (!ec && !streamed) {
     struct stat st {};
     if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
       return std::make_error_code(std::errc::is_a_directory);
@@ -281,11 +296,11 @@ std::error_code Storage::free_bytes(std::uint64_t& out) const {
   return {};
 }
 
-std::error_code Storage::open_file(std::string_view name, ReadFile& out) const {
+std::error_code Storage::open_file(std::string_view name, ReadFile& out, FolderCache* cache) const {
   if (auto ec = check_name(name)) return ec;
   DirFd dir;
   std::string leaf;
-  if (auto ec = open_parent(name, /*create=*/false, dir, leaf)) return ec;
+  if (auto ec = open_parent(name, /*create=*/false, dir, leaf, cache)) return ec;
   // O_NONBLOCK so that a FIFO planted in the root cannot block the open.
   UniqueFd fd(::openat(dir.get(), leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
   if (!fd) return classify_open_error(dir.get(), leaf, errno);
@@ -406,6 +421,7 @@ std::error_code Storage::remove(std::string_view name) const {
   if (::fstatat(parent.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
   if (S_ISLNK(st.st_mode)) return errc::symlink;
   if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return errc::not_regular;
+  if (S_ISDIR(st.st_mode)) folder_generation_.fetch_add(1, std::memory_order_acq_rel);
   if (::unlinkat(parent.get(), leaf.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) != 0) return last_error();
   if (::fsync(parent.get()) != 0) return errc::not_durable;
   return {};
@@ -445,6 +461,7 @@ std::error_code Storage::move(std::string_view from, std::string_view to, MoveRe
   }
   if (ec) ec = open_parent(target, /*create=*/true, to_dir, to_leaf);
   if (ec) return ec;
+  if (S_ISDIR(from_st.st_mode)) folder_generation_.fetch_add(1, std::memory_order_acq_rel);
   if (::renameat(from_dir.get(), from_leaf.c_str(), to_dir.get(), to_leaf.c_str()) != 0) return last_error();
   out.to = target;
   out.replaced = exists;

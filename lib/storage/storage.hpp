@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <filesystem>
 #include <optional>
 #include <span>
@@ -59,19 +60,35 @@ struct MoveResult {
 
 class Storage;
 
-// A folder descriptor that is either owned or borrowed (the root's, which Storage keeps
-// open): resolving a name directly below the root then costs no extra open/close.
+// A folder descriptor that is either shared-owned or borrowed (the root's, which Storage
+// keeps open): resolving a name directly below the root then costs no extra open/close,
+// and a FolderCache can hand the same descriptor to several uploads.
 class DirFd {
  public:
   DirFd() = default;
   explicit DirFd(int borrowed) : fd_(borrowed) {}
-  explicit DirFd(UniqueFd owned) : owned_(std::move(owned)), fd_(owned_.get()) {}
+  explicit DirFd(UniqueFd owned) : owned_(std::make_shared<UniqueFd>(std::move(owned))), fd_(owned_->get()) {}
   int get() const { return fd_; }
   explicit operator bool() const { return fd_ >= 0; }
 
  private:
-  UniqueFd owned_;
+  std::shared_ptr<UniqueFd> owned_;
   int fd_ = -1;
+};
+
+// The last folder a connection resolved, so that a batch of uploads or downloads into one
+// folder walks the path once, not once per file. Valid only while nothing renames or
+// removes folders: the server clears it whenever the connection goes idle, and Storage
+// invalidates every cache when its own rm/mv runs. One per connection; not thread-safe.
+class FolderCache {
+ public:
+  void clear() { path_.clear(), dir_ = DirFd(); }
+
+ private:
+  friend class Storage;
+  std::string path_;       // the folder's name ("" = nothing cached)
+  DirFd dir_;
+  std::uint64_t generation_ = 0;
 };
 
 // An upload in progress. Destroying it before commit() succeeded removes the staging file,
@@ -131,13 +148,16 @@ class Storage {
 
   // Starts an upload of `size` bytes to `name`. Refuses early what is bound to fail at
   // commit: a bad name, a name that is a folder, a parent path that runs through a file.
-  std::error_code begin_upload(std::string_view name, std::uint64_t size, Upload& out) const;
+  // `cache` (optional) remembers the folder for the next call. `streamed` skips the early
+  // "is the name a folder?" check: the body is on its way regardless, and commit refuses it.
+  std::error_code begin_upload(std::string_view name, std::uint64_t size, Upload& out,
+                               FolderCache* cache = nullptr, bool streamed = false) const;
 
   // Bytes an unprivileged writer may still use on the root's filesystem.
   std::error_code free_bytes(std::uint64_t& out) const;
 
   // Opens a stored regular file for reading.
-  std::error_code open_file(std::string_view name, ReadFile& out) const;
+  std::error_code open_file(std::string_view name, ReadFile& out, FolderCache* cache = nullptr) const;
 
   // The SHA-256 of an open file. Taken from the digest cache (an extended attribute
   // written at upload, valid only while size, mtime and inode still match) when it can be,
@@ -170,7 +190,8 @@ class Storage {
   friend class Upload;
   // Opens the folder holding the last component of `name` (which check_name accepted),
   // creating missing folders when `create`. `leaf` receives the last component.
-  std::error_code open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf) const;
+  std::error_code open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf,
+                              FolderCache* cache = nullptr) const;
   // A new file name inside the staging folder, unique in this process and (by its random
   // prefix) among processes sharing the root.
   std::string next_staging_name() const;
@@ -182,6 +203,8 @@ class Storage {
   std::size_t leftovers_removed_ = 0;
   std::string staging_prefix_;
   mutable std::atomic<std::uint64_t> staging_counter_{0};
+  // Bumped by every rm/mv: FolderCaches filled before then are stale.
+  mutable std::atomic<std::uint64_t> folder_generation_{1};
 };
 
 }  // namespace ftx::storage
