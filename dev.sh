@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 BUILD_DIR=${FTX_BUILD_DIR:-build}
 JOBS=${FTX_JOBS:-2}
 PACKAGES=(g++ make cmake pkg-config libasio-dev libcli11-dev libssl-dev libspdlog-dev libfmt-dev libgtest-dev nlohmann-json3-dev)
-TEST_PACKAGES=(clang-14 libclang-rt-14-dev)  # the libFuzzer target
+TEST_PACKAGES=(clang-14 libclang-rt-14-dev help2man rsync netcat-openbsd python3)  # libFuzzer; man page check; bench smoke
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 

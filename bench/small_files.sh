@@ -13,6 +13,7 @@
 #
 # Usage: bench/small_files.sh [FILES (10000) [SIZE (4096) [RUNS (3)]]]
 #   the same as environment variables FILES, SIZE, RUNS; SMOKE=1 means FILES=200 RUNS=1 (seconds)
+#   STRICT=1: exit 1 when any row failed (CI runs SMOKE=1 STRICT=1)
 #   FTX=path/to/ftx (default build/apps/ftx/ftx, else build/ftx), TOOLS="ftx rsync tarnc",
 #   RUN_TIMEOUT=seconds a single run may take (300)
 # rsync and netcat-openbsd are installed with apt-get when missing.
@@ -302,3 +303,5 @@ done
 echo "$FILES files of $SIZE B ($mb MB, $PER_DIR a folder), median of $RUNS run(s), 127.0.0.1, roots on /dev/shm, $(nproc) cores"
 echo "ratio = ftx time / this time (above 1: faster than ftx; the stream against ftx up); CPU s = client + server user+sys"
 for row in "${!FAIL[@]}"; do echo "failed: $row: ${FAIL[$row]}"; done | sort
+# CI's smoke run (STRICT=1): a row that failed fails the run (times are never judged).
+if [ "${STRICT:-0}" = 1 ] && [ -n "${!FAIL[*]}" ]; then exit 1; fi
