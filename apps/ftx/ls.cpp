@@ -47,8 +47,12 @@ int run_ls(const LsOptions& opts) {
     auto c = connect(opts.client, *address);
     client::ListOptions lo;
     lo.digests = opts.long_format;
+    // "docs/" and "." mean what they mean in a shell.
+    std::string path = opts.path;
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    if (path == "." || path == "/") path.clear();
     c->list(
-        opts.path,
+        path,
         [&](const client::Entry& e) {
           if (opts.client.json) {
             print_json(json_entry(e));

@@ -52,16 +52,16 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
       ->transform(CLI::AsSizeValue(false))
       ->default_str("64M")
       ->group(limits);
-  cmd->add_option("--max-name", opts.max_name, "longest name of an upload, bytes")
+  cmd->add_option("--max-name", opts.max_name, "longest name of an upload (or mkdir, mv target), bytes")
       ->check(CLI::Range(std::size_t{1}, protocol::kMaxNameBytes))
       ->capture_default_str()
       ->group(limits);
-  cmd->add_option("--max-depth", opts.max_depth, "most folders in the name of an upload")
+  cmd->add_option("--max-depth", opts.max_depth, "most folders in the name of an upload (or mkdir, mv target)")
       ->check(CLI::Range(std::size_t{0}, std::size_t{2048}))
       ->capture_default_str()
       ->group(limits);
   auto* access = "Access";
-  cmd->add_flag("--read-only", opts.read_only, "refuse every upload")->group(access);
+  cmd->add_flag("--read-only", opts.read_only, "refuse every change: put, rm, mv, mkdir")->group(access);
   cmd->add_option("--token-file", opts.token_file,
                   "file holding a shared secret clients must prove they know (default: $FTX_TOKEN)")
       ->check(CLI::ExistingFile)

@@ -252,7 +252,7 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
       "  ftx put build/app.tar.gz releases/1.0/app.tar.gz -s 10.0.0.5:7021\n"
       "  ftx put -r photos                 upload ./photos as photos/ (one connection, pipelined)\n"
       "  ftx put -r site/ www/2026         upload the tree under www/2026/\n"
-      "  ftx put data.csv --json           {\"ok\":true,\"op\":\"put\",\"bytes\":...,\"sha256\":...}");
+      "  ftx put data.csv --json           {\"bytes\":...,\"executable\":false,...,\"ok\":true,\"op\":\"put\",...}");
   return cmd;
 }
 

@@ -533,7 +533,10 @@ struct Client::Batch {
     std::size_t index = 0;
     Frame request;                  // what was asked (put: the header sent)
     std::optional<Error> local;     // failed before anything was sent: report, read nothing
+    bool two_phase = false;         // a put that waits for kReady before its body
   };
+  // A two-phase put's answer, passed from the receiver to the sender.
+  enum class Ready { kWaiting, kGo, kRefused } ready = Ready::kWaiting;
 
   const std::vector<BatchItem>& items;
   const BatchOptions& opts;
@@ -600,9 +603,17 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
       }
       continue;
     }
-    protocol::encode(req, pending);
+    // A large file asks first (kReady) instead of streaming: a refusal (too large for the
+    // server, no space) then costs one round trip, not the body, and does not end the
+    // connection for the files behind it.
+    b.in_flight.back().two_phase = true;
+    b.in_flight.back().request.flags &= static_cast<std::uint16_t>(~protocol::kFlagStreamed);
+    b.ready = Batch::Ready::kWaiting;
+    protocol::encode(b.in_flight.back().request, pending);
     co_await co_write(pending);
     pending.clear();
+    while (b.ready == Batch::Ready::kWaiting) co_await wait_for(b.wake_sender);
+    if (b.ready == Batch::Ready::kRefused) continue;
     for (std::uint64_t off = 0; off < req.size;) {
       const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), req.size - off));
       std::span<const std::uint8_t> data;
@@ -632,8 +643,13 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
     if (f.local) {
       r.error = std::move(f.local);
     } else {
-      const Frame reply = co_await co_read_frame();
+      Frame reply = co_await co_read_frame();
       const std::string context = "put " + storage::quote_name(item.remote);
+      if (f.two_phase) {
+        b.ready = reply.type == MsgType::kReady ? Batch::Ready::kGo : Batch::Ready::kRefused;
+        b.wake_sender.cancel();
+        if (reply.type == MsgType::kReady) reply = co_await co_read_frame();
+      }
       if (reply.type == MsgType::kDone) {
         if (reply.digest != f.request.digest || reply.size != f.request.size) {
           throw Error(Failure::kProtocol, address_ + " acknowledged a different file than the one sent");

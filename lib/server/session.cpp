@@ -410,10 +410,11 @@ asio::awaitable<std::error_code> Session::refuse_put(const Frame& req, Status st
                                                     std::chrono::steady_clock::time_point start) {
   log_transfer("put", req.name, 0, start, protocol::to_string(st));
   if ((req.flags & protocol::kFlagStreamed) == 0) co_return co_await send_error(st, std::move(message));
-  // A streamed body is already on its way. Within the size limit it is read and dropped so
-  // the connection stays in step for the files queued behind it; beyond, that would be
-  // reading a possibly endless stream for nothing, so the connection ends.
-  if (req.size > server_.options().max_file_size) {
+  // A streamed body is already on its way. Up to the size limit (and at least up to one
+  // chunk, the largest body clients stream) it is read and dropped so the connection stays
+  // in step for the files queued behind it; beyond, that would be reading a possibly
+  // endless stream for nothing, so the connection ends.
+  if (req.size > std::max<std::uint64_t>(server_.options().max_file_size, protocol::kChunkSize)) {
     co_await send_final_error(st, std::move(message) + "; closing the connection");
     co_return make_error_code(protocol::errc::unexpected_message);
   }
@@ -600,7 +601,7 @@ asio::awaitable<std::error_code> Session::handle_change(const Frame& req) {
   std::optional<std::pair<Status, std::string>> refusal;
   if (is_move && !protocol::split_move(req.name, name, to)) {
     name.clear();
-    refusal = {Status::kBadRequest, "mv needs two names separated by one NUL byte"};
+    refusal = {Status::kBadName, "mv needs two names separated by one NUL byte"};
   } else if (server_.options().read_only) {
     refusal = {Status::kForbidden, "server is read-only; " + op + " is refused"};
   } else if (req.type != MsgType::kRemove) {

@@ -456,6 +456,15 @@ std::error_code Storage::move(std::string_view from, std::string_view to, MoveRe
       return std::make_error_code(std::errc::file_exists);
     }
   }
+  if (target == from) {  // mv a a: nothing to do (and nothing replaced)
+    out.to = target;
+    out.replaced = false;
+    return {};
+  }
+  if (S_ISDIR(from_st.st_mode) && target.size() > from.size() && target.starts_with(from) &&
+      target[from.size()] == '/') {
+    return std::make_error_code(std::errc::invalid_argument);  // into itself; refused before making folders
+  }
   if (exists && S_ISDIR(from_st.st_mode) != S_ISDIR(to_st.st_mode)) {
     return std::make_error_code(S_ISDIR(to_st.st_mode) ? std::errc::is_a_directory : std::errc::not_a_directory);
   }

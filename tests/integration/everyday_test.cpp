@@ -101,12 +101,38 @@ TEST_F(SmallLimitTest, StreamedUploadOverTheSizeLimitClosesTheConnection) {
   // without bound; the server answers and closes instead.
   Frame f = frame(MsgType::kPut, "huge");
   f.flags = protocol::kFlagStreamed;
-  f.size = 1'000'000;
+  f.size = 2 * protocol::kChunkSize;
   RawPeer peer(server_->port());
   peer.send_frame(f);
   const Frame reply = peer.read_frame();
   EXPECT_EQ(reply.status, Status::kTooLarge);
   EXPECT_TRUE(peer.closed_by_peer());
+}
+
+TEST_F(SmallLimitTest, OversizedFileInABatchIsRefusedAloneAndTheOthersArrive) {
+  // Large files in a batch ask before sending (kReady), so the server's size limit refuses
+  // just that file instead of ending the connection for the ones behind it.
+  // (A file over the limit but small enough to be streamed is drained instead.)
+  write_file(dir_ / "small1", random_bytes(100, 1));
+  write_file(dir_ / "big", random_bytes(protocol::kChunkSize + 10, 2));
+  write_file(dir_ / "medium", random_bytes(5000, 4));
+  write_file(dir_ / "small2", random_bytes(200, 3));
+  std::vector<client::BatchItem> items{
+      {dir_ / "small1", "s1"}, {dir_ / "big", "big"}, {dir_ / "medium", "medium"}, {dir_ / "small2", "s2"}};
+  client::Client c(address());
+  std::vector<client::BatchResult> results;
+  c.put_many(items, {}, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), 4u);
+  EXPECT_FALSE(results[0].error);
+  for (const std::size_t refused : {1, 2}) {
+    ASSERT_TRUE(results[refused].error) << refused;
+    EXPECT_EQ(results[refused].error->kind(), client::Failure::kRejected);
+  }
+  EXPECT_FALSE(results[3].error);
+  EXPECT_EQ(read_file(root() / "s2"), read_file(dir_ / "small2"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "big"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "medium"));
+  c.ping();
 }
 
 TEST_F(SmallLimitTest, NewNamesFromMkdirAndMvObeyTheDepthLimit) {
@@ -303,7 +329,11 @@ TEST_F(ServerTest, MoveRenamesReplacesAndMovesIntoFolders) {
   std::tie(to, replaced) = c.move("b", "dir");
   EXPECT_EQ(to, "dir/b") << "into an existing folder, as mv(1)";
   EXPECT_TRUE(std::filesystem::exists(root() / "dir/b"));
-  EXPECT_EQ(failure_of([&] { c.move("dir", "dir/sub"); }), client::Failure::kRejected);
+  EXPECT_EQ(failure_of([&] { c.move("dir", "dir/sub/deeper"); }), client::Failure::kRejected);
+  EXPECT_FALSE(std::filesystem::exists(root() / "dir/sub")) << "a refused move makes no folders";
+  std::tie(to, replaced) = c.move("dir/b", "dir/b");
+  EXPECT_FALSE(replaced) << "moving a file onto itself replaces nothing";
+  EXPECT_TRUE(std::filesystem::exists(root() / "dir/b"));
   EXPECT_EQ(failure_of([&] { c.move("nothing", "x"); }), client::Failure::kNotFound);
   EXPECT_TRUE(list_dir(staging()).empty());
 }
