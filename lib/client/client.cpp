@@ -312,6 +312,15 @@ void Client::run<void>(asio::awaitable<void> op, const char* what) {
   run<bool>(wrapped(std::move(op)), what);
 }
 
+void Client::run_batch(asio::awaitable<void> op, const char* what) {
+  try {
+    run(std::move(op), what);
+  } catch (const asio::multiple_exceptions& e) {
+    // A lost connection fails the sender and the receiver alike: report the first.
+    std::rethrow_exception(e.first_exception());
+  }
+}
+
 void Client::connection_lost(const std::error_code& ec) {
   std::error_code ignored;
   socket_.close(ignored);
@@ -760,7 +769,7 @@ void Client::put_many(const std::vector<BatchItem>& items, const BatchOptions& o
                       const std::function<void(std::uint64_t)>& on_bytes) {
   using namespace asio::experimental::awaitable_operators;
   Batch b(io_, items, opts, on_result, on_bytes);
-  run(put_sender(b) && put_receiver(b), "uploading");
+  run_batch(put_sender(b) && put_receiver(b), "uploading");
 }
 
 void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
@@ -768,7 +777,7 @@ void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& o
                       const std::function<void(std::uint64_t)>& on_bytes) {
   using namespace asio::experimental::awaitable_operators;
   Batch b(io_, items, opts, on_result, on_bytes);
-  run(get_sender(b) && get_receiver(b), "downloading");
+  run_batch(get_sender(b) && get_receiver(b), "downloading");
 }
 
 // ---------------------------------------------------------------- listing and file commands

@@ -171,6 +171,8 @@ class Client {
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>
   T run(asio::awaitable<T> op, const char* what);
+  // run() for a sender && receiver pair: when both fail, the first failure is rethrown.
+  void run_batch(asio::awaitable<void> op, const char* what);
 
   void send(const protocol::Frame& f);
   protocol::Frame read_frame();

@@ -87,6 +87,45 @@ TEST(ClientDownload, ServerDyingMidBodyLeavesNothing) {
   EXPECT_TRUE(leftovers(dir.path()).empty());
 }
 
+TEST(ClientBatch, ServerDyingMidBatchIsOneConnectionErrorAndLeavesNothing) {
+  // The fake server answers the first upload and then closes with a hundred still on the
+  // wire: the sender's write and the receiver's read both fail; the caller sees one
+  // connection error, and every file reported before it was really answered.
+  TempDir dir;
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < 100; ++i) {
+    write_file(dir / ("f" + std::to_string(i)), random_bytes(50'000, 20 + i));
+    items.push_back({dir / ("f" + std::to_string(i)), "f" + std::to_string(i)});
+  }
+  Frame done;
+  done.type = MsgType::kDone;
+  done.size = 50'000;
+  done.digest = hash::sha256(read_file(dir / "f0"));
+  FakeServer fake(protocol::encode(done));
+  client::Client c(fake.address());
+  std::vector<client::BatchResult> results;
+  EXPECT_EQ(failure_of([&] {
+              c.put_many(items, {}, [&](const client::BatchResult& r) { results.push_back(r); });
+            }),
+            client::Failure::kConnection);
+  ASSERT_LE(results.size(), 1u);
+  if (!results.empty()) {
+    EXPECT_FALSE(results[0].error);
+  }
+
+  // Downloads: the server announces a file and dies mid-body; no staging file remains.
+  Frame file;
+  file.type = MsgType::kFile;
+  file.size = 100'000;
+  FakeServer dying(frame_with_body(file, random_bytes(1000, 1)));
+  client::Client d(dying.address());
+  std::filesystem::create_directories(dir / "out");
+  std::vector<client::BatchItem> gets{{dir / "out/a", "a"}, {dir / "out/b", "b"}};
+  EXPECT_EQ(failure_of([&] { d.get_many(gets, {}, [](const client::BatchResult&) {}); }),
+            client::Failure::kConnection);
+  EXPECT_TRUE(list_dir(dir / "out").empty());
+}
+
 TEST(ClientDownload, SomethingThatIsNotAnFtxServerIsAProtocolError) {
   const std::string http = "HTTP/1.1 400 Bad Request\r\n\r\n";
   FakeServer web({http.begin(), http.end()});

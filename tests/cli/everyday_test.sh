@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# Everyday use of the built `ftx` binary, end to end against real servers on 127.0.0.1:
+# folders (put -r / get -r), one failing file in a batch, ls -l PATH, stat, rm / mv / mkdir,
+# a read-only server, --json, FTX_* variables, no progress bar off a terminal, and the
+# server's text and JSON log lines.
+# Usage: everyday_test.sh PATH/TO/ftx
+set -euo pipefail
+FTX=$(realpath "$1")
+T=$(mktemp -d "${TMPDIR:-/tmp}/ftx-everyday-XXXXXX")
+PIDS=()  # servers this script started
+passed=0
+failed=0
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$T"
+}
+trap cleanup EXIT
+
+# Nothing from the caller's environment may change what ftx does here.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^FTX_' || true)
+
+die() { echo "FATAL: $*" >&2; exit 1; }
+ok() { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+check() {  # check DESCRIPTION COMMAND...: the command must succeed
+  local what=$1; shift
+  if "$@"; then ok; else bad "$what"; fi
+}
+
+# expect_exit CODE COMMAND...: runs it with stdout in $T/out and stderr in $T/err, checks
+# the exit code, and for a failure that stderr is "ftx: ..." lines only.
+expect_exit() {
+  local want=$1; shift
+  local got=0
+  "$@" >"$T/out" 2>"$T/err" || got=$?
+  if [ "$got" != "$want" ]; then bad "exit $got (want $want): $* -- $(cat "$T/err")"; return 0; fi
+  if [ "$want" != 0 ] && { [ ! -s "$T/err" ] || grep -qv '^ftx: ' "$T/err"; }; then
+    bad "stderr of '$*' is not 'ftx: ' lines: $(cat "$T/err")"; return 0
+  fi
+  ok
+}
+
+in_dir() { local dir=$1; shift; (cd "$dir" && exec "$@"); }
+
+# jcheck FILE EXPR: every line of FILE is one JSON object and the Python expression EXPR
+# is true; in EXPR, L is the list of objects and N maps "name" (or "remote") to its object.
+jcheck() {
+  python3 - "$@" <<'PY'
+import json, sys
+path, expr = sys.argv[1], sys.argv[2]
+lines = open(path, encoding="utf-8").read().splitlines()
+try:
+    L = [json.loads(line) for line in lines]
+except ValueError as e:
+    sys.exit(f"  not JSON lines ({e}): {lines!r}")
+if not L or not all(isinstance(o, dict) for o in L):
+    sys.exit(f"  not one JSON object a line: {lines!r}")
+N = {o.get("name", o.get("remote")): o for o in L}
+if not eval("(" + expr + "\n)", {"L": L, "N": N}):
+    sys.exit(f"  false: {expr}\n  on: {lines!r}")
+PY
+}
+jexpect() {  # jexpect DESCRIPTION FILE EXPR
+  if jcheck "$2" "$3"; then ok; else bad "$1"; fi
+}
+
+# start_server LOG ARGS...: `ftx serve ARGS` on a free port of 127.0.0.1; returns once it
+# answers a ping, with SERVER_PID and SERVER (HOST:PORT) set. No sleeps: the log is read
+# until the start-up line names the port (bounded by a 10 s deadline).
+start_server() {
+  local log=$1; shift
+  : >"$log"
+  "$FTX" serve --listen 127.0.0.1:0 --threads 2 "$@" 2>"$log" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  SERVER=""
+  local deadline=$((${EPOCHREALTIME/./} + 10000000)) line
+  while [ -z "$SERVER" ]; do
+    while IFS= read -r line; do
+      if [[ $line =~ \ on\ (127\.0\.0\.1:[0-9]+)\ with\  ]]; then SERVER=${BASH_REMATCH[1]}; break; fi
+    done <"$log"
+    [ -n "$SERVER" ] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || die "server did not start: $(cat "$log")"
+    [ "${EPOCHREALTIME/./}" -lt "$deadline" ] || die "server start-up line missing after 10 s: $(cat "$log")"
+  done
+  local i
+  for i in $(seq 50); do
+    if "$FTX" ping -s "$SERVER" >/dev/null 2>&1; then return 0; fi
+  done
+  die "server on $SERVER does not answer ping"
+}
+
+# The local files' listing as `ftx ls` prints it (-l: with SHA-256), names relative to $PWD.
+expected_ls() {
+  local long=$1; shift
+  local f sha
+  while IFS= read -r f; do
+    sha=""
+    [ "$long" = long ] && sha="$(sha256sum <"$f" | cut -c1-64)  "
+    printf '%12d  %s  %s%s\n' "$(stat -c %s "$f")" "$(date -u -d "@$(stat -c %Y "$f")" +%Y-%m-%dT%H:%M:%SZ)" \
+      "$sha" "$f"
+  done < <(find "$@" -type f | LC_ALL=C sort)
+}
+
+# A server root as it looks from outside: every entry with type, size, mtime and mode.
+snapshot() { find "$1" -mindepth 1 ! -path "$1/.ftx-staging" -printf '%P|%y|%s|%T@|%m\n' | LC_ALL=C sort; }
+
+# ---- the main server (text log); FTX_SERVER names it from here on
+start_server "$T/serve1.log" --root "$T/root1"
+S1=$SERVER
+S1_PID=$SERVER_PID
+export FTX_SERVER=$S1
+
+# =================================================================== 1. put -r / get -r
+P=$T/tree/photos
+mkdir -p "$P/sub/deeper" "$P/empty" "$P/with space"
+echo hello >"$P/a.txt"
+printf '#!/bin/sh\necho hi\n' >"$P/sub/run.sh"
+chmod 755 "$P/sub/run.sh"
+echo old >"$P/sub/deeper/old.txt"
+touch -d '2001-02-03 04:05:06 UTC' "$P/sub/deeper/old.txt"
+: >"$P/zero.bin"
+head -c 3000000 /dev/urandom >"$P/sub/big.bin"
+echo "spaced out" >"$P/with space/my file.txt"
+ln -s a.txt "$P/link.txt"
+
+# REMOTE_DIR defaults to the folder's base name; the symlink is skipped with a notice.
+expect_exit 0 in_dir "$T/tree" "$FTX" put -r photos
+grep -qE '^stored 6 of 6 files \(.*\) under photos in [0-9.]+ s$' "$T/out" && ok || bad "put -r summary: $(cat "$T/out")"
+[ "$(cat "$T/err")" = "ftx: skipping symbolic link photos/link.txt" ] && ok || bad "put -r symlink notice: $(cat "$T/err")"
+check "put -r stored the tree" diff -r -x link.txt "$P" "$T/root1/photos"
+check "the symlink was not uploaded" test ! -e "$T/root1/photos/link.txt"
+check "the empty folder was created on the server" test -d "$T/root1/photos/empty"
+
+# LOCAL_DIR defaults to the remote folder's base name.
+mkdir "$T/dl"
+expect_exit 0 in_dir "$T/dl" "$FTX" get -r photos
+grep -qE '^saved 6 of 6 files \(.*\) into photos in [0-9.]+ s$' "$T/out" && ok || bad "get -r summary: $(cat "$T/out")"
+check "get -r wrote nothing on stderr" test ! -s "$T/err"
+G=$T/dl/photos
+check "get -r tree identical (but the symlink)" diff -r -x link.txt "$P" "$G"
+check "no symlink downloaded" test ! -e "$G/link.txt" -a ! -L "$G/link.txt"
+check "empty folder recreated" test -d "$G/empty" -a -z "$(ls -A "$G/empty")"
+check "0-byte file" test -f "$G/zero.bin" -a ! -s "$G/zero.bin"
+check "exec bit kept" test "$(stat -c %A "$G/sub/run.sh" | cut -c1-4)" = "-rwx"
+check "no exec bit added" test "$(stat -c %A "$G/a.txt" | cut -c1-4)" = "-rw-"
+while IFS= read -r f; do
+  [ "$(stat -c %Y "$P/$f")" = "$(stat -c %Y "$G/$f")" ] && ok || bad "mtime of $f: $(stat -c %Y "$P/$f") vs $(stat -c %Y "$G/$f")"
+done < <(cd "$P" && find . -type f)
+check "old mtime kept" test "$(stat -c %Y "$G/sub/deeper/old.txt")" = "$(date -d '2001-02-03 04:05:06 UTC' +%s)"
+
+# Explicit REMOTE_DIR and LOCAL_DIR; a trailing slash; a sub-folder's default local name.
+expect_exit 0 "$FTX" put -r "$P/" backup/2026
+grep -q ' under backup/2026 in ' "$T/out" && ok || bad "put -r DIR REMOTE_DIR: $(cat "$T/out")"
+expect_exit 0 "$FTX" get -r backup/2026 "$T/dl2"
+check "put -r DIR REMOTE_DIR / get -r REMOTE_DIR LOCAL_DIR" diff -r -x link.txt "$P" "$T/dl2"
+expect_exit 0 in_dir "$T/dl" "$FTX" get -r backup/2026/sub
+check "get -r a/b/c defaults to ./c" diff -r "$P/sub" "$T/dl/sub"
+expect_exit 0 in_dir "$T/tree" "$FTX" put -r photos/
+grep -q ' under photos in ' "$T/out" && ok || bad "put -r photos/ remote name: $(cat "$T/out")"
+
+# "." is everything.
+expect_exit 0 "$FTX" get -r . "$T/all"
+check "get -r . fetched photos" diff -r -x link.txt "$P" "$T/all/photos"
+check "get -r . fetched backup/2026" diff -r -x link.txt "$P" "$T/all/backup/2026"
+check "get -r . fetched nothing else" test "$(ls -A "$T/all" | tr '\n' ' ')" = "backup photos "
+
+# Without -r a folder is a local I/O error, as before -r existed.
+expect_exit 7 "$FTX" put "$P"
+expect_exit 7 "$FTX" put "$P" somewhere
+check "nothing stored by a refused folder put" test ! -e "$T/root1/somewhere"
+
+# =================================================================== 3. ls [-l] [PATH]
+(cd "$T/tree" && expected_ls short photos) >"$T/ls.want"
+(cd "$T/tree" && expected_ls long photos) >"$T/ls-l.want"
+expect_exit 0 "$FTX" ls photos
+check "ls photos: size  mtime  name, exactly" cmp -s "$T/ls.want" "$T/out"
+expect_exit 0 "$FTX" ls
+grep -q '^ *4  2001-02-03T04:05:06Z  photos/sub/deeper/old.txt$' "$T/out" && ok || bad "ls line: $(cat "$T/out")"
+check "ls lists photos/ and backup/2026/" test "$(grep -c '' "$T/out")" = 12
+check "ls (no PATH) includes the photos lines" cmp -s "$T/ls.want" <(grep '  photos/' "$T/out")
+expect_exit 0 "$FTX" ls -l photos
+check "ls -l photos: size  mtime  sha256  name = sha256sum" cmp -s "$T/ls-l.want" "$T/out"
+expect_exit 0 "$FTX" ls photos/
+check "ls photos/ = ls photos" cmp -s "$T/ls.want" "$T/out"
+expect_exit 0 "$FTX" ls photos/sub
+check "ls PATH restricts to the folder" cmp -s <(grep '  photos/sub/' "$T/ls.want") "$T/out"
+expect_exit 0 "$FTX" ls -l photos/sub/big.bin
+check "ls FILE lists that file only" cmp -s <(grep '  photos/sub/big.bin$' "$T/ls-l.want") "$T/out"
+expect_exit 4 "$FTX" ls photos/nope
+expect_exit 4 "$FTX" ls nope
+
+# =================================================================== 4. stat
+run_sha=$(sha256sum <"$P/sub/run.sh" | cut -c1-64)
+big_sha=$(sha256sum <"$P/sub/big.bin" | cut -c1-64)
+run_ns=$(stat -c %.9Y "$P/sub/run.sh")
+expect_exit 0 "$FTX" stat photos/sub/run.sh
+grep -qE '^size +18( |$)' "$T/out" && ok || bad "stat size line: $(cat "$T/out")"
+grep -qx "mtime   $(date -u -d "@${run_ns%.*}" +%Y-%m-%dT%H:%M:%S).${run_ns#*.}Z" "$T/out" && ok ||
+  bad "stat mtime line (want ${run_ns}): $(cat "$T/out")"
+grep -qx "sha256  $run_sha" "$T/out" && ok || bad "stat sha256 line: $(cat "$T/out")"
+expect_exit 0 "$FTX" stat photos/sub/big.bin
+grep -qx "sha256  $big_sha" "$T/out" && ok || bad "stat sha256 of the 3 MB file: $(cat "$T/out")"
+expect_exit 0 "$FTX" stat --json photos/sub/run.sh
+jexpect "stat --json fields" "$T/out" "len(L) == 1 and L[0]['name'] == 'photos/sub/run.sh' and L[0]['type'] == 'file'
+  and L[0]['size'] == 18 and L[0]['mtime_ns'] == ${run_ns/./} and L[0]['executable'] is True
+  and L[0]['sha256'] == '$run_sha' and L[0]['mtime'].startswith('$(date -u -d "@${run_ns%.*}" +%Y-%m-%dT%H:%M:%S)')"
+expect_exit 4 "$FTX" stat photos/nope
+expect_exit 4 "$FTX" stat --json nope
+jexpect "stat --json of a missing name" "$T/out" "len(L) == 1 and L[0]['ok'] is False and L[0]['exit_code'] == 4"
+
+# =================================================================== 5. rm, mv, mkdir
+for i in 1 2 3; do echo "content $i" >"$T/f$i"; done
+for i in 1 2 3; do expect_exit 0 "$FTX" put "$T/f$i" "w/f$i"; done
+expect_exit 0 "$FTX" put "$T/f1" w/full/x
+W=$T/root1/w
+expect_exit 0 "$FTX" mkdir w/emptyd
+check "mkdir made the folder" test -d "$W/emptyd"
+expect_exit 4 "$FTX" rm w/f1 w/nope w/emptyd
+check "rm: the missing name is named" grep -q '"w/nope"' "$T/err"
+check "rm: the other names are still removed" test ! -e "$W/f1" -a ! -e "$W/emptyd"
+grep -qx 'removed w/f1' "$T/out" && grep -qx 'removed w/emptyd' "$T/out" && ok || bad "rm output: $(cat "$T/out")"
+expect_exit 5 "$FTX" rm w/full
+check "rm refused a non-empty folder" test -f "$W/full/x"
+expect_exit 0 "$FTX" rm w/f2
+check "rm removed the file" test ! -e "$W/f2"
+
+expect_exit 0 "$FTX" mv w/f3 w/f3b
+check "mv renamed" test ! -e "$W/f3" -a "$(cat "$W/f3b")" = "content 3"
+expect_exit 0 "$FTX" mv w/f3b w/full
+check "mv into an existing folder" test ! -e "$W/f3b" -a "$(cat "$W/full/f3b" 2>/dev/null)" = "content 3"
+grep -qx 'moved w/f3b -> w/full/f3b' "$T/out" && ok || bad "mv output: $(cat "$T/out")"
+expect_exit 0 "$FTX" put "$T/f1" w/from
+expect_exit 0 "$FTX" put "$T/f2" w/target
+expect_exit 0 "$FTX" mv w/from w/target
+check "mv replaced the file" test ! -e "$W/from" -a "$(cat "$W/target")" = "content 1"
+expect_exit 4 "$FTX" mv w/nope w/other
+
+expect_exit 0 "$FTX" mkdir deep/a/b/c
+check "mkdir made the parents" test -d "$T/root1/deep/a/b/c"
+expect_exit 0 "$FTX" mkdir deep/a/b/c
+expect_exit 0 "$FTX" mkdir deep/a
+expect_exit 5 "$FTX" mkdir w/target
+check "mkdir over a file left the file" test -f "$W/target" -a "$(cat "$W/target")" = "content 1"
+
+# A read-only server (the flag from the environment, FTX_READ_ONLY): every change refused.
+R=$T/root3
+mkdir -p "$R/d" "$R/empty"
+echo keep >"$R/keep.txt"
+echo inner >"$R/d/inner.txt"
+FTX_READ_ONLY=1 start_server "$T/serve3.log" --root "$R"
+S3=$SERVER
+snapshot "$R" >"$T/ro.before"
+expect_exit 5 "$FTX" put "$T/f1" new.txt -s "$S3"
+expect_exit 5 "$FTX" put "$T/f1" keep.txt -s "$S3"
+expect_exit 5 "$FTX" put -r "$T/tree/photos" -s "$S3"
+expect_exit 5 "$FTX" rm keep.txt -s "$S3"
+expect_exit 5 "$FTX" rm empty -s "$S3"
+expect_exit 5 "$FTX" mv keep.txt moved.txt -s "$S3"
+expect_exit 5 "$FTX" mv d/inner.txt empty -s "$S3"
+expect_exit 5 "$FTX" mkdir newdir -s "$S3"
+snapshot "$R" >"$T/ro.after"
+check "read-only server: nothing changed" diff "$T/ro.before" "$T/ro.after"
+expect_exit 0 "$FTX" get keep.txt "$T/ro-keep.txt" -s "$S3"
+check "read-only server still serves downloads" test "$(cat "$T/ro-keep.txt")" = keep
+
+# =================================================================== 2. one failing file in a batch
+M=$T/mixed
+mkdir -p "$M/sub"
+echo a1 >"$M/a1.txt"
+echo a2 >"$M/a2.txt"
+head -c 2097152 /dev/urandom >"$M/m-big.bin"  # sorts between the small files
+echo z1 >"$M/z1.txt"
+echo z2 >"$M/sub/z2.txt"
+start_server "$T/serve2.log" --root "$T/root2" --max-file-size 1M --log-format json
+S2=$SERVER
+small="mixed/a1.txt mixed/a2.txt mixed/sub/z2.txt mixed/z1.txt"
+expect_exit 5 "$FTX" put -r "$M" -s "$S2"
+check "the failing file is named on stderr" grep -q 'm-big\.bin' "$T/err"
+expect_exit 0 "$FTX" ls mixed -s "$S2"
+check "the small files were stored despite the big one" \
+  test "$(sed -E 's/.*  //' "$T/out" | tr '\n' ' ')" = "$small "
+for f in a1.txt a2.txt z1.txt sub/z2.txt; do
+  check "mixed/$f stored intact" cmp -s "$M/$f" "$T/root2/mixed/$f"
+done
+check "the big file was not stored" test ! -e "$T/root2/mixed/m-big.bin"
+# The same with the refused file first and last in the batch.
+mkdir -p "$T/edges"
+cp "$M/m-big.bin" "$T/edges/0-big.bin"
+cp "$M/m-big.bin" "$T/edges/z-big.bin"
+echo b >"$T/edges/b.txt"
+echo c >"$T/edges/c.txt"
+expect_exit 5 "$FTX" put -r "$T/edges" -s "$S2"
+check "refused first and last: both named" grep -q '0-big\.bin' "$T/err"
+check "refused first and last: both named" grep -q 'z-big\.bin' "$T/err"
+check "refused first and last: the others stored" cmp -s "$T/edges/b.txt" "$T/root2/edges/b.txt"
+check "refused first and last: the others stored" cmp -s "$T/edges/c.txt" "$T/root2/edges/c.txt"
+
+expect_exit 5 "$FTX" put -r "$M" mixedj --json -s "$S2"
+jexpect "put -r --json: one object per file, then a summary" "$T/out" "
+  len(L) == 6 and [o.get('summary') for o in L] == [None] * 5 + [True]
+  and sorted(o['remote'] for o in L[:5]) == ['mixedj/a1.txt', 'mixedj/a2.txt', 'mixedj/m-big.bin',
+                                            'mixedj/sub/z2.txt', 'mixedj/z1.txt']
+  and N['mixedj/m-big.bin']['ok'] is False and N['mixedj/m-big.bin']['exit_code'] == 5
+  and all(o['ok'] is True for o in L[:5] if o['remote'] != 'mixedj/m-big.bin')
+  and L[5]['ok'] is False and L[5]['failed'] == 1 and L[5]['files'] == 4"
+expect_exit 0 "$FTX" ls mixedj -s "$S2"
+check "--json: the small files were stored" test "$(grep -c '' "$T/out")" = 4
+
+# =================================================================== 6. --json everywhere
+expect_exit 0 "$FTX" ls --json photos
+jexpect "ls --json" "$T/out" "[o['name'] for o in L] == sorted('''$(cd "$T/tree" && find photos -type f | LC_ALL=C sort)'''.split('\n'))
+  and N['photos/sub/run.sh']['executable'] is True and N['photos/sub/big.bin']['size'] == 3000000
+  and N['photos/sub/deeper/old.txt']['mtime_ns'] == $(date -d '2001-02-03 04:05:06 UTC' +%s)000000000"
+expect_exit 0 "$FTX" ls -l --json photos/sub/big.bin
+jexpect "ls -l --json has sha256" "$T/out" "len(L) == 1 and L[0]['sha256'] == '$big_sha'"
+expect_exit 0 "$FTX" put --json "$P/sub/big.bin" j/big.bin
+jexpect "put --json" "$T/out" "len(L) == 1 and L[0]['ok'] is True and L[0]['op'] == 'put'
+  and L[0]['remote'] == 'j/big.bin' and L[0]['bytes'] == 3000000 and L[0]['sha256'] == '$big_sha'"
+expect_exit 0 "$FTX" get --json j/big.bin "$T/j-big.bin"
+jexpect "get --json" "$T/out" "len(L) == 1 and L[0]['ok'] is True and L[0]['op'] == 'get'
+  and L[0]['bytes'] == 3000000 and L[0]['sha256'] == '$big_sha'"
+check "get --json wrote the file" cmp -s "$P/sub/big.bin" "$T/j-big.bin"
+expect_exit 0 "$FTX" mkdir --json j/d1
+jexpect "mkdir --json" "$T/out" "L == [{'op': 'mkdir', 'name': 'j/d1', 'ok': True}]"
+expect_exit 0 "$FTX" mv --json j/big.bin j/d1
+jexpect "mv --json" "$T/out" "len(L) == 1 and L[0]['ok'] is True and L[0]['op'] == 'mv'
+  and L[0]['from'] == 'j/big.bin' and L[0]['to'] == 'j/d1/big.bin'"
+expect_exit 4 "$FTX" rm --json j/d1/big.bin j/nope
+jexpect "rm --json: one object per name" "$T/out" "len(L) == 2 and N['j/d1/big.bin']['ok'] is True
+  and N['j/nope']['ok'] is False and N['j/nope']['exit_code'] == 4"
+expect_exit 0 "$FTX" ping --json
+jexpect "ping --json" "$T/out" "len(L) == 1 and L[0]['ok'] is True and L[0]['op'] == 'ping'"
+echo precious >"$T/keep.txt"
+expect_exit 4 "$FTX" get --json no-such-file "$T/keep.txt"
+jexpect "get --json of a missing file" "$T/out" "len(L) == 1 and L[0]['ok'] is False and L[0]['exit_code'] == 4"
+check "failed get left the local file alone" test "$(cat "$T/keep.txt")" = precious
+
+# =================================================================== 7. FTX_* environment
+expect_exit 0 env -u FTX_SERVER "$FTX" ls -s "$S1"
+cp "$T/out" "$T/ls-s.out"
+expect_exit 0 env FTX_SERVER="$S1" "$FTX" ls
+check "FTX_SERVER replaces -s" cmp -s "$T/ls-s.out" "$T/out"
+expect_exit 0 env FTX_JSON=1 "$FTX" ls photos
+jexpect "FTX_JSON=1 ftx ls" "$T/out" "len(L) == 6 and all('mtime_ns' in o for o in L)"
+# (FTX_READ_ONLY=1 ftx serve: the read-only server above.)
+expect_exit 0 "$FTX" put --help
+check "put --help mentions FTX_SERVER" grep -q 'FTX_SERVER' "$T/out"
+check "put --help shows Examples" grep -q '^Examples:' "$T/out"
+
+# =================================================================== 8. no progress bar off a terminal
+expect_exit 0 "$FTX" put "$P/sub/big.bin" bar/big.bin
+check "put to a file: nothing on stderr" test ! -s "$T/err"
+expect_exit 0 "$FTX" get bar/big.bin "$T/bar-big.bin"
+check "get to a file: nothing on stderr" test ! -s "$T/err"
+expect_exit 0 "$FTX" get -r photos/sub "$T/bar-sub"
+check "get -r to a file: nothing on stderr" test ! -s "$T/err"
+check "no carriage return on stdout" test "$(tr -cd '\r' <"$T/out" | wc -c)" = 0
+if command -v script >/dev/null; then
+  # stderr a terminal but stdout a file: still no bar.
+  script -qec "$(printf '%q ' "$FTX" put "$P/sub/big.bin" bar/tty.bin) >$(printf '%q' "$T/tty-stdout")" /dev/null \
+    </dev/null >"$T/tty.log" 2>&1 && ok || bad "put under script failed: $(cat "$T/tty.log")"
+  check "stdout redirected: no bar even on a terminal" test ! -s "$T/tty.log"
+  script -qec "$(printf '%q ' "$FTX" put "$P/sub/big.bin" bar/tty.bin)" /dev/null </dev/null >"$T/tty.log" 2>&1 &&
+    ok || bad "put under script failed: $(cat "$T/tty.log")"
+  check "on a terminal the bar is drawn" grep -q $'\r\\[#*\\.*\\] *[0-9]*%' "$T/tty.log"
+  script -qec "$(printf '%q ' "$FTX" put -q "$P/sub/big.bin" bar/tty.bin)" /dev/null </dev/null >"$T/tty.log" 2>&1 &&
+    ok || bad "put -q under script failed: $(cat "$T/tty.log")"
+  check "put -q: no bar on a terminal" test "$(tr -cd '\r' <"$T/tty.log" | wc -c)" = "$(grep -c '' "$T/tty.log")"
+fi
+
+# =================================================================== 9. server log lines
+grep -qE '^[^ ]+ info 127\.0\.0\.1:[0-9]+ put "photos/sub/big\.bin" bytes=3000000 ms=[0-9.]+ result=ok$' "$T/serve1.log" &&
+  ok || bad "text log: no put line for photos/sub/big.bin"
+grep -qE ' put "j/big\.bin" bytes=3000000 .*result=ok$' "$T/serve1.log" && ok || bad "text log: no put line for j/big.bin"
+echo "logged line" >"$T/logged.txt"
+expect_exit 0 "$FTX" put "$T/logged.txt" logged.txt -s "$S2"
+# (the server may still be writing its line when the reply arrived: wait for it, bounded)
+for _ in $(seq 2000); do if grep -q '"logged.txt"' "$T/serve2.log"; then break; fi; done
+jexpect "--log-format json: JSON lines with the put" "$T/serve2.log" "any(o.get('op') == 'put'
+  and o.get('result') == 'ok' and o.get('name') == 'logged.txt' and o.get('bytes') == 12 for o in L)"
+
+# ---- the main server stops cleanly on SIGTERM
+kill -TERM "$S1_PID"
+rc=0
+wait "$S1_PID" || rc=$?
+for i in "${!PIDS[@]}"; do [ "${PIDS[$i]}" != "$S1_PID" ] || unset "PIDS[$i]"; done
+[ "$rc" = 0 ] && ok || bad "server exited $rc after SIGTERM"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
