@@ -130,6 +130,9 @@ std::unique_ptr<client::Client> connect(const ClientOptions& opts, const protoco
 // Runs a client action, mapping every failure to its message (stderr) and exit code. With
 // --json, the failure is also printed as {"op":op,"ok":false,...} on stdout.
 int run_client_action(const ClientOptions& opts, const char* op, const std::function<void()>& action);
+// The usual client command: parses --server (exit 2 when bad), connects, and runs `action`
+// on the connection through run_client_action.
+int run_with_client(const ClientOptions& opts, const char* op, const std::function<void(client::Client&)>& action);
 int exit_code_for(client::Failure f);
 
 }  // namespace ftx::app

@@ -124,6 +124,15 @@ int exit_code_for(client::Failure f) {
   return kInternal;
 }
 
+int run_with_client(const ClientOptions& opts, const char* op, const std::function<void(client::Client&)>& action) {
+  const auto address = server_address(opts);
+  if (!address) return kUsage;
+  return run_client_action(opts, op, [&] {
+    auto c = connect(opts, *address);
+    action(*c);
+  });
+}
+
 int run_client_action(const ClientOptions& opts, const char* op, const std::function<void()>& action) {
   try {
     action();

@@ -14,14 +14,11 @@ namespace {
 // the others still run. The exit code is the first failure's.
 int for_each_name(const ClientOptions& opts, const char* op, const std::vector<std::string>& names,
                   const std::function<void(client::Client&, const std::string&)>& fn, const char* done_verb) {
-  const auto address = server_address(opts);
-  if (!address) return kUsage;
   int first_failure = kOk;
-  const int rc = run_client_action(opts, op, [&] {
-    auto c = connect(opts, *address);
+  const int rc = run_with_client(opts, op, [&](client::Client& c) {
     for (const auto& name : names) {
       try {
-        fn(*c, name);
+        fn(c, name);
         if (opts.json) {
           print_json({{"op", op}, {"name", name}, {"ok", true}});
         } else {
@@ -83,11 +80,8 @@ CLI::App* setup_mv(CLI::App& app, MvOptions& opts) {
 }
 
 int run_mv(const MvOptions& opts) {
-  const auto address = server_address(opts.client);
-  if (!address) return kUsage;
-  return run_client_action(opts.client, "mv", [&] {
-    auto c = connect(opts.client, *address);
-    const auto [to, replaced] = c->move(opts.from, opts.to);
+  return run_with_client(opts.client, "mv", [&](client::Client& c) {
+    const auto [to, replaced] = c.move(opts.from, opts.to);
     if (opts.client.json) {
       print_json({{"op", "mv"}, {"ok", true}, {"from", opts.from}, {"to", to}, {"replaced", replaced}});
     } else {

@@ -41,17 +41,14 @@ CLI::App* setup_ls(CLI::App& app, LsOptions& opts) {
 }
 
 int run_ls(const LsOptions& opts) {
-  const auto address = server_address(opts.client);
-  if (!address) return kUsage;
-  return run_client_action(opts.client, "ls", [&] {
-    auto c = connect(opts.client, *address);
+  return run_with_client(opts.client, "ls", [&](client::Client& c) {
     client::ListOptions lo;
     lo.digests = opts.long_format;
     // "docs/" and "." mean what they mean in a shell.
     std::string path = opts.path;
     while (path.size() > 1 && path.back() == '/') path.pop_back();
     if (path == "." || path == "/") path.clear();
-    c->list(
+    c.list(
         path,
         [&](const client::Entry& e) {
           if (opts.client.json) {
@@ -80,11 +77,8 @@ CLI::App* setup_stat(CLI::App& app, StatOptions& opts) {
 }
 
 int run_stat(const StatOptions& opts) {
-  const auto address = server_address(opts.client);
-  if (!address) return kUsage;
-  return run_client_action(opts.client, "stat", [&] {
-    auto c = connect(opts.client, *address);
-    const auto e = c->stat(opts.name);
+  return run_with_client(opts.client, "stat", [&](client::Client& c) {
+    const auto e = c.stat(opts.name);
     if (opts.client.json) {
       print_json(json_entry(e));
       return;

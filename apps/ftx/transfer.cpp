@@ -1,7 +1,5 @@
 // put and get: one file, or with -r a whole folder over one pipelined connection.
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -296,10 +294,11 @@ int run_put(const PutOptions& opts) {
   }
   return run_client_action(opts.client, "put", [&] {
     auto c = connect(opts.client, *address);
-    struct stat st {};
-    const std::uint64_t size = ::stat(opts.local.c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
-    ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), size);
-    const auto r = c->put(opts.local, remote, [&](std::uint64_t done, std::uint64_t) { bar.bytes(done); });
+    ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
+    const auto r = c->put(opts.local, remote, [&](std::uint64_t done, std::uint64_t total) {
+      bar.set_total(total);
+      bar.bytes(done);
+    });
     bar.finish();
     if (opts.client.json) {
       print_json(json_result("put", opts.local, remote, client::BatchResult{0, r, std::nullopt}));

@@ -816,55 +816,37 @@ std::uint64_t Client::list(const std::string& folder, const std::function<void(c
   }
 }
 
-Entry Client::stat(const std::string& name) {
+Frame Client::request(MsgType type, std::string name, MsgType expected, const std::string& context) {
   check_remote_name(name);
   Frame req;
-  req.type = MsgType::kStat;
-  req.name = name;
+  req.type = type;
+  req.name = std::move(name);
   send(req);
   Frame reply = read_frame();
-  if (reply.type != MsgType::kEntry) fail_from_reply(reply, "stat " + storage::quote_name(name));
+  if (reply.type != expected) fail_from_reply(reply, context);
+  return reply;
+}
+
+Entry Client::stat(const std::string& name) {
+  Frame reply = request(MsgType::kStat, name, MsgType::kEntry, "stat " + storage::quote_name(name));
   reply.name = name;
   return entry_from(std::move(reply));
 }
 
 void Client::remove(const std::string& name) {
-  check_remote_name(name);
-  Frame req;
-  req.type = MsgType::kRemove;
-  req.name = name;
-  send(req);
-  const Frame reply = read_frame();
-  if (reply.type != MsgType::kOk) fail_from_reply(reply, "rm " + storage::quote_name(name));
+  request(MsgType::kRemove, name, MsgType::kOk, "rm " + storage::quote_name(name));
 }
 
 std::pair<std::string, bool> Client::move(const std::string& from, const std::string& to) {
-  Frame req;
-  req.type = MsgType::kMove;
-  req.name = protocol::join_move(from, to);
-  check_remote_name(req.name);
-  send(req);
-  const Frame reply = read_frame();
-  if (reply.type != MsgType::kOk) fail_from_reply(reply, "mv " + storage::quote_name(from));
+  const Frame reply =
+      request(MsgType::kMove, protocol::join_move(from, to), MsgType::kOk, "mv " + storage::quote_name(from));
   return {reply.name.empty() ? to : printable(reply.name), reply.size != 0};
 }
 
 void Client::make_folder(const std::string& name) {
-  check_remote_name(name);
-  Frame req;
-  req.type = MsgType::kMkdir;
-  req.name = name;
-  send(req);
-  const Frame reply = read_frame();
-  if (reply.type != MsgType::kOk) fail_from_reply(reply, "mkdir " + storage::quote_name(name));
+  request(MsgType::kMkdir, name, MsgType::kOk, "mkdir " + storage::quote_name(name));
 }
 
-void Client::ping() {
-  Frame req;
-  req.type = MsgType::kPing;
-  send(req);
-  const Frame reply = read_frame();
-  if (reply.type != MsgType::kPong) fail_from_reply(reply, "ping");
-}
+void Client::ping() { request(MsgType::kPing, {}, MsgType::kPong, "ping"); }
 
 }  // namespace ftx::client

@@ -176,6 +176,10 @@ class Client {
 
   void send(const protocol::Frame& f);
   protocol::Frame read_frame();
+  // One request of `type` about `name`, and its reply, which must be `expected` (else the
+  // server's error is thrown, described with `context`).
+  protocol::Frame request(protocol::MsgType type, std::string name, protocol::MsgType expected,
+                          const std::string& context);
   // Runs the io_context until the pending operation completes or io_timeout_ passes.
   void run_with_timeout(const char* what);
   [[noreturn]] void throw_timeout(const char* what);

@@ -301,6 +301,10 @@ std::error_code Storage::open_file(std::string_view name, ReadFile& out, FolderC
   DirFd dir;
   std::string leaf;
   if (auto ec = open_parent(name, /*create=*/false, dir, leaf, cache)) return ec;
+  return open_in(dir, leaf, out);
+}
+
+std::error_code Storage::open_in(const DirFd& dir, const std::string& leaf, ReadFile& out) const {
   // O_NONBLOCK so that a FIFO planted in the root cannot block the open.
   UniqueFd fd(::openat(dir.get(), leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
   if (!fd) return classify_open_error(dir.get(), leaf, errno);
@@ -312,6 +316,15 @@ std::error_code Storage::open_file(std::string_view name, ReadFile& out, FolderC
   out.mtime_ns = mtime_ns(st);
   out.executable = is_executable(st);
   out.inode = st.st_ino;
+  return {};
+}
+
+std::error_code Storage::lookup(std::string_view name, DirFd& dir, std::string& leaf, struct stat& st) const {
+  if (auto ec = check_name(name)) return ec;
+  if (auto ec = open_parent(name, /*create=*/false, dir, leaf)) return ec;
+  if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
+  if (S_ISLNK(st.st_mode)) return errc::symlink;
+  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return errc::not_regular;
   return {};
 }
 
@@ -370,10 +383,11 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
   std::sort(out.begin(), out.end(), [](const FileInfo& a, const FileInfo& b) { return a.name < b.name; });
   if (opts.digests) {
     std::vector<std::uint8_t> buf;
+    FolderCache folders;  // the files come sorted: most share the previous one's folder
     for (auto& f : out) {
       if (f.folder) continue;
       ReadFile file;
-      if (open_file(f.name, file)) continue;  // vanished or replaced by a folder meanwhile
+      if (open_file(f.name, file, &folders)) continue;  // vanished or replaced by a folder meanwhile
       if (buf.empty()) buf.resize(1 << 20);
       hash::Digest d{};
       bool cached = false;
@@ -386,41 +400,30 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
 }
 
 std::error_code Storage::stat(std::string_view name, FileInfo& out) const {
-  if (auto ec = check_name(name)) return ec;
   DirFd parent;
   std::string leaf;
-  if (auto ec = open_parent(name, /*create=*/false, parent, leaf)) return ec;
   struct stat st {};
-  if (::fstatat(parent.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
-  if (S_ISLNK(st.st_mode)) return errc::symlink;
+  if (auto ec = lookup(name, parent, leaf, st)) return ec;
   if (S_ISDIR(st.st_mode)) {
     out = info_of(std::string(name), st);
     return {};
   }
   ReadFile file;
-  if (auto ec = open_file(name, file)) return ec;
-  std::vector<std::uint8_t> buf(1 << 20);
+  if (auto ec = open_in(parent, leaf, file)) return ec;
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(file.size, 1, 1 << 20)));
   hash::Digest d{};
   bool cached = false;
   if (auto ec = digest(file, buf, d, cached)) return ec;
-  struct stat now {};
-  if (::fstat(file.fd.get(), &now) != 0) return last_error();
-  out = info_of(std::string(name), now);
-  out.size = file.size;
-  out.mtime_ns = file.mtime_ns;
-  out.digest = d;
+  // Describe the version that was opened and hashed.
+  out = FileInfo{std::string(name), file.size, file.mtime_ns, false, file.executable, d};
   return {};
 }
 
 std::error_code Storage::remove(std::string_view name) const {
-  if (auto ec = check_name(name)) return ec;
   DirFd parent;
   std::string leaf;
-  if (auto ec = open_parent(name, /*create=*/false, parent, leaf)) return ec;
   struct stat st {};
-  if (::fstatat(parent.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
-  if (S_ISLNK(st.st_mode)) return errc::symlink;
-  if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return errc::not_regular;
+  if (auto ec = lookup(name, parent, leaf, st)) return ec;
   if (S_ISDIR(st.st_mode)) folder_generation_.fetch_add(1, std::memory_order_acq_rel);
   if (::unlinkat(parent.get(), leaf.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) != 0) return last_error();
   if (::fsync(parent.get()) != 0) return errc::not_durable;
@@ -428,15 +431,11 @@ std::error_code Storage::remove(std::string_view name) const {
 }
 
 std::error_code Storage::move(std::string_view from, std::string_view to, MoveResult& out) const {
-  if (auto ec = check_name(from)) return ec;
   if (auto ec = check_name(to)) return ec;
   DirFd from_dir;
   std::string from_leaf;
-  if (auto ec = open_parent(from, /*create=*/false, from_dir, from_leaf)) return ec;
   struct stat from_st {};
-  if (::fstatat(from_dir.get(), from_leaf.c_str(), &from_st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
-  if (S_ISLNK(from_st.st_mode)) return errc::symlink;
-  if (!S_ISREG(from_st.st_mode) && !S_ISDIR(from_st.st_mode)) return errc::not_regular;
+  if (auto ec = lookup(from, from_dir, from_leaf, from_st)) return ec;
 
   std::string target(to);
   DirFd to_dir;

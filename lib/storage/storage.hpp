@@ -192,6 +192,11 @@ class Storage {
   // creating missing folders when `create`. `leaf` receives the last component.
   std::error_code open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf,
                               FolderCache* cache = nullptr) const;
+  // Opens the regular file `leaf` of `dir` for reading (no symlinks, FIFOs, folders).
+  std::error_code open_in(const DirFd& dir, const std::string& leaf, ReadFile& out) const;
+  // Resolves an existing file or folder `name` (check_name, parent folder, lstat) for the
+  // commands that act on one; symlinks and special files are refused.
+  std::error_code lookup(std::string_view name, DirFd& dir, std::string& leaf, struct ::stat& st) const;
   // A new file name inside the staging folder, unique in this process and (by its random
   // prefix) among processes sharing the root.
   std::string next_staging_name() const;
