@@ -458,6 +458,9 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
                          (req.flags & protocol::kFlagExecutable) != 0);
   }
   if (store_ec) {
+    // Gone before the client hears "nothing was stored" (a failed write left it in place;
+    // a failed commit already removed it).
+    up.abort();
     auto [st, msg] = describe(store_ec, req.name);
     log_transfer("put", req.name, req.size, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));
