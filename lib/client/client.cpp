@@ -32,8 +32,8 @@ constexpr std::chrono::seconds kConnectTimeout{15};
 // Normal endings travel as error codes; Client turns them into Errors with its own words.
 constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
 
-// Files up to this size are read once into memory, hashed, and sent from there; larger
-// ones are hashed in one pass and sent in a second (the header carries the digest).
+// Files up to this size are read once into memory, hashed, and sent from there with the
+// digest in the header; larger ones are hashed while they are sent, the digest after them.
 constexpr std::uint64_t kWholeFileBytes = protocol::kChunkSize;
 
 // A local file opened for upload.
@@ -92,6 +92,17 @@ Frame put_header(const Source& src, const std::filesystem::path& local, const st
   req.size = src.size;
   req.mtime_ns = src.mtime_ns;
   req.digest = hasher.finish();
+  req.name = remote;
+  return req;
+}
+
+// The kPut header for `src` when its digest follows the body (kFlagDigestAfter).
+Frame put_header_digest_after(const Source& src, const std::string& remote) {
+  Frame req;
+  req.type = MsgType::kPut;
+  req.flags = protocol::kFlagHasMtime | protocol::kFlagDigestAfter | (src.executable ? protocol::kFlagExecutable : 0);
+  req.size = src.size;
+  req.mtime_ns = src.mtime_ns;
   req.name = remote;
   return req;
 }
@@ -404,6 +415,107 @@ asio::awaitable<void> Client::co_read_body(std::uint64_t n,
   }
 }
 
+hash::HashThread& Client::hasher() {
+  // Four chunks: one being received or read, one being written, two queued for hashing.
+  if (!hasher_) hasher_ = std::make_unique<hash::HashThread>(4, protocol::kChunkSize);
+  return *hasher_;
+}
+
+asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int fd, bool keep_going,
+                                                          std::error_code& write_ec,
+                                                          const std::function<void(std::uint64_t)>& on_bytes) {
+  const auto store = [&](std::span<const std::uint8_t> data) {
+    if (!write_ec) write_ec = storage::write_all(fd, data);
+    if (on_bytes) on_bytes(data.size());
+  };
+  if (n <= protocol::kChunkSize) {
+    // Small bodies: handing them to another thread would cost more than hashing them here.
+    struct WriteFailed {};
+    hash::Sha256 sha;
+    try {
+      co_await co_read_body(n, [&](std::span<const std::uint8_t> data) {
+        if (!write_ec) sha.update(data);
+        store(data);
+        if (write_ec && !keep_going) throw WriteFailed{};
+      });
+    } catch (const WriteFailed&) {
+      std::error_code ignored;
+      socket_.close(ignored);  // the rest of the body cannot be consumed
+      co_return protocol::Digest{};
+    }
+    co_return sha.finish();
+  }
+  auto& h = hasher();
+  h.reset();  // a stream an earlier failure left half-way
+  while (n > 0) {
+    // Fill a whole chunk before handing it over: fewer thread hand-offs and disk writes.
+    const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(n, h.slot_size())));
+    std::size_t got = std::min(buf.size(), in_end_ - in_begin_);  // bytes that came with the header
+    std::memcpy(buf.data(), in_.data() + in_begin_, got);
+    in_begin_ += got;
+    while (got < buf.size()) {
+      auto [ec, k] = co_await on_stream(
+          [&](auto& s) { return s.async_read_some(asio::buffer(buf.data() + got, buf.size() - got), kTuple); });
+      if (ec) {
+        h.reset();
+        connection_lost(ec);
+      }
+      last_progress_ = std::chrono::steady_clock::now();
+      got += k;
+    }
+    h.submit(got);  // hashed while it is written and the next chunk arrives
+    store(buf);
+    if (write_ec && !keep_going) {
+      h.reset();
+      std::error_code ignored;
+      socket_.close(ignored);
+      co_return protocol::Digest{};
+    }
+    n -= got;
+  }
+  co_return h.finish();
+}
+
+asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std::filesystem::path& local,
+                                           bool keep_going, protocol::Digest& digest, std::optional<Error>& read_error,
+                                           const std::function<void(std::uint64_t)>& on_bytes) {
+  auto& h = hasher();
+  h.reset();
+  for (std::uint64_t off = 0; off < size;) {
+    const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(size - off, h.slot_size())));
+    if (!read_error) {
+      std::size_t got = 0;
+      if (const auto ec = storage::pread_full(fd, buf, off, got)) {
+        read_error = Error(Failure::kLocalIo, "cannot read " + local.string() + ": " + ec.message());
+      } else if (got != buf.size()) {
+        read_error = Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
+      }
+      if (read_error && !keep_going) {
+        h.reset();
+        throw *read_error;
+      }
+    }
+    // The body's size was promised in the header: after a failed read, zeros stand in.
+    if (read_error) std::memset(buf.data(), 0, buf.size());
+    h.submit(buf.size());  // hashed on the other thread while these bytes are sent
+    try {
+      co_await co_write(buf);
+    } catch (...) {
+      h.reset();
+      throw;
+    }
+    if (on_bytes) on_bytes(buf.size());
+    off += buf.size();
+  }
+  digest = h.finish();  // set before the trailer goes out: the server may answer at once
+  protocol::Digest trailer = digest;
+  if (read_error) {
+    // What was sent is not the file: a trailer that cannot match makes the server refuse it.
+    for (auto& b : trailer) b = static_cast<std::uint8_t>(~b);
+  }
+  co_await co_write(trailer);
+}
+
 void Client::send(const Frame& f) { run(co_send(f, out_), "sending"); }
 
 Frame Client::read_frame() { return run(co_read_frame(), "waiting for the server"); }
@@ -434,18 +546,32 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
   const std::string context = "put " + storage::quote_name(remote);
   check_remote_name(remote);
   const Source src = open_source(local);
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(protocol::kChunkSize, src.size)));
-  const Frame req = put_header(src, local, remote, buf);
+  Frame req;
+  std::vector<std::uint8_t> buf;
+  if (src.size <= kWholeFileBytes) {
+    // Read once into memory, hashed, and sent from there.
+    buf.resize(static_cast<std::size_t>(src.size));
+    req = put_header(src, local, remote, buf);
+  } else {
+    // Read once, hashed while sent; the digest follows the body.
+    req = put_header_digest_after(src, remote);
+  }
   send(req);
   const Frame ready = read_frame();
   if (ready.type != MsgType::kReady) fail_from_reply(ready, context);
 
-  for (std::uint64_t off = 0; off < src.size;) {
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), src.size - off));
-    const auto data = read_source(src, local, std::span(buf.data(), want), off);
-    run(co_write(data), "sending");
-    off += data.size();
-    if (progress) progress(off, src.size);
+  if (src.size <= kWholeFileBytes) {
+    run(co_write(buf), "sending");
+    if (progress) progress(src.size, src.size);
+  } else {
+    std::uint64_t sent = 0;
+    std::optional<Error> read_error;
+    run(co_send_file(src.fd.get(), src.size, local, /*keep_going=*/false, req.digest, read_error,
+                     [&](std::uint64_t n) {
+                       sent += n;
+                       if (progress) progress(sent, src.size);
+                     }),
+        "sending");
   }
   const Frame done = read_frame();
   if (done.type != MsgType::kDone) {
@@ -492,24 +618,18 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
   if (reply.type != MsgType::kFile) fail_from_reply(reply, context);
 
   const int out_fd = to_stdout ? STDOUT_FILENO : staged->fd();
-  hash::Sha256 hasher;
   std::uint64_t received = 0;
-  run(co_read_body(reply.size,
-                   [&](std::span<const std::uint8_t> data) {
-                     hasher.update(data);
-                     if (auto ec = storage::write_all(out_fd, data)) {
-                       std::error_code ignored;
-                       socket_.close(ignored);  // the rest of the body cannot be consumed
-                       throw Error(Failure::kLocalIo,
-                                   "cannot write " +
-                                       (to_stdout ? std::string("to standard output") : target.string()) + ": " +
-                                       errno_text(ec));
-                     }
-                     received += data.size();
-                     if (progress) progress(received, reply.size);
-                   }),
-      "receiving a file");
-  const auto digest = hasher.finish();
+  std::error_code write_ec;
+  const auto digest = run(co_receive_file(reply.size, out_fd, /*keep_going=*/false, write_ec,
+                                          [&](std::uint64_t n) {
+                                            received += n;
+                                            if (progress) progress(received, reply.size);
+                                          }),
+                          "receiving a file");
+  if (write_ec) {
+    throw Error(Failure::kLocalIo, "cannot write " + (to_stdout ? std::string("to standard output") : target.string()) +
+                                       ": " + errno_text(write_ec));
+  }
   if (digest != reply.digest) {
     throw Error(Failure::kIntegrity,
                 "data received for " + storage::quote_name(remote) + " does not match the SHA-256 the server announced; " +
@@ -543,6 +663,7 @@ struct Client::Batch {
     Frame request;                  // what was asked (put: the header sent)
     std::optional<Error> local;     // failed before anything was sent: report, read nothing
     bool two_phase = false;         // a put that waits for kReady before its body
+    std::optional<Error> late;      // failed while its body was being sent: report this
   };
   // A two-phase put's answer, passed from the receiver to the sender.
   enum class Ready { kWaiting, kGo, kRefused } ready = Ready::kWaiting;
@@ -590,7 +711,8 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
     try {
       check_remote_name(item.remote);
       src.emplace(open_source(item.local));
-      f.request = put_header(*src, item.local, item.remote, buf);
+      f.request = src->size <= buf.size() ? put_header(*src, item.local, item.remote, buf)
+                                          : put_header_digest_after(*src, item.remote);
       f.request.flags |= protocol::kFlagStreamed;
     } catch (const Error& e) {
       f.local = e;
@@ -614,30 +736,22 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
     }
     // A large file asks first (kReady) instead of streaming: a refusal (too large for the
     // server, no space) then costs one round trip, not the body, and does not end the
-    // connection for the files behind it.
-    b.in_flight.back().two_phase = true;
-    b.in_flight.back().request.flags &= static_cast<std::uint16_t>(~protocol::kFlagStreamed);
+    // connection for the files behind it. Its digest follows its body (one read of it).
+    // The receiver keeps this entry at the front of in_flight until the reply after the
+    // body, so `cur` stays valid (a deque's push_back/pop_front keep other references).
+    Batch::InFlight* cur = &b.in_flight.back();
+    cur->two_phase = true;
+    cur->request.flags &= static_cast<std::uint16_t>(~protocol::kFlagStreamed);
     b.ready = Batch::Ready::kWaiting;
-    protocol::encode(b.in_flight.back().request, pending);
+    protocol::encode(cur->request, pending);
     co_await co_write(pending);
     pending.clear();
     while (b.ready == Batch::Ready::kWaiting) co_await wait_for(b.wake_sender);
     if (b.ready == Batch::Ready::kRefused) continue;
-    for (std::uint64_t off = 0; off < req.size;) {
-      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), req.size - off));
-      std::span<const std::uint8_t> data;
-      try {
-        data = read_source(*src, item.local, std::span(buf.data(), want), off);
-      } catch (const Error&) {
-        // The header promised `size` bytes: send zeros instead; the server's digest check
-        // then refuses the file and the receiver reports it.
-        std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(want), std::uint8_t{0});
-        data = std::span(buf.data(), want);
-      }
-      co_await co_write(data);
-      if (b.on_bytes) b.on_bytes(data.size());
-      off += data.size();
-    }
+    // A failed read sends zeros and a trailer that cannot match: the server refuses the
+    // file, and the receiver reports the local error (cur->late) instead of its answer.
+    co_await co_send_file(src->fd.get(), req.size, item.local, /*keep_going=*/true, cur->request.digest, cur->late,
+                          b.on_bytes);
   }
   if (!pending.empty()) co_await co_write(pending);
 }
@@ -645,7 +759,9 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
 asio::awaitable<void> Client::put_receiver(Batch& b) {
   for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
     while (b.in_flight.empty()) co_await wait_for(b.wake_receiver);
-    Batch::InFlight f = std::move(b.in_flight.front());
+    // A reference, not a copy: the sender fills in a two-phase put's digest (and `late`)
+    // while its body goes out; the entry leaves in_flight once answered.
+    Batch::InFlight& f = b.in_flight.front();
     BatchResult r;
     r.index = f.index;
     const auto& item = b.items[f.index];
@@ -666,7 +782,7 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
         r.result = {f.request.size, f.request.digest, item.local,
                     (f.request.flags & protocol::kFlagExecutable) != 0};
       } else if (reply.type == MsgType::kError) {
-        r.error = error_from_reply(reply, context);
+        r.error = f.late ? std::move(f.late) : error_from_reply(reply, context);
       } else {
         fail_from_reply(reply, context);
       }
@@ -734,18 +850,16 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
     } catch (const std::system_error& e) {
       r.error = Error(Failure::kLocalIo, e.what());
     }
-    hash::Sha256 hasher;
-    co_await co_read_body(reply.size, [&](std::span<const std::uint8_t> data) {
-      if (b.on_bytes) b.on_bytes(data.size());
-      if (r.error) return;
-      hasher.update(data);
-      if (auto ec = storage::write_all(staged->fd(), data)) {
-        r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + ec.message());
-        staged.reset();
-      }
-    });
+    // Without a staging file, a preset write error makes co_receive_file read and drop the
+    // body (r.error already says why).
+    std::error_code write_ec = r.error ? std::make_error_code(std::errc::bad_file_descriptor) : std::error_code{};
+    const auto digest =
+        co_await co_receive_file(reply.size, staged ? staged->fd() : -1, /*keep_going=*/true, write_ec, b.on_bytes);
+    if (!r.error && write_ec) {
+      r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + write_ec.message());
+      staged.reset();
+    }
     if (!r.error) {
-      const auto digest = hasher.finish();
       const bool executable = (reply.flags & protocol::kFlagExecutable) != 0;
       if (digest != reply.digest) {
         r.error = Error(Failure::kIntegrity, "data received for " + storage::quote_name(item.remote) +

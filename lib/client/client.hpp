@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "hash/hash_thread.hpp"
 #include "protocol/address.hpp"
 #include "protocol/codec.hpp"
 
@@ -163,6 +164,22 @@ class Client {
   asio::awaitable<protocol::Frame> co_read_frame();
   // Reads exactly n body bytes, handing them to sink chunk by chunk.
   asio::awaitable<void> co_read_body(std::uint64_t n, const std::function<void(std::span<const std::uint8_t>)>& sink);
+  // Reads a body of n bytes into `fd` and returns its SHA-256; bodies over one chunk are
+  // hashed on hasher()'s thread while the next chunk arrives. The first failed write is
+  // kept in write_ec; then the rest of the body is read and dropped when keep_going, else
+  // the connection is closed and the coroutine returns at once (the digest is then void).
+  asio::awaitable<protocol::Digest> co_receive_file(std::uint64_t n, int fd, bool keep_going,
+                                                    std::error_code& write_ec,
+                                                    const std::function<void(std::uint64_t)>& on_bytes);
+  // Sends `size` bytes of `fd` (the body of a kPut with kFlagDigestAfter) and then their
+  // SHA-256, reading the file once: each chunk is hashed on hasher()'s thread while it is
+  // sent. `digest` is set to the file's SHA-256 before the trailer goes out. A failed read
+  // throws Error(kLocalIo) unless keep_going: then zeros stand in for the rest and the
+  // trailer is made not to match, so the server refuses the file; read_error says why.
+  asio::awaitable<void> co_send_file(int fd, std::uint64_t size, const std::filesystem::path& local, bool keep_going,
+                                     protocol::Digest& digest, std::optional<Error>& read_error,
+                                     const std::function<void(std::uint64_t)>& on_bytes);
+  hash::HashThread& hasher();
   asio::awaitable<void> put_sender(Batch& b);
   asio::awaitable<void> put_receiver(Batch& b);
   asio::awaitable<void> get_sender(Batch& b);
@@ -209,6 +226,7 @@ class Client {
   std::size_t in_end_ = 0;
   std::vector<std::uint8_t> out_;
   std::vector<std::uint8_t> body_;  // receive buffer for bodies
+  std::unique_ptr<hash::HashThread> hasher_;  // made on first use by a large body
 };
 
 }  // namespace ftx::client

@@ -83,8 +83,12 @@ inline constexpr std::uint16_t kFlagStreamed = 0x0004;
 inline constexpr std::uint16_t kFlagDigest = 0x0008;
 // kList: also send folders (as kEntry with kFlagFolder). kEntry: this entry is a folder.
 inline constexpr std::uint16_t kFlagFolder = 0x0010;
+// kPut: the SHA-256 is not in the header (its digest field is zero) but follows the body as
+// kTrailerSize more bytes. A client then reads its file once, hashing while it sends,
+// instead of once to hash and again to send. The server still verifies before publishing.
+inline constexpr std::uint16_t kFlagDigestAfter = 0x0020;
 inline constexpr std::uint16_t kKnownFlags =
-    kFlagHasMtime | kFlagExecutable | kFlagStreamed | kFlagDigest | kFlagFolder;
+    kFlagHasMtime | kFlagExecutable | kFlagStreamed | kFlagDigest | kFlagFolder | kFlagDigestAfter;
 
 using Digest = std::array<std::uint8_t, 32>;
 
@@ -104,6 +108,9 @@ struct Frame {
 // True for the types followed by `size` bytes of body on the wire. For kPut the body is
 // sent only after the server answered kReady (unless kFlagStreamed), as its own step.
 constexpr bool carries_body(MsgType t) { return t == MsgType::kPut || t == MsgType::kFile; }
+
+// The digest trailer of a kPut with kFlagDigestAfter: the body's SHA-256, raw.
+inline constexpr std::size_t kTrailerSize = 32;
 
 bool is_known_type(std::uint8_t raw);
 std::string_view to_string(MsgType t);

@@ -32,6 +32,10 @@ constexpr std::size_t kBusyInBufferSize = 128 * 1024;
 // it is also how much queued output triggers a write, and the largest buffer kept idle.
 constexpr std::size_t kSmallBody = 64 * 1024;
 
+// One sendfile(2) call moves at most this much; the call returns as soon as the socket
+// buffer is full anyway, so this only bounds a single call on a very fast peer.
+constexpr std::size_t kSendFileStep = 64u << 20;
+
 // Entries are batched into writes of about this size.
 constexpr std::size_t kListBatchBytes = 64 * 1024;
 
@@ -418,7 +422,8 @@ asio::awaitable<std::error_code> Session::refuse_put(const Frame& req, Status st
     co_await send_final_error(st, std::move(message) + "; closing the connection");
     co_return make_error_code(protocol::errc::unexpected_message);
   }
-  if (auto ec = co_await read_body(req.size, [](std::span<const std::uint8_t>) {})) co_return ec;
+  const std::uint64_t wire = req.size + ((req.flags & protocol::kFlagDigestAfter) != 0 ? protocol::kTrailerSize : 0);
+  if (auto ec = co_await read_body(wire, [](std::span<const std::uint8_t>) {})) co_return ec;
   co_return co_await send_error(st, std::move(message));
 }
 
@@ -448,13 +453,24 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   const auto read_ec = co_await read_body(req.size, [&](std::span<const std::uint8_t> data) {
     if (!store_ec) store_ec = up.write(data);
   });
-  if (read_ec) {
-    log_transfer("put", req.name, up.written(), start, "aborted: " + read_ec.message());
-    co_return read_ec;  // `up` removes the staging file
+  // The client's SHA-256: in the header, or (kFlagDigestAfter) right after the body.
+  protocol::Digest expected = req.digest;
+  std::error_code trailer_ec;
+  if (!read_ec && (req.flags & protocol::kFlagDigestAfter) != 0) {
+    std::size_t got = 0;
+    trailer_ec = co_await read_body(protocol::kTrailerSize, [&](std::span<const std::uint8_t> data) {
+      std::copy(data.begin(), data.end(), expected.begin() + static_cast<std::ptrdiff_t>(got));
+      got += data.size();
+    });
+  }
+  if (read_ec || trailer_ec) {
+    const auto ec = read_ec ? read_ec : trailer_ec;
+    log_transfer("put", req.name, up.written(), start, "aborted: " + ec.message());
+    co_return ec;  // `up` removes the staging file
   }
   if (!store_ec) {
     const bool has_mtime = (req.flags & protocol::kFlagHasMtime) != 0;
-    store_ec = up.commit(req.digest, has_mtime ? std::optional(req.mtime_ns) : std::nullopt,
+    store_ec = up.commit(expected, has_mtime ? std::optional(req.mtime_ns) : std::nullopt,
                          (req.flags & protocol::kFlagExecutable) != 0);
   }
   if (store_ec) {
@@ -469,7 +485,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   Frame done;
   done.type = MsgType::kDone;
   done.size = req.size;
-  done.digest = req.digest;
+  done.digest = expected;
   queue(done);  // written before the session next waits for input
   co_return std::error_code{};
 }
@@ -497,6 +513,32 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
   reply.flags = protocol::kFlagHasMtime | (file.executable ? protocol::kFlagExecutable : 0);
   reply.size = file.size;
   reply.mtime_ns = file.mtime_ns;
+
+  if (file.size > kSmallBody && stream_->can_send_file()) {
+    // Plain TCP: the body goes from the page cache to the socket without a copy through
+    // this process (the digest is known already, so nothing here needs to see the bytes).
+    queue(reply);
+    auto ec = co_await flush();
+    for (std::uint64_t off = 0; !ec && off < file.size;) {
+      arm(server_.options().body_timeout, "send");
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(file.size - off, kSendFileStep));
+      auto [send_ec, sent] = co_await stream_->send_file(file.fd.get(), off, want);
+      ec = send_ec;
+      if (!ec && sent == 0) ec = std::make_error_code(std::errc::io_error);  // shrank under us
+      if (ec) {
+        // The header is out: dropping the connection is the only honest way to fail.
+        log_transfer("get", req.name, off, start, "aborted: " + ec.message());
+        co_return ec;
+      }
+      off += sent;
+    }
+    if (ec) {
+      log_transfer("get", req.name, 0, start, "aborted: " + ec.message());
+      co_return ec;
+    }
+    log_transfer("get", req.name, file.size, start, "ok");
+    co_return std::error_code{};
+  }
 
   for (std::uint64_t off = 0; off < file.size || off == 0;) {
     std::size_t got = 0;

@@ -1,5 +1,9 @@
 #include "server/stream.hpp"
 
+#include <sys/sendfile.h>
+
+#include <cerrno>
+
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -21,6 +25,25 @@ class PlainStream final : public Stream {
     co_return co_await socket_.async_write_some(buf, kTuple);
   }
   asio::ip::tcp::socket& socket() override { return socket_; }
+  bool can_send_file() const override { return true; }
+  asio::awaitable<Result> send_file(int fd, std::uint64_t offset, std::size_t n) override {
+    // The reactor pattern of asio's native_non_blocking() documentation: try the call, and
+    // on EAGAIN wait until the socket is writable again.
+    std::error_code ec;
+    if (!socket_.native_non_blocking()) socket_.native_non_blocking(true, ec);
+    if (ec) co_return Result{ec, 0};
+    for (;;) {
+      auto off = static_cast<off_t>(offset);
+      const ssize_t k = ::sendfile(socket_.native_handle(), fd, &off, n);
+      if (k >= 0) co_return Result{std::error_code{}, static_cast<std::size_t>(k)};
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        co_return Result{std::error_code(errno, asio::error::get_system_category()), 0};
+      }
+      auto [wait_ec] = co_await socket_.async_wait(asio::ip::tcp::socket::wait_write, kTuple);
+      if (wait_ec) co_return Result{wait_ec, 0};
+    }
+  }
 
  private:
   asio::ip::tcp::socket socket_;
@@ -54,6 +77,10 @@ class TlsStream final : public Stream {
 };
 
 }  // namespace
+
+asio::awaitable<Stream::Result> Stream::send_file(int, std::uint64_t, std::size_t) {
+  co_return Result{asio::error::operation_not_supported, 0};
+}
 
 std::unique_ptr<Stream> make_plain_stream(asio::ip::tcp::socket socket) {
   return std::make_unique<PlainStream>(std::move(socket));

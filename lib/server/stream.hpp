@@ -21,6 +21,12 @@ class Stream {
   virtual asio::awaitable<std::error_code> handshake() = 0;
   virtual asio::awaitable<Result> read_some(asio::mutable_buffer buf) = 0;
   virtual asio::awaitable<Result> write_some(asio::const_buffer buf) = 0;
+  // Whether send_file works: plain TCP only (TLS must encrypt in user space).
+  virtual bool can_send_file() const { return false; }
+  // Writes up to n bytes of file `fd` from `offset` straight from the page cache
+  // (sendfile(2): no copy through user space); waits until the socket takes some. Returns
+  // the bytes sent (0 = the file ended before offset + n). Only when can_send_file().
+  virtual asio::awaitable<Result> send_file(int fd, std::uint64_t offset, std::size_t n);
   // The TCP socket underneath: endpoints, cancel(), close().
   virtual asio::ip::tcp::socket& socket() = 0;
   // Certificate subject of an authenticated TLS client (mutual TLS), else "".
