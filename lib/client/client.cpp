@@ -1,6 +1,7 @@
 #include "client/client.hpp"
 
 #include <fcntl.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -499,7 +500,19 @@ asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std
     if (read_error) std::memset(buf.data(), 0, buf.size());
     h.submit(buf.size());  // hashed on the other thread while these bytes are sent
     try {
-      co_await co_write(buf);
+      // Over plain TCP the socket takes the bytes from the page cache (sendfile): no copy
+      // from buf into the socket. Should the file change between the read and the send,
+      // the server's digest check refuses it, as for any file changed while being sent.
+      const bool use_sendfile = !tls_ && !read_error;
+      const std::uint64_t sent = use_sendfile ? co_await co_sendfile(fd, off, buf.size()) : 0;
+      if (use_sendfile && sent < buf.size()) {
+        read_error = Error(Failure::kLocalIo, local.string() + " shrank while it was being sent; try again");
+        if (!keep_going) throw *read_error;
+      }
+      if (sent < buf.size()) {
+        if (read_error) std::memset(buf.data(), 0, buf.size());
+        co_await co_write(buf.subspan(static_cast<std::size_t>(sent)));
+      }
     } catch (...) {
       h.reset();
       throw;
@@ -514,6 +527,30 @@ asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std
     for (auto& b : trailer) b = static_cast<std::uint8_t>(~b);
   }
   co_await co_write(trailer);
+}
+
+asio::awaitable<std::uint64_t> Client::co_sendfile(int fd, std::uint64_t offset, std::uint64_t n) {
+  // asio's native_non_blocking() pattern: try the call, wait for writability on EAGAIN.
+  std::error_code ec;
+  if (!socket_.native_non_blocking()) socket_.native_non_blocking(true, ec);
+  if (ec) connection_lost(ec);
+  std::uint64_t sent = 0;
+  while (sent < n) {
+    auto off = static_cast<off_t>(offset + sent);
+    const ssize_t k = ::sendfile(socket_.native_handle(), fd, &off, static_cast<std::size_t>(n - sent));
+    if (k > 0) {
+      sent += static_cast<std::uint64_t>(k);
+      last_progress_ = std::chrono::steady_clock::now();
+    } else if (k == 0) {
+      break;  // the file ended early
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      auto [wait_ec] = co_await socket_.async_wait(asio::ip::tcp::socket::wait_write, kTuple);
+      if (wait_ec) connection_lost(wait_ec);
+    } else if (errno != EINTR) {
+      connection_lost(std::error_code(errno, std::generic_category()));
+    }
+  }
+  co_return sent;
 }
 
 void Client::send(const Frame& f) { run(co_send(f, out_), "sending"); }

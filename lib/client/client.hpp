@@ -179,6 +179,9 @@ class Client {
   asio::awaitable<void> co_send_file(int fd, std::uint64_t size, const std::filesystem::path& local, bool keep_going,
                                      protocol::Digest& digest, std::optional<Error>& read_error,
                                      const std::function<void(std::uint64_t)>& on_bytes);
+  // Plain TCP only: sends [offset, offset + n) of fd with sendfile(2); returns the bytes
+  // sent, fewer only when the file ended first.
+  asio::awaitable<std::uint64_t> co_sendfile(int fd, std::uint64_t offset, std::uint64_t n);
   hash::HashThread& hasher();
   asio::awaitable<void> put_sender(Batch& b);
   asio::awaitable<void> put_receiver(Batch& b);
