@@ -448,6 +448,9 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
   }
   auto& h = hasher();
   h.reset();  // a stream an earlier failure left half-way
+  // The disk writes go to the hasher's writer thread: this one only reads the socket.
+  const bool writing = !write_ec;
+  if (writing) h.write_to(fd);
   while (n > 0) {
     // Fill a whole chunk before handing it over: fewer thread hand-offs and disk writes.
     const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(n, h.slot_size())));
@@ -464,17 +467,20 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
       last_progress_ = std::chrono::steady_clock::now();
       got += k;
     }
-    h.submit(got);  // hashed while it is written and the next chunk arrives
-    store(buf);
+    h.submit(got);  // hashed and written while the next chunk arrives
+    if (on_bytes) on_bytes(got);
+    if (writing && !write_ec) write_ec = h.write_error();
     if (write_ec && !keep_going) {
       h.reset();
       std::error_code ignored;
-      socket_.close(ignored);
+      socket_.close(ignored);  // the rest of the body cannot be consumed
       co_return protocol::Digest{};
     }
     n -= got;
   }
-  co_return h.finish();
+  const auto digest = h.finish();
+  if (writing && !write_ec) write_ec = h.write_error();
+  co_return digest;
 }
 
 asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std::filesystem::path& local,

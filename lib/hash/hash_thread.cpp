@@ -1,5 +1,8 @@
 #include "hash/hash_thread.hpp"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <stdexcept>
 
 namespace ftx::hash {
@@ -8,7 +11,7 @@ HashThread::HashThread(std::size_t slots, std::size_t slot_size) : slot_size_(sl
   if (slots < 2 || slot_size == 0) throw std::invalid_argument("HashThread needs two slots or more");
   for (std::size_t i = 0; i < slots; ++i) slots_.push_back(std::make_unique_for_overwrite<std::uint8_t[]>(slot_size));
   lengths_.assign(slots, 0);
-  worker_ = std::thread([this] { run(); });
+  hasher_ = std::thread([this] { hash_loop(); });
 }
 
 HashThread::~HashThread() {
@@ -17,14 +20,26 @@ HashThread::~HashThread() {
     stop_ = true;
   }
   cv_.notify_all();
-  worker_.join();
+  hasher_.join();
+  if (writer_.joinable()) writer_.join();
+}
+
+void HashThread::write_to(int fd) {
+  std::lock_guard lock(mu_);
+  if (queued_ != head_ || hashed_ != queued_) throw std::logic_error("HashThread::write_to inside a stream");
+  write_fd_ = fd;
+  written_ = queued_;
+  write_ec_.clear();
+  last_write_ec_.clear();
+  if (!writer_.joinable()) writer_ = std::thread([this] { write_loop(); });
 }
 
 std::span<std::uint8_t> HashThread::buffer() {
   std::unique_lock lock(mu_);
-  // The slot handed out now is the one submitted `slots` buffers ago: reusable once hashed.
-  // The caller's last buffer (head_ - 1) is not reused here, so it stays readable.
-  cv_.wait(lock, [&] { return head_ - hashed_ < slots_.size(); });
+  // The slot handed out now is the one submitted `slots` buffers ago: reusable once it is
+  // hashed (and written). The caller's last buffer (head_ - 1) is not reused here, so it
+  // stays readable.
+  cv_.wait(lock, [&] { return head_ - released() < slots_.size(); });
   const std::size_t i = head_ % slots_.size();
   ++head_;
   return {slots_[i].get(), slot_size_};
@@ -40,26 +55,38 @@ void HashThread::submit(std::size_t n) {
   cv_.notify_all();
 }
 
+void HashThread::wait_idle(std::unique_lock<std::mutex>& lock) {
+  cv_.wait(lock, [&] { return hashed_ == queued_ && (write_fd_ < 0 || written_ == queued_); });
+  last_write_ec_ = write_ec_;
+  write_ec_.clear();
+  write_fd_ = -1;
+}
+
 Digest HashThread::finish() {
   std::unique_lock lock(mu_);
   if (queued_ != head_) throw std::logic_error("HashThread::finish with a buffer not submitted");
-  cv_.wait(lock, [&] { return hashed_ == queued_; });
-  // The worker is idle until the next submit: sha_ is ours for this moment.
+  wait_idle(lock);
+  // The hasher is idle until the next submit: sha_ is ours for this moment.
   return sha_.finish();
+}
+
+std::error_code HashThread::write_error() const {
+  std::lock_guard lock(mu_);
+  return write_ec_ ? write_ec_ : last_write_ec_;
 }
 
 void HashThread::reset() {
   std::unique_lock lock(mu_);
   if (queued_ != head_) {
-    lengths_[queued_ % slots_.size()] = 0;  // the buffer handed out: nothing to hash
+    lengths_[queued_ % slots_.size()] = 0;  // the buffer handed out: nothing to hash or write
     queued_ = head_;
     cv_.notify_all();
   }
-  cv_.wait(lock, [&] { return hashed_ == queued_; });
+  wait_idle(lock);
   sha_.finish();
 }
 
-void HashThread::run() {
+void HashThread::hash_loop() {
   std::unique_lock lock(mu_);
   for (;;) {
     cv_.wait(lock, [&] { return stop_ || hashed_ < queued_; });
@@ -70,6 +97,35 @@ void HashThread::run() {
     sha_.update(data);
     lock.lock();
     ++hashed_;
+    cv_.notify_all();
+  }
+}
+
+void HashThread::write_loop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || (write_fd_ >= 0 && written_ < queued_); });
+    if (stop_) return;
+    const std::size_t i = written_ % slots_.size();
+    const std::uint8_t* p = slots_[i].get();
+    std::size_t left = lengths_[i];
+    const int fd = write_fd_;
+    const bool failed = static_cast<bool>(write_ec_);
+    lock.unlock();
+    std::error_code ec;
+    while (!failed && left > 0) {
+      const ssize_t k = ::write(fd, p, left);
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) {
+        ec = std::error_code(k < 0 ? errno : ENOSPC, std::generic_category());
+        break;
+      }
+      p += k;
+      left -= static_cast<std::size_t>(k);
+    }
+    lock.lock();
+    if (ec && !write_ec_) write_ec_ = ec;
+    ++written_;
     cv_.notify_all();
   }
 }

@@ -126,6 +126,11 @@ check "get into a folder" cmp -s "$T/big.bin" "$T/cwd/nested.bin"
 check "get - streams the file" cmp -s "$T/big.bin" "$T/stdout.bin"
 check "summary goes to stderr with -" grep -q "saved to standard output" "$T/err"
 "$FTX" get big.bin /dev/stdout 2>/dev/null | cmp -s - "$T/big.bin" && ok || bad "get to /dev/stdout"
+# A full disk under a large download (written by the client's writer thread): exit 7, one line.
+"$FTX" get big.bin - >/dev/full 2>"$T/err"
+rc=$?
+check "get - into /dev/full: exit 7 (got $rc)" test "$rc" = 7
+check "get - into /dev/full says why" grep -q '^ftx: cannot write to standard output: No space left' "$T/err"
 FTX_SERVER=127.0.0.1:1 "$FTX" ls -s "$FTX_SERVER" >/dev/null && ok || bad "--server overrides \$FTX_SERVER"
 
 # ---- failures: distinct exit codes, one line, nothing changed locally

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "support/test_support.hpp"
@@ -77,6 +80,40 @@ TEST(HashThread, ASubmittedBufferIsNotHandedOutAgainBeforeTheNextCall) {
       EXPECT_EQ(seen[i], seen[i - 3]);
     }
   }
+}
+
+TEST(HashThread, WritesEveryChunkInOrderWhenAsked) {
+  const auto data = random_bytes(2'500'000, 12);
+  TempDir dir;
+  const auto path = dir.path() / "out";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  hash::HashThread h(3, 1 << 16);
+  h.write_to(fd);
+  feed(h, data, 50'000);
+  EXPECT_EQ(h.finish(), hash::sha256(data));
+  EXPECT_FALSE(h.write_error());
+  ::close(fd);
+  EXPECT_EQ(read_file(path), data);
+  // The next stream is not written unless asked again.
+  feed(h, random_bytes(1000, 13), 1000);
+  h.finish();
+  EXPECT_EQ(read_file(path), data);
+}
+
+TEST(HashThread, AFailedWriteIsReportedAndTheDigestStillComes) {
+  const int fd = ::open("/dev/full", O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const auto data = random_bytes(300'000, 14);
+  hash::HashThread h(2, 1 << 16);
+  h.write_to(fd);
+  feed(h, data, 1 << 16);
+  EXPECT_EQ(h.finish(), hash::sha256(data));
+  EXPECT_EQ(h.write_error(), std::errc::no_space_on_device);
+  h.write_to(fd);  // a new stream starts with no error
+  EXPECT_FALSE(h.write_error());
+  h.reset();
+  ::close(fd);
 }
 
 TEST(HashThread, MisuseIsALogicError) {
