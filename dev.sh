@@ -9,7 +9,9 @@ cd "$(dirname "$0")"
 BUILD_DIR=${FTX_BUILD_DIR:-build}
 JOBS=${FTX_JOBS:-2}
 PACKAGES=(g++ make cmake pkg-config libasio-dev libcli11-dev libssl-dev libspdlog-dev libfmt-dev libgtest-dev nlohmann-json3-dev)
-TEST_PACKAGES=(clang-14 libclang-rt-14-dev help2man rsync netcat-openbsd python3)  # libFuzzer; man page check; bench smoke
+# libFuzzer; man page check; bench smokes (small files: rsync, nc; peers: socat, nginx, vsftpd, sshd, curl, time)
+TEST_PACKAGES=(clang-14 libclang-rt-14-dev help2man rsync netcat-openbsd python3 socat nginx vsftpd openssh-server
+               openssh-client curl time openssl)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
