@@ -53,6 +53,9 @@ case "$cmd" in
     step "build and run every test (unit, integration, CLI, faults)"
     build "$BUILD_DIR"
     (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS" --timeout 600)
+    step "smoke of the peer benchmark: ftx, raw TCP, rsync, nginx, vsftpd, scp (copies checked, times not judged)"
+    # Not a ctest: as root it makes a local user for vsftpd (bench/peers.sh says what it changes).
+    SMOKE=1 STRICT=1 FTX="$BUILD_DIR/ftx" timeout 600 bash bench/peers.sh
     if [ "${FTX_TEST_QUICK:-0}" = 1 ]; then
       log "FTX_TEST_QUICK=1: skipping the sanitizer, fuzz and container runs"
       exit 0

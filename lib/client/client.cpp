@@ -416,6 +416,23 @@ asio::awaitable<void> Client::co_read_body(std::uint64_t n,
   }
 }
 
+namespace {
+
+// Drops a HashThread stream that did not reach finish(): on every exception path, so no
+// writer thread is left writing to a descriptor the caller is about to close.
+class StreamGuard {
+ public:
+  explicit StreamGuard(hash::HashThread& h) : h_(h) { h_.reset(); }  // and a stream left half-way before
+  ~StreamGuard() { h_.reset(); }  // after finish(): nothing left to drop
+  StreamGuard(const StreamGuard&) = delete;
+  StreamGuard& operator=(const StreamGuard&) = delete;
+
+ private:
+  hash::HashThread& h_;
+};
+
+}  // namespace
+
 hash::HashThread& Client::hasher() {
   // Four chunks: one being received or read, one being written, two queued for hashing.
   if (!hasher_) hasher_ = std::make_unique<hash::HashThread>(4, protocol::kChunkSize);
@@ -446,11 +463,19 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
     }
     co_return sha.finish();
   }
+  if (write_ec) {
+    // A body nobody will keep (its target failed already): read and drop, no hashing.
+    co_await co_read_body(n, [&](std::span<const std::uint8_t> data) {
+      if (on_bytes) on_bytes(data.size());
+    });
+    co_return protocol::Digest{};
+  }
   auto& h = hasher();
-  h.reset();  // a stream an earlier failure left half-way
-  // The disk writes go to the hasher's writer thread: this one only reads the socket.
-  const bool writing = !write_ec;
-  if (writing) h.write_to(fd);
+  // The disk writes go to the hasher's writer thread: this one only reads the socket. On
+  // every way out but finish() (a lost connection, a throwing callback) the guard drops
+  // the stream and waits for the writer, before the caller may close fd.
+  const StreamGuard guard(h);
+  h.write_to(fd);
   while (n > 0) {
     // Fill a whole chunk before handing it over: fewer thread hand-offs and disk writes.
     const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(n, h.slot_size())));
@@ -460,18 +485,14 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
     while (got < buf.size()) {
       auto [ec, k] = co_await on_stream(
           [&](auto& s) { return s.async_read_some(asio::buffer(buf.data() + got, buf.size() - got), kTuple); });
-      if (ec) {
-        h.reset();
-        connection_lost(ec);
-      }
+      if (ec) connection_lost(ec);
       last_progress_ = std::chrono::steady_clock::now();
       got += k;
     }
     h.submit(got);  // hashed and written while the next chunk arrives
     if (on_bytes) on_bytes(got);
-    if (writing && !write_ec) write_ec = h.write_error();
+    write_ec = h.write_error();
     if (write_ec && !keep_going) {
-      h.reset();
       std::error_code ignored;
       socket_.close(ignored);  // the rest of the body cannot be consumed
       co_return protocol::Digest{};
@@ -479,7 +500,7 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
     n -= got;
   }
   const auto digest = h.finish();
-  if (writing && !write_ec) write_ec = h.write_error();
+  write_ec = h.write_error();
   co_return digest;
 }
 
@@ -487,7 +508,7 @@ asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std
                                            bool keep_going, protocol::Digest& digest, std::optional<Error>& read_error,
                                            const std::function<void(std::uint64_t)>& on_bytes) {
   auto& h = hasher();
-  h.reset();
+  const StreamGuard guard(h);
   for (std::uint64_t off = 0; off < size;) {
     const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(size - off, h.slot_size())));
     if (!read_error) {
@@ -497,36 +518,29 @@ asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std
       } else if (got != buf.size()) {
         read_error = Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
       }
-      if (read_error && !keep_going) {
-        h.reset();
-        throw *read_error;
-      }
+      if (read_error && !keep_going) throw *read_error;
+      // The body's size was promised in the header: after a failed read, zeros stand in.
+      if (read_error) std::memset(buf.data(), 0, buf.size());
     }
-    // The body's size was promised in the header: after a failed read, zeros stand in.
-    if (read_error) std::memset(buf.data(), 0, buf.size());
-    h.submit(buf.size());  // hashed on the other thread while these bytes are sent
-    try {
-      // Over plain TCP the socket takes the bytes from the page cache (sendfile): no copy
-      // from buf into the socket. Should the file change between the read and the send,
-      // the server's digest check refuses it, as for any file changed while being sent.
-      const bool use_sendfile = !tls_ && !read_error;
-      const std::uint64_t sent = use_sendfile ? co_await co_sendfile(fd, off, buf.size()) : 0;
-      if (use_sendfile && sent < buf.size()) {
+    h.submit(buf.size());  // hashed on the other thread while these bytes are sent; read-only from here
+    // Over plain TCP the socket takes the bytes from the page cache (sendfile): no copy
+    // from buf into the socket. Should the file change between the read and the send, the
+    // server's digest check refuses it, as for any file changed while being sent.
+    std::uint64_t sent = 0;
+    if (!tls_ && sendfile_works_ && !read_error) {
+      sent = co_await co_sendfile(fd, off, buf.size());
+      if (sent < buf.size() && sendfile_works_) {
         read_error = Error(Failure::kLocalIo, local.string() + " shrank while it was being sent; try again");
         if (!keep_going) throw *read_error;
       }
-      if (sent < buf.size()) {
-        if (read_error) std::memset(buf.data(), 0, buf.size());
-        co_await co_write(buf.subspan(static_cast<std::size_t>(sent)));
-      }
-    } catch (...) {
-      h.reset();
-      throw;
     }
+    // The rest (TLS, no sendfile here, or a file that shrank: then the trailer below cannot
+    // match whatever these bytes are).
+    if (sent < buf.size()) co_await co_write(buf.subspan(static_cast<std::size_t>(sent)));
     if (on_bytes) on_bytes(buf.size());
     off += buf.size();
   }
-  digest = h.finish();  // set before the trailer goes out: the server may answer at once
+  digest = h.finish();  // set before the trailer goes out
   protocol::Digest trailer = digest;
   if (read_error) {
     // What was sent is not the file: a trailer that cannot match makes the server refuse it.
@@ -542,8 +556,8 @@ asio::awaitable<std::uint64_t> Client::co_sendfile(int fd, std::uint64_t offset,
   if (ec) connection_lost(ec);
   std::uint64_t sent = 0;
   while (sent < n) {
-    auto off = static_cast<off_t>(offset + sent);
-    const ssize_t k = ::sendfile(socket_.native_handle(), fd, &off, static_cast<std::size_t>(n - sent));
+    const long k = storage::sendfile_nosignal(socket_.native_handle(), fd, offset + sent,
+                                              static_cast<std::size_t>(n - sent));
     if (k > 0) {
       sent += static_cast<std::uint64_t>(k);
       last_progress_ = std::chrono::steady_clock::now();
@@ -552,8 +566,13 @@ asio::awaitable<std::uint64_t> Client::co_sendfile(int fd, std::uint64_t offset,
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
       auto [wait_ec] = co_await socket_.async_wait(asio::ip::tcp::socket::wait_write, kTuple);
       if (wait_ec) connection_lost(wait_ec);
-    } else if (errno != EINTR) {
+    } else if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN || errno == ETIMEDOUT) {
       connection_lost(std::error_code(errno, std::generic_category()));
+    } else {
+      // Not supported for this file, or the file's side failed (EIO): copy through user
+      // space from now on; a real read error then shows up there, with its own message.
+      sendfile_works_ = false;
+      break;
     }
   }
   co_return sent;
@@ -707,6 +726,7 @@ struct Client::Batch {
     std::optional<Error> local;     // failed before anything was sent: report, read nothing
     bool two_phase = false;         // a put that waits for kReady before its body
     std::optional<Error> late;      // failed while its body was being sent: report this
+    bool body_sent = false;         // a two-phase put's body and trailer are out (sender)
   };
   // A two-phase put's answer, passed from the receiver to the sender.
   enum class Ready { kWaiting, kGo, kRefused } ready = Ready::kWaiting;
@@ -795,6 +815,8 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
     // file, and the receiver reports the local error (cur->late) instead of its answer.
     co_await co_send_file(src->fd.get(), req.size, item.local, /*keep_going=*/true, cur->request.digest, cur->late,
                           b.on_bytes);
+    cur->body_sent = true;
+    b.wake_receiver.cancel();
   }
   if (!pending.empty()) co_await co_write(pending);
 }
@@ -816,7 +838,12 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
       if (f.two_phase) {
         b.ready = reply.type == MsgType::kReady ? Batch::Ready::kGo : Batch::Ready::kRefused;
         b.wake_sender.cancel();
-        if (reply.type == MsgType::kReady) reply = co_await co_read_frame();
+        if (reply.type == MsgType::kReady) {
+          // The answer is read only once the sender is done with this entry (body, trailer,
+          // digest): a server answering early must not make the entry go away under it.
+          while (!f.body_sent) co_await wait_for(b.wake_receiver);
+          reply = co_await co_read_frame();
+        }
       }
       if (reply.type == MsgType::kDone) {
         if (reply.digest != f.request.digest || reply.size != f.request.size) {

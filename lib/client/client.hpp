@@ -180,7 +180,8 @@ class Client {
                                      protocol::Digest& digest, std::optional<Error>& read_error,
                                      const std::function<void(std::uint64_t)>& on_bytes);
   // Plain TCP only: sends [offset, offset + n) of fd with sendfile(2); returns the bytes
-  // sent, fewer only when the file ended first.
+  // sent, fewer when the file ended first or sendfile does not work for it (then
+  // sendfile_works_ is cleared). Connection errors throw, as everywhere.
   asio::awaitable<std::uint64_t> co_sendfile(int fd, std::uint64_t offset, std::uint64_t n);
   hash::HashThread& hasher();
   asio::awaitable<void> put_sender(Batch& b);
@@ -230,6 +231,7 @@ class Client {
   std::vector<std::uint8_t> out_;
   std::vector<std::uint8_t> body_;  // receive buffer for bodies
   std::unique_ptr<hash::HashThread> hasher_;  // made on first use by a large body
+  bool sendfile_works_ = true;  // cleared when sendfile(2) fails for a file: copy instead
 };
 
 }  // namespace ftx::client

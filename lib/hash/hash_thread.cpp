@@ -36,6 +36,7 @@ void HashThread::write_to(int fd) {
 
 std::span<std::uint8_t> HashThread::buffer() {
   std::unique_lock lock(mu_);
+  if (queued_ != head_) throw std::logic_error("HashThread::buffer before the last one was submitted");
   // The slot handed out now is the one submitted `slots` buffers ago: reusable once it is
   // hashed (and written). The caller's last buffer (head_ - 1) is not reused here, so it
   // stays readable.

@@ -16,6 +16,7 @@
 // bytes it just submitted while they are hashed. Memory is bounded by slots * slot_size.
 // One producer thread; finish() makes the object ready for the next stream of bytes.
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>

@@ -514,38 +514,46 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
   reply.size = file.size;
   reply.mtime_ns = file.mtime_ns;
 
+  std::uint64_t off = 0;
+  bool header_out = false;
   if (file.size > kSmallBody && stream_->can_send_file()) {
     // Plain TCP: the body goes from the page cache to the socket without a copy through
     // this process (the digest is known already, so nothing here needs to see the bytes).
     queue(reply);
-    auto ec = co_await flush();
-    for (std::uint64_t off = 0; !ec && off < file.size;) {
+    header_out = true;
+    if (auto ec = co_await flush()) {
+      log_transfer("get", req.name, 0, start, "aborted: " + ec.message());
+      co_return ec;
+    }
+    while (off < file.size) {
       arm(server_.options().body_timeout, "send");
       const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(file.size - off, kSendFileStep));
-      auto [send_ec, sent] = co_await stream_->send_file(file.fd.get(), off, want);
-      ec = send_ec;
-      if (!ec && sent == 0) ec = std::make_error_code(std::errc::io_error);  // shrank under us
+      auto [ec, sent] = co_await stream_->send_file(file.fd.get(), off, want);
+      if (ec == asio::error::operation_not_supported) break;  // this file system: copy the rest below
+      // The header is out: on any failure, dropping the connection is the only honest way
+      // left to fail (the client sees a truncated transfer).
+      if (!ec && sent == 0) {
+        log_transfer("get", req.name, off, start, "storage: the file shrank while it was sent");
+        co_return std::make_error_code(std::errc::io_error);
+      }
       if (ec) {
-        // The header is out: dropping the connection is the only honest way to fail.
         log_transfer("get", req.name, off, start, "aborted: " + ec.message());
         co_return ec;
       }
       off += sent;
     }
-    if (ec) {
-      log_transfer("get", req.name, 0, start, "aborted: " + ec.message());
-      co_return ec;
+    if (off == file.size) {
+      log_transfer("get", req.name, file.size, start, "ok");
+      co_return std::error_code{};
     }
-    log_transfer("get", req.name, file.size, start, "ok");
-    co_return std::error_code{};
   }
 
-  for (std::uint64_t off = 0; off < file.size || off == 0;) {
+  for (; off < file.size || off == 0;) {
     std::size_t got = 0;
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), file.size - off));
     auto ec = storage::pread_full(file.fd.get(), buf.first(want), off, got);
     if (!ec && got < want) ec = std::make_error_code(std::errc::io_error);  // shrank under us
-    if (ec && off == 0) {
+    if (ec && !header_out) {
       log_transfer("get", req.name, 0, start, "storage: " + ec.message());
       co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) +
                                                           ": " + ec.message());
@@ -557,7 +565,10 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
       co_return ec;
     }
     const std::span<const std::uint8_t> data(buf.data(), got);
-    if (off == 0) queue(reply);
+    if (!header_out) {
+      queue(reply);
+      header_out = true;
+    }
     if (file.size <= kSmallBody) {
       // With the replies around it: pipelined downloads of small files share writes.
       out_.insert(out_.end(), data.begin(), data.end());

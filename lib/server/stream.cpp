@@ -1,13 +1,13 @@
 #include "server/stream.hpp"
 
-#include <sys/sendfile.h>
-
 #include <cerrno>
 
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include <asio/experimental/as_tuple.hpp>
+
+#include "storage/fd.hpp"
 
 namespace ftx::server {
 namespace {
@@ -33,10 +33,9 @@ class PlainStream final : public Stream {
     if (!socket_.native_non_blocking()) socket_.native_non_blocking(true, ec);
     if (ec) co_return Result{ec, 0};
     for (;;) {
-      auto off = static_cast<off_t>(offset);
-      const ssize_t k = ::sendfile(socket_.native_handle(), fd, &off, n);
+      const long k = storage::sendfile_nosignal(socket_.native_handle(), fd, offset, n);
       if (k >= 0) co_return Result{std::error_code{}, static_cast<std::size_t>(k)};
-      if (errno == EINTR) continue;
+      if (storage::sendfile_unsupported(errno)) co_return Result{asio::error::operation_not_supported, 0};
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
         co_return Result{std::error_code(errno, asio::error::get_system_category()), 0};
       }

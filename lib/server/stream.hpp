@@ -25,7 +25,8 @@ class Stream {
   virtual bool can_send_file() const { return false; }
   // Writes up to n bytes of file `fd` from `offset` straight from the page cache
   // (sendfile(2): no copy through user space); waits until the socket takes some. Returns
-  // the bytes sent (0 = the file ended before offset + n). Only when can_send_file().
+  // the bytes sent (0 = the file ended before offset + n), or operation_not_supported when
+  // this file cannot be sent so (copy it instead). Never raises SIGPIPE.
   virtual asio::awaitable<Result> send_file(int fd, std::uint64_t offset, std::size_t n);
   // The TCP socket underneath: endpoints, cancel(), close().
   virtual asio::ip::tcp::socket& socket() = 0;

@@ -1,6 +1,9 @@
 #include "storage/fd.hpp"
 
+#include <pthread.h>
+#include <signal.h>
 #include <sys/random.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -76,5 +79,37 @@ std::string random_hex(std::size_t bytes) {
   }
   return s;
 }
+
+long sendfile_nosignal(int socket, int fd, std::uint64_t offset, std::size_t n) {
+  sigset_t pipe_set;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  // A SIGPIPE already pending for this thread is not ours to take.
+  sigset_t pending;
+  sigpending(&pending);
+  const bool was_pending = sigismember(&pending, SIGPIPE) == 1;
+  sigset_t old;
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  auto off = static_cast<off_t>(offset);
+  ssize_t k;
+  do {
+    k = ::sendfile(socket, fd, &off, n);
+  } while (k < 0 && errno == EINTR);
+  const int saved = errno;
+  // Not only on EPIPE: a call that sent some bytes before the peer's reset returns their
+  // count and has raised SIGPIPE all the same.
+  if (!was_pending) {
+    sigpending(&pending);
+    if (sigismember(&pending, SIGPIPE) == 1) {
+      const timespec zero{};
+      sigtimedwait(&pipe_set, nullptr, &zero);
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = saved;
+  return static_cast<long>(k);
+}
+
+bool sendfile_unsupported(int err) { return err == EINVAL || err == ENOSYS || err == EOPNOTSUPP; }
 
 }  // namespace ftx::storage

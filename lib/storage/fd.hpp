@@ -48,6 +48,16 @@ std::error_code write_all(int fd, std::span<const std::uint8_t> data);
 // Reads until `buf` is full or EOF, from `offset` without moving the file offset.
 std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got);
 
+// One sendfile(2) from `fd` at `offset` to `socket` (up to n bytes); returns bytes sent, or -1
+// with errno. A socket the peer has closed gives EPIPE but never SIGPIPE: sendfile cannot
+// take MSG_NOSIGNAL, so SIGPIPE is blocked on this thread around the call and a SIGPIPE
+// the call raised (with EPIPE, or with a partial count) is taken off the thread again: a
+// library must not kill its process.
+long sendfile_nosignal(int socket, int fd, std::uint64_t offset, std::size_t n);
+// True for a sendfile errno that means "this file or socket does not support it" (the
+// caller then copies through user space instead).
+bool sendfile_unsupported(int err);
+
 // Modification time of `st` in ns since the Unix epoch.
 std::int64_t mtime_ns(const struct ::stat& st);
 

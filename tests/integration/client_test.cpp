@@ -87,6 +87,45 @@ TEST(ClientDownload, ServerDyingMidBodyLeavesNothing) {
   EXPECT_TRUE(leftovers(dir.path()).empty());
 }
 
+TEST(ClientUpload, AServerThatHangsUpMidBodyIsAConnectionErrorNotASignal) {
+  // The body of a large upload leaves by sendfile(2), which cannot say MSG_NOSIGNAL: a
+  // server that answers READY and then hangs up must give Failure::kConnection (exit 3),
+  // not a SIGPIPE that ends the process without a word.
+  TempDir dir;
+  write_file(dir / "big", random_bytes(64 * protocol::kChunkSize, 60));
+  Frame ready;
+  ready.type = MsgType::kReady;
+  FakeServer fake(protocol::encode(ready));
+  client::Client c(fake.address());
+  EXPECT_EQ(failure_of([&] { c.put(dir / "big", "big"); }), client::Failure::kConnection);
+}
+
+TEST(ClientBatch, AnEarlyAnswerToALargeUploadWaitsForItsBody) {
+  // A server (or anyone on a plaintext path) that answers READY and at once DONE, before
+  // the body: the batch must neither report the file stored (the DONE carries no digest
+  // of what was sent) nor drop the entry the sender is still working on (ASan would see
+  // the use after free). It ends as a connection or protocol error.
+  TempDir dir;
+  write_file(dir / "big", random_bytes(3 * protocol::kChunkSize, 61));
+  Frame ready;
+  ready.type = MsgType::kReady;
+  Frame done;
+  done.type = MsgType::kDone;
+  done.size = 3 * protocol::kChunkSize;  // right size, all-zero digest
+  auto answer = protocol::encode(ready);
+  const auto done_bytes = protocol::encode(done);
+  answer.insert(answer.end(), done_bytes.begin(), done_bytes.end());
+  FakeServer fake(answer);
+  client::Client c(fake.address());
+  std::vector<client::BatchResult> results;
+  const auto failure = failure_of([&] {
+    c.put_many({{dir / "big", "big"}}, {}, [&](const client::BatchResult& r) { results.push_back(r); });
+  });
+  EXPECT_TRUE(failure == client::Failure::kConnection || failure == client::Failure::kProtocol)
+      << static_cast<int>(failure);
+  for (const auto& r : results) EXPECT_TRUE(r.error) << "reported stored without a matching DONE";
+}
+
 TEST(ClientBatch, ServerDyingMidBatchIsOneConnectionErrorAndLeavesNothing) {
   // The fake server answers the first upload and then closes with a hundred still on the
   // wire: the sender's write and the receiver's read both fail; the caller sees one

@@ -80,7 +80,10 @@ TEST_F(ServerTest, TrailerCutShortStoresNothing) {
     auto trailer = bytes_of(hash::sha256(body));
     trailer.resize(10);  // the connection ends inside the trailer
     peer.send_bytes(trailer);
-    peer.close();
+    peer.shutdown_send();
+    // EOF inside the body: no reply at all. (A server that ignored the flag would have
+    // answered the body alone with an integrity error.)
+    EXPECT_TRUE(peer.read_until_closed().empty());
   }
   ASSERT_TRUE(server_->wait_for_sessions(0, std::chrono::seconds(10)));
   EXPECT_TRUE(list_dir(staging()).empty());
@@ -106,6 +109,26 @@ TEST_F(ServerTest, LargeDownloadArrivesWholeAfterItsHeader) {
   EXPECT_EQ(file.digest, hash::sha256(data));
   EXPECT_EQ(peer.read_body(data.size()), data);
   EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
+}
+
+TEST_F(ServerTest, APeerThatHangsUpDuringASendfileBodyDoesNotKillTheServer) {
+  // sendfile(2) cannot say MSG_NOSIGNAL: a peer that half-closes and then resets the
+  // connection mid-body makes the next sendfile fail with EPIPE, which would raise SIGPIPE
+  // and end this whole process (the server runs in it) unless it is kept off.
+  const auto data = random_bytes(32 * protocol::kChunkSize, 53);
+  write_file(dir_ / "src", data);
+  client::Client(address()).put(dir_ / "src", "huge.bin");
+  for (int i = 0; i < 3; ++i) {
+    RawPeer peer(server_->port());
+    peer.send_frame(frame(MsgType::kGet, "huge.bin"));
+    ASSERT_EQ(peer.read_frame().type, MsgType::kFile);
+    peer.shutdown_send();  // FIN: the server's socket goes to CLOSE_WAIT...
+    peer.close();          // ...and unread data makes this an RST: EPIPE on the next send
+  }
+  ASSERT_TRUE(server_->wait_for_sessions(0, std::chrono::seconds(10)));
+  client::Client after(address());
+  after.ping();
+  EXPECT_EQ(after.get("huge.bin", dir_ / "back").digest, hash::sha256(data));
 }
 
 TEST_F(ServerTest, LargeFilesInBatchesAreReadOnceAndVerified) {

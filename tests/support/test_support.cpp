@@ -114,4 +114,9 @@ void RawPeer::close() {
   socket_.close(ec);
 }
 
+void RawPeer::shutdown_send() {
+  std::error_code ec;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+}
+
 }  // namespace ftx::test

@@ -49,6 +49,8 @@ class RawPeer {
   // Everything received until the peer closed the connection.
   std::vector<std::uint8_t> read_until_closed();
   void close();
+  // Half-closes: the peer reads EOF, this side can still read.
+  void shutdown_send();
 
  private:
   asio::io_context io_;
