@@ -90,13 +90,14 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 FTP_MODE=${FTP_MODE:-active}
 FTP_USER=ftxbench
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 if [ -z "${FTX:-}" ]; then
   FTX=$REPO/build/apps/ftx/ftx
   [ -x "$FTX" ] || [ ! -x "$REPO/build/ftx" ] || FTX=$REPO/build/ftx
 fi
 FTX=$(realpath -m "$FTX")
 
-say() { echo "$*" >&2; }
 for v in SIZE RUNS CLIENTS EACH IDLE RUN_TIMEOUT; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { say "$v must be a positive integer, not '${!v}'"; exit 2; }
 done
@@ -165,15 +166,6 @@ chmod 711 "$W"  # vsftpd's user must be able to pass through to its root
 
 # ---------------------------------------------------------------- tools
 
-install_packages() {  # install_packages PKG...: apt-get, with an update only if the first try fails
-  local sudo=()
-  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
-  command -v apt-get >/dev/null || return 1
-  say "installing $*"
-  "${sudo[@]}" apt-get install -y -qq "$@" >&2 ||
-    { "${sudo[@]}" apt-get update -qq >&2 && "${sudo[@]}" apt-get install -y -qq "$@" >&2; }
-}
-
 bin() {  # bin NAME: the path of a program, also in /usr/sbin and /sbin (not on every user's PATH)
   command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || { [ -x "/sbin/$1" ] && echo "/sbin/$1"; }
 }
@@ -198,30 +190,10 @@ ensure_tools() {
 
 # ---------------------------------------------------------------- helpers
 
-port_state() {  # port_state PORT: prints the TCP states (hex) of sockets bound to that local port
-  local hex; printf -v hex '%04X' "$1"
-  awk -v h="$hex" 'FNR > 1 { n = split($2, a, ":"); if (a[n] == h) print $4 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-free_port() { local p; while :; do p=$((20000 + RANDOM % 40000)); [ -n "$(port_state "$p")" ] || { echo "$p"; return; }; done; }
-wait_listening() {  # wait_listening PORT PID: up to 5 s
-  local _
-  for _ in $(seq 100); do
-    kill -0 "$2" 2>/dev/null || return 1
-    port_state "$1" | grep -qx 0A && return 0
-    sleep 0.05
-  done
-  return 1
-}
-
 descendants() {  # descendants PID: every process below PID, one a line
   local c
   # shellcheck disable=SC2013  # the files hold numbers separated by spaces
   for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done
-}
-TICK=$(getconf CLK_TCK)
-cpu_ticks() {  # cpu_ticks PID: user + system time of PID and of its reaped children, in ticks
-  local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  awk '{ print $12 + $13 + $14 + $15 }' <<<"${stat##*) }"
 }
 settle() {  # settle PID: wait (up to 5 s) until the server's processes are back to those it idles with
   local _
@@ -230,7 +202,6 @@ settle() {  # settle PID: wait (up to 5 s) until the server's processes are back
     sleep 0.05
   done
 }
-last_line() { local l; l=$(grep -v '^Command exited' "$1" 2>/dev/null | tail -n 1); echo "${l:-no message}"; }
 now() { echo "${EPOCHREALTIME/,/.}"; }
 
 human() {  # human BYTES [SEP]: "1 GiB", "16 MiB", ... (SEP between number and unit, default a space)
@@ -673,7 +644,6 @@ bench_row() {  # bench_row TABLE PAYLOAD DIR TOOL
 
 # ---------------------------------------------------------------- tables
 
-median() { tr ' ' '\n' | awk NF | sort -n | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 declare -A PAYLOAD_LABEL PAYLOAD_BYTES
 PAYLOAD_LABEL[big]=$(human "$SIZE") PAYLOAD_BYTES[big]=$SIZE
 PAYLOAD_LABEL[many]=${CLIENTS}x$(human "$EACH" '') PAYLOAD_BYTES[many]=$((CLIENTS * EACH))

@@ -27,6 +27,8 @@ TOOLS=${TOOLS:-ftx rsync tarnc}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 PER_DIR=100
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 if [ -z "${FTX:-}" ]; then
   FTX=$REPO/build/apps/ftx/ftx
   [ -x "$FTX" ] || [ ! -x "$REPO/build/ftx" ] || FTX=$REPO/build/ftx
@@ -48,18 +50,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 export XDG_CONFIG_HOME=$W/config
 
-say() { echo "$*" >&2; }
-
 # ---------------------------------------------------------------- tools
-
-install_packages() {  # install_packages PKG...: apt-get, with an update only if the first try fails
-  local sudo=()
-  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
-  command -v apt-get >/dev/null || return 1
-  say "installing $*"
-  "${sudo[@]}" apt-get install -y -qq "$@" >&2 ||
-    { "${sudo[@]}" apt-get update -qq >&2 && "${sudo[@]}" apt-get install -y -qq "$@" >&2; }
-}
 
 NC= NC_LISTEN=() NC_SEND=()
 find_nc() {  # sets NC, NC_LISTEN (before the port) and NC_SEND (close the socket at EOF)
@@ -83,26 +74,6 @@ ensure_tools() {
 
 # ---------------------------------------------------------------- helpers
 
-port_state() {  # port_state PORT: prints the TCP states (hex) of sockets bound to that local port
-  local hex; printf -v hex '%04X' "$1"
-  awk -v h="$hex" 'FNR > 1 { n = split($2, a, ":"); if (a[n] == h) print $4 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-free_port() { local p; while :; do p=$((20000 + RANDOM % 40000)); [ -n "$(port_state "$p")" ] || { echo "$p"; return; }; done; }
-wait_listening() {  # wait_listening PORT PID: up to 5 s
-  local _
-  for _ in $(seq 100); do
-    kill -0 "$2" 2>/dev/null || return 1
-    port_state "$1" | grep -qx 0A && return 0
-    sleep 0.05
-  done
-  return 1
-}
-
-TICK=$(getconf CLK_TCK)
-cpu_ticks() {  # cpu_ticks PID: user + system time of PID and of its reaped children, in ticks
-  local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  awk '{ print $12 + $13 + $14 + $15 }' <<<"${stat##*) }"
-}
 children_done() {  # children_done PID: wait (up to 3 s) until a server has reaped its children
   local _
   for _ in $(seq 60); do
@@ -147,7 +118,6 @@ fail() {  # fail TOOL DIR REASON
   FAIL[$1 $2]=$3
   say "$1 $2: failed: $3"
 }
-last_line() { local l; l=$(grep -v '^Command exited' "$1" 2>/dev/null | tail -n 1); echo "${l:-no message}"; }
 
 # one_run TOOL DIR RUN SERVER_PID CHECK_DIR ALT_NAME CMD...: one timed client run against a
 # running server, then the copy in CHECK_DIR is verified; records the time and the CPU seconds
@@ -279,7 +249,6 @@ manifest "$W/src" >"$W/src.sha256"
 
 for tool in $TOOLS; do "bench_$tool"; done
 
-median() { tr ' ' '\n' | awk NF | sort -n | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 ftx_up=$(median <<<"${T[ftx up]:-}")
 ftx_down=$(median <<<"${T[ftx down]:-}")
 mb=$(awk -v f="$FILES" -v s="$SIZE" 'BEGIN { print f * s / 1e6 }')
