@@ -65,15 +65,23 @@ Source open_source(const std::filesystem::path& local) {
   return src;
 }
 
-// Reads [off, off + buf.size()) of the source; a file that shrank meanwhile is an error.
+// Reads [off, off + buf.size()) of `local` (open as fd). Returns the error to report when
+// the read fails or the file shrank meanwhile.
+std::optional<Error> read_chunk(int fd, const std::filesystem::path& local, std::span<std::uint8_t> buf,
+                                std::uint64_t off) {
+  std::size_t got = 0;
+  if (auto ec = storage::pread_full(fd, buf, off, got)) {
+    return Error(Failure::kLocalIo, "cannot read " + local.string() + ": " + ec.message());
+  }
+  if (got != buf.size()) return Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
+  return std::nullopt;
+}
+
+// read_chunk of the source, throwing its error.
 std::span<const std::uint8_t> read_source(const Source& src, const std::filesystem::path& local,
                                           std::span<std::uint8_t> buf, std::uint64_t off) {
-  std::size_t got = 0;
-  if (auto ec = storage::pread_full(src.fd.get(), buf, off, got)) {
-    throw Error(Failure::kLocalIo, "cannot read " + local.string() + ": " + ec.message());
-  }
-  if (got != buf.size()) throw Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
-  return buf.first(got);
+  if (auto e = read_chunk(src.fd.get(), local, buf, off)) throw std::move(*e);
+  return buf;
 }
 
 // The kPut header for `src`, its digest computed by reading it through `buf`. When the
@@ -512,16 +520,12 @@ asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std
   for (std::uint64_t off = 0; off < size;) {
     const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(size - off, h.slot_size())));
     if (!read_error) {
-      std::size_t got = 0;
-      if (const auto ec = storage::pread_full(fd, buf, off, got)) {
-        read_error = Error(Failure::kLocalIo, "cannot read " + local.string() + ": " + ec.message());
-      } else if (got != buf.size()) {
-        read_error = Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
-      }
+      read_error = read_chunk(fd, local, buf, off);
       if (read_error && !keep_going) throw *read_error;
-      // The body's size was promised in the header: after a failed read, zeros stand in.
-      if (read_error) std::memset(buf.data(), 0, buf.size());
     }
+    // The body's size was promised in the header: after a failed read, zeros stand in (for
+    // every chunk from then on: the slots hold older chunks' bytes).
+    if (read_error) std::memset(buf.data(), 0, buf.size());
     h.submit(buf.size());  // hashed on the other thread while these bytes are sent; read-only from here
     // Over plain TCP the socket takes the bytes from the page cache (sendfile): no copy
     // from buf into the socket. Should the file change between the read and the send, the
