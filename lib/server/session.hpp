@@ -125,8 +125,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<std::uint8_t[]> chunk_;  // body buffer: sized to the bodies seen, freed when idle if large
   std::size_t chunk_capacity_ = 0;
   bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
-  bool pipelining_ = false;
-  storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle          // the last request was a streamed upload: read in large bites
+  bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
+  storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
 };
 
 }  // namespace ftx::server
