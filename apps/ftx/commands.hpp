@@ -33,6 +33,7 @@ struct ServeOptions {
   std::string tls_key;     // ...and key
   std::string client_ca;   // mutual TLS: clients need a certificate signed by this CA
   std::string log_format = "text";  // text | json
+  std::uint64_t partial_ttl_s = 24 * 3600;
 };
 
 struct ClientOptions {
@@ -52,6 +53,7 @@ struct PutOptions {
   std::string remote;  // empty = base name of local
   bool recursive = false;
   bool quiet = false;
+  bool no_resume = false;
 };
 
 struct GetOptions {
@@ -60,12 +62,14 @@ struct GetOptions {
   std::string local;  // empty = ./<base name>
   bool recursive = false;
   bool quiet = false;
+  bool no_resume = false;
 };
 
 struct LsOptions {
   ClientOptions client;
   std::string path;  // empty = everything
   bool long_format = false;
+  bool partial = false;  // the server's unfinished uploads instead
 };
 
 struct PingOptions {

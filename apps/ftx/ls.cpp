@@ -29,6 +29,9 @@ CLI::App* setup_ls(CLI::App& app, LsOptions& opts) {
   auto* cmd = app.add_subcommand("ls", "list stored files, one a line: size in bytes, mtime (UTC), name");
   cmd->add_option("PATH", opts.path, "folder to list (default: everything), or one file");
   cmd->add_flag("-l,--long", opts.long_format, "also show each file's stored SHA-256 (between mtime and name)");
+  cmd->add_flag("--partial", opts.partial,
+                "list the unfinished uploads the server keeps for resume instead: bytes received, size, last "
+                "progress (UTC), name");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
@@ -36,11 +39,29 @@ CLI::App* setup_ls(CLI::App& app, LsOptions& opts) {
       "       1048576  2026-11-25T04:18:54Z  docs/q3.pdf\n"
       "  ftx ls -l docs\n"
       "       1048576  2026-11-25T04:18:54Z  5f0c...e1a9  docs/q3.pdf\n"
-      "  ftx ls --json | jq -r 'select(.size > 1000000) | .name'");
+      "  ftx ls --json | jq -r 'select(.size > 1000000) | .name'\n"
+      "  ftx ls --partial\n"
+      "     734003200    1073741824  2026-11-25T04:20:07Z  isos/debian.iso");
   return cmd;
 }
 
 int run_ls(const LsOptions& opts) {
+  if (opts.partial) {
+    return run_with_client(opts.client, "ls", [&](client::Client& c) {
+      for (const auto& p : c.list_partial()) {
+        if (opts.client.json) {
+          print_json(nlohmann::json{{"name", p.name},
+                                    {"size", p.size},
+                                    {"received", p.received},
+                                    {"updated", format_mtime(p.updated_ns)},
+                                    {"updated_ns", p.updated_ns}});
+        } else {
+          std::printf("%12" PRIu64 "  %12" PRIu64 "  %s  %s\n", p.received, p.size, format_mtime(p.updated_ns).c_str(),
+                      printable(p.name).c_str());
+        }
+      }
+    });
+  }
   return run_with_client(opts.client, "ls", [&](client::Client& c) {
     client::ListOptions lo;
     lo.digests = opts.long_format;

@@ -73,6 +73,11 @@ ProgressBar::~ProgressBar() {
   if (enabled_ && !finished_ && last_draw_ != std::chrono::steady_clock::time_point{}) std::fputc('\n', stderr);
 }
 
+void ProgressBar::start_at(std::uint64_t done) {
+  base_ = done_ = done;
+  start_ = std::chrono::steady_clock::now();
+}
+
 void ProgressBar::bytes(std::uint64_t done) {
   done_ = std::max(done_, std::min(done, total_));
   draw(false);
@@ -91,7 +96,7 @@ void ProgressBar::draw(bool force) {
   if (!force && now - last_draw_ < std::chrono::milliseconds(100)) return;
   last_draw_ = now;
   const double secs = std::chrono::duration<double>(now - start_).count();
-  const double rate = secs > 0 ? static_cast<double>(done_) / secs : 0;
+  const double rate = secs > 0 ? static_cast<double>(done_ - base_) / secs : 0;
   const int pct = total_ == 0 ? 100 : static_cast<int>(static_cast<double>(done_) * 100 / static_cast<double>(total_));
   std::string eta = "--:--";
   if (rate > 0 && done_ <= total_) {

@@ -38,6 +38,9 @@ class ProgressBar {
 
   // Bytes moved so far in all (absolute; smaller values than before are ignored).
   void bytes(std::uint64_t done);
+  // A resumed transfer starts with `done` bytes already there: the bar starts full that
+  // far, and the rate and ETA count only what moves from now on.
+  void start_at(std::uint64_t done);
   // For a download, whose size is known only once the server answered.
   void set_total(std::uint64_t total) { total_ = total; }
   // Adds to the bytes moved so far.
@@ -53,6 +56,7 @@ class ProgressBar {
   bool finished_ = false;
   std::uint64_t total_;
   std::uint64_t done_ = 0;
+  std::uint64_t base_ = 0;  // bytes there before this run (start_at)
   std::uint64_t total_files_;
   std::uint64_t files_done_ = 0;
   std::chrono::steady_clock::time_point start_;

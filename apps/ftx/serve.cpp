@@ -60,6 +60,11 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
       ->check(CLI::Range(std::size_t{0}, std::size_t{2048}))
       ->capture_default_str()
       ->group(limits);
+  cmd->add_option("--partial-ttl", opts.partial_ttl_s,
+                  "seconds an unfinished upload is kept for resume without progress ('ftx ls --partial' lists them)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{10} * 365 * 24 * 3600))
+      ->capture_default_str()
+      ->group(limits);
   auto* access = "Access";
   cmd->add_flag("--read-only", opts.read_only, "refuse every change: put, rm, mv, mkdir")->group(access);
   cmd->add_option("--token-file", opts.token_file,
@@ -115,6 +120,7 @@ int run_serve(const ServeOptions& opts) {
   so.min_free_bytes = opts.min_free;
   so.max_name_bytes = opts.max_name;
   so.max_depth = opts.max_depth;
+  so.partial_ttl = std::chrono::seconds(opts.partial_ttl_s);
   so.read_only = opts.read_only;
   try {
     so.token = read_token(opts.token_file);
@@ -167,9 +173,11 @@ int run_serve(const ServeOptions& opts) {
   spdlog::info("ftx {} serving {} on {} with {} thread(s)", FTX_VERSION, (ec ? opts.root : root.lexically_normal().string()),
                srv->listen_address(), srv->threads());
   spdlog::info("limits: {} connections ({} per client), timeouts idle {} s / header {} s / body {} s, "
-               "files up to {} bytes leaving {} bytes free, names up to {} bytes and {} folders deep{}{}",
+               "files up to {} bytes leaving {} bytes free, names up to {} bytes and {} folders deep, "
+               "unfinished uploads kept {} s{}{}",
                so.max_connections, so.max_connections_per_client, opts.idle_timeout_s, opts.header_timeout_s,
                opts.body_timeout_s, so.max_file_size, so.min_free_bytes, so.max_name_bytes, so.max_depth,
+               opts.partial_ttl_s,
                so.read_only ? ", read-only" : "", so.token.empty() ? "" : ", token required");
   if (so.token.empty() && opts.client_ca.empty()) {
     if (!srv->listens_on_loopback()) {

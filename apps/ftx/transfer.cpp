@@ -243,10 +243,14 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
   cmd->add_flag("-r,--recursive", opts.recursive,
                 "upload a folder: its files and folders, with mtimes and executable bits; symbolic links are skipped");
   cmd->add_flag("-q,--quiet", opts.quiet, "no progress bar");
+  cmd->add_flag("--no-resume", opts.no_resume,
+                "start over: drop what an interrupted upload of this file left on the server, and leave nothing "
+                "to resume should this one be interrupted (default: files over 1 MiB resume)");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
       "  ftx put report.pdf\n"
+      "  ftx put big.iso                   run again after an interruption: only the rest is sent\n"
       "  ftx put build/app.tar.gz releases/1.0/app.tar.gz -s 10.0.0.5:7021\n"
       "  ftx put -r photos                 upload ./photos as photos/ (one connection, pipelined)\n"
       "  ftx put -r site/ www/2026         upload the tree under www/2026/\n"
@@ -264,10 +268,14 @@ CLI::App* setup_get(CLI::App& app, GetOptions& opts) {
                   "\"-\" or /dev/stdout: standard output; with -r: the folder that receives the tree)");
   cmd->add_flag("-r,--recursive", opts.recursive, "download a folder's files and folders, with mtimes and executable bits");
   cmd->add_flag("-q,--quiet", opts.quiet, "no progress bar");
+  cmd->add_flag("--no-resume", opts.no_resume,
+                "start over: drop the hidden .NAME.ftx-partial an interrupted download left beside the target, "
+                "and leave none should this one be interrupted");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
       "  ftx get report.pdf\n"
+      "  ftx get big.iso                   run again after an interruption: only the rest is fetched\n"
       "  ftx get releases/1.0/app.tar.gz /tmp/\n"
       "  ftx get notes.txt - | less\n"
       "  ftx get -r photos                 into ./photos\n"
@@ -295,10 +303,15 @@ int run_put(const PutOptions& opts) {
   return run_client_action(opts.client, "put", [&] {
     auto c = connect(opts.client, *address);
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
-    const auto r = c->put(opts.local, remote, [&](std::uint64_t done, std::uint64_t total) {
-      bar.set_total(total);
-      bar.bytes(done);
-    });
+    bool started = false;
+    const auto r = c->put(
+        opts.local, remote,
+        [&](std::uint64_t done, std::uint64_t total) {
+          bar.set_total(total);
+          if (!std::exchange(started, true)) bar.start_at(done);  // a resume's first call: where it starts
+          bar.bytes(done);
+        },
+        client::TransferOptions{!opts.no_resume});
     bar.finish();
     if (opts.client.json) {
       print_json(json_result("put", opts.local, remote, client::BatchResult{0, r, std::nullopt}));
@@ -316,10 +329,15 @@ int run_get(const GetOptions& opts) {
   return run_client_action(opts.client, "get", [&] {
     auto c = connect(opts.client, *address);
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
-    const auto r = c->get(opts.remote, opts.local, [&](std::uint64_t done, std::uint64_t total) {
-      bar.set_total(total);  // known once the server answered
-      bar.bytes(done);
-    });
+    bool started = false;
+    const auto r = c->get(
+        opts.remote, opts.local,
+        [&](std::uint64_t done, std::uint64_t total) {
+          bar.set_total(total);  // known once the server answered
+          if (!std::exchange(started, true)) bar.start_at(done);  // a resume's first call: where it starts
+          bar.bytes(done);
+        },
+        client::TransferOptions{!opts.no_resume});
     bar.finish();
     // With the file on standard output, the summary must not mix into it.
     std::FILE* out = r.local == "-" ? stderr : stdout;

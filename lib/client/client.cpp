@@ -149,9 +149,20 @@ Client::~Client() = default;
 
 Client::Client(const protocol::Address& address, std::string token, std::chrono::milliseconds io_timeout,
                const TlsOptions& tls)
-    : address_(address.to_string()), io_timeout_(io_timeout), socket_(io_), in_(64 * 1024) {
-  asio::ip::tcp::resolver resolver(io_);
+    : connect_{address, std::move(token), tls}, address_(address.to_string()), io_timeout_(io_timeout), socket_(io_),
+      in_(64 * 1024) {
+  connect();
+}
+
+void Client::connect() {
+  // A fresh start: whatever the last connection left unread is void.
   std::error_code ec;
+  tls_.reset();
+  if (socket_.is_open()) socket_.close(ec);
+  decoder_.reset();
+  in_begin_ = in_end_ = 0;
+  const auto& address = connect_.address;
+  asio::ip::tcp::resolver resolver(io_);
   const auto endpoints = resolver.resolve(address.host, std::to_string(address.port), ec);
   if (ec) throw Error(Failure::kConnection, "cannot resolve " + address.host + ": " + ec.message());
 
@@ -174,8 +185,8 @@ Client::Client(const protocol::Address& address, std::string token, std::chrono:
                                           " \u2014 check the address and that the server is reachable");
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  if (tls.enabled) start_tls(address.host, tls);
-  if (!token.empty()) authenticate(token);
+  if (connect_.tls.enabled) start_tls(address.host, connect_.tls);
+  if (!connect_.token.empty()) authenticate(connect_.token);
 }
 
 void Client::start_tls(const std::string& host, const TlsOptions& tls) {
@@ -449,7 +460,9 @@ hash::HashThread& Client::hasher() {
 
 asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int fd, bool keep_going,
                                                           std::error_code& write_ec,
-                                                          const std::function<void(std::uint64_t)>& on_bytes) {
+                                                          const std::function<void(std::uint64_t)>& on_bytes,
+                                                          const hash::State* from,
+                                                          std::function<void(const hash::State&)> checkpoint) {
   const auto store = [&](std::span<const std::uint8_t> data) {
     if (!write_ec) write_ec = storage::write_all(fd, data);
     if (on_bytes) on_bytes(data.size());
@@ -458,6 +471,7 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
     // Small bodies: handing them to another thread would cost more than hashing them here.
     struct WriteFailed {};
     hash::Sha256 sha;
+    if (from != nullptr) sha.restore(*from);
     try {
       co_await co_read_body(n, [&](std::span<const std::uint8_t> data) {
         if (!write_ec) sha.update(data);
@@ -484,6 +498,8 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
   // the stream and waits for the writer, before the caller may close fd.
   const StreamGuard guard(h);
   h.write_to(fd);
+  if (from != nullptr) h.start_from(*from);
+  if (checkpoint) h.checkpoint(std::move(checkpoint));
   while (n > 0) {
     // Fill a whole chunk before handing it over: fewer thread hand-offs and disk writes.
     const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(n, h.slot_size())));
@@ -514,10 +530,12 @@ asio::awaitable<protocol::Digest> Client::co_receive_file(std::uint64_t n, int f
 
 asio::awaitable<void> Client::co_send_file(int fd, std::uint64_t size, const std::filesystem::path& local,
                                            bool keep_going, protocol::Digest& digest, std::optional<Error>& read_error,
-                                           const std::function<void(std::uint64_t)>& on_bytes) {
+                                           const std::function<void(std::uint64_t)>& on_bytes,
+                                           const hash::State* from) {
   auto& h = hasher();
   const StreamGuard guard(h);
-  for (std::uint64_t off = 0; off < size;) {
+  if (from != nullptr) h.start_from(*from);
+  for (std::uint64_t off = from != nullptr ? from->bytes : 0; off < size;) {
     const auto buf = h.buffer().first(static_cast<std::size_t>(std::min<std::uint64_t>(size - off, h.slot_size())));
     if (!read_error) {
       read_error = read_chunk(fd, local, buf, off);
@@ -608,7 +626,31 @@ Error Client::error_from_reply(const Frame& f, std::string_view context) const {
 
 void Client::fail_from_reply(const Frame& f, std::string_view context) { throw error_from_reply(f, context); }
 
-Result Client::put(const std::filesystem::path& local, const std::string& remote, const ProgressFn& progress) {
+std::optional<hash::State> Client::check_offer(const Frame& ready, int fd, std::uint64_t size) {
+  hash::State good{ready.digest, ready.size};
+  hash::State before;
+  if (ready.name.size() != before.words.size() || ready.mtime_ns < 0) return std::nullopt;
+  std::copy(ready.name.begin(), ready.name.end(), before.words.begin());
+  before.bytes = static_cast<std::uint64_t>(ready.mtime_ns);
+  if (good.bytes > size || before.bytes > good.bytes || good.bytes - before.bytes > protocol::kChunkSize) {
+    return std::nullopt;
+  }
+  if (good.bytes == 0) return good;
+  // The server holds what an earlier attempt sent; size and mtime matched, so the file is
+  // most likely unchanged. Its last chunk before the offset must still hash to the same
+  // state: one chunk read, not the whole prefix.
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(good.bytes - before.bytes));
+  std::size_t got = 0;
+  if (storage::pread_full(fd, buf, before.bytes, got) || got != buf.size()) return std::nullopt;
+  hash::Sha256 sha;
+  if (!sha.restore(before)) return std::nullopt;
+  sha.update(buf);
+  if (sha.state() != good) return std::nullopt;
+  return good;
+}
+
+Result Client::put(const std::filesystem::path& local, const std::string& remote, const ProgressFn& progress,
+                   const TransferOptions& opts) {
   const std::string context = "put " + storage::quote_name(remote);
   check_remote_name(remote);
   const Source src = open_source(local);
@@ -621,22 +663,40 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
   } else {
     // Read once, hashed while sent; the digest follows the body.
     req = put_header_digest_after(src, remote);
+    if (opts.resume) req.flags |= protocol::kFlagResume;
   }
   send(req);
-  const Frame ready = read_frame();
+  Frame ready = read_frame();
   if (ready.type != MsgType::kReady) fail_from_reply(ready, context);
+
+  std::optional<hash::State> from;
+  if ((req.flags & protocol::kFlagResume) != 0 && (ready.flags & protocol::kFlagResume) != 0 && ready.size > 0) {
+    from = check_offer(ready, src.fd.get(), src.size);
+    if (!from) {
+      // The file is not what the server holds a part of. The server waits for the rest of
+      // that body; the only way out is a new connection, with an upload that drops the
+      // server's partial (and is not resumable itself).
+      connect();
+      req.flags &= static_cast<std::uint16_t>(~protocol::kFlagResume);
+      send(req);
+      ready = read_frame();
+      if (ready.type != MsgType::kReady) fail_from_reply(ready, context);
+    }
+  }
 
   if (src.size <= kWholeFileBytes) {
     run(co_write(buf), "sending");
     if (progress) progress(src.size, src.size);
   } else {
-    std::uint64_t sent = 0;
+    std::uint64_t sent = from ? from->bytes : 0;
+    if (progress) progress(sent, src.size);  // where this run starts
     std::optional<Error> read_error;
     run(co_send_file(src.fd.get(), src.size, local, /*keep_going=*/false, req.digest, read_error,
                      [&](std::uint64_t n) {
                        sent += n;
                        if (progress) progress(sent, src.size);
-                     }),
+                     },
+                     from ? &*from : nullptr),
         "sending");
   }
   const Frame done = read_frame();
@@ -653,7 +713,8 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
   return {src.size, req.digest, local, src.executable};
 }
 
-Result Client::get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress) {
+Result Client::get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress,
+                   const TransferOptions& opts) {
   const std::string context = "get " + storage::quote_name(remote);
   check_remote_name(remote);
   const bool to_stdout = is_stdout(local);
@@ -667,44 +728,97 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
     }
   }
   // The staging file is made before asking, so a local problem costs no transfer.
-  std::optional<StagedFile> staged;
-  if (!to_stdout) {
+  std::optional<StagedFile> staged = [&]() -> std::optional<StagedFile> {
+    if (to_stdout) return std::nullopt;
     try {
-      staged.emplace(target);
+      if (opts.resume) {
+        if (auto r = StagedFile::resumable(target)) return r;  // else in use by another ftx
+      } else {
+        StagedFile::discard_resumable(target);
+      }
+      return std::optional<StagedFile>(std::in_place, target);
     } catch (const std::system_error& e) {
       throw Error(Failure::kLocalIo, std::string(e.what()) + " \u2014 check that the folder exists and is writable");
     }
-  }
+  }();
+  const bool resumable = staged && staged->is_resumable();
 
   Frame req;
   req.type = MsgType::kGet;
   req.name = remote;
+  const storage::PartialRecord* held = resumable ? staged->found() : nullptr;
+  if (held != nullptr && held->name == remote && held->good.bytes > 0) {
+    // Ask for the rest of the version we hold a prefix of; the server sends all of it if
+    // its file is not that version any more.
+    req.flags = protocol::kFlagResume;
+    req.size = held->good.bytes;
+    req.digest = held->digest;
+  }
   send(req);
   const Frame reply = read_frame();
-  if (reply.type != MsgType::kFile) fail_from_reply(reply, context);
+  if (reply.type != MsgType::kFile) {
+    if (resumable) staged->discard();  // the file is gone or refused: nothing left to resume
+    fail_from_reply(reply, context);
+  }
+
+  const bool has_mtime = (reply.flags & protocol::kFlagHasMtime) != 0;
+  const bool executable = (reply.flags & protocol::kFlagExecutable) != 0;
+  std::optional<hash::State> from;
+  if ((reply.flags & protocol::kFlagResume) != 0) {
+    if ((req.flags & protocol::kFlagResume) == 0 || reply.size < req.size || reply.digest != req.digest) {
+      throw Error(Failure::kProtocol, address_ + " resumed a download that was not asked to resume");
+    }
+    from = held->good;
+  }
+  if (resumable) {
+    std::error_code ec;
+    if (from) {
+      ec = staged->continue_found();
+    } else {
+      storage::PartialRecord fresh;
+      fresh.name = remote;
+      fresh.size = reply.size;
+      fresh.mtime_ns = reply.mtime_ns;
+      fresh.has_mtime = has_mtime;
+      fresh.executable = executable;
+      fresh.digest = reply.digest;
+      fresh.good = fresh.before = *hash::Sha256().state();
+      fresh.created_ns = fresh.updated_ns = storage::wall_clock_ns();
+      ec = staged->start(std::move(fresh));
+    }
+    if (ec) {
+      std::error_code ignored;
+      socket_.close(ignored);  // the body cannot be consumed
+      throw Error(Failure::kLocalIo, "cannot write " + staged->staging_path().string() + ": " + errno_text(ec));
+    }
+  }
 
   const int out_fd = to_stdout ? STDOUT_FILENO : staged->fd();
-  std::uint64_t received = 0;
+  const std::uint64_t skip = from ? from->bytes : 0;
+  std::uint64_t received = skip;
+  if (progress) progress(received, reply.size);  // where this run starts
   std::error_code write_ec;
-  const auto digest = run(co_receive_file(reply.size, out_fd, /*keep_going=*/false, write_ec,
+  std::function<void(const hash::State&)> checkpoint;
+  if (resumable) checkpoint = [&staged](const hash::State& s) { staged->checkpoint(s); };
+  const auto digest = run(co_receive_file(reply.size - skip, out_fd, /*keep_going=*/false, write_ec,
                                           [&](std::uint64_t n) {
                                             received += n;
                                             if (progress) progress(received, reply.size);
-                                          }),
+                                          },
+                                          from ? &*from : nullptr, std::move(checkpoint)),
                           "receiving a file");
   if (write_ec) {
     throw Error(Failure::kLocalIo, "cannot write " + (to_stdout ? std::string("to standard output") : target.string()) +
                                        ": " + errno_text(write_ec));
   }
   if (digest != reply.digest) {
+    if (staged) staged->discard();  // what it holds is not the file: the next attempt starts over
     throw Error(Failure::kIntegrity,
                 "data received for " + storage::quote_name(remote) + " does not match the SHA-256 the server announced; " +
                     (to_stdout ? std::string("the bytes written to standard output are corrupt")
                                : target.string() + " was left untouched"));
   }
-  const bool executable = (reply.flags & protocol::kFlagExecutable) != 0;
   if (!to_stdout) {
-    const bool has_mtime = (reply.flags & protocol::kFlagHasMtime) != 0;
     if (auto ec = staged->commit(has_mtime ? std::optional(reply.mtime_ns) : std::nullopt, executable)) {
       throw Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + errno_text(ec));
     }
@@ -1001,6 +1115,28 @@ std::uint64_t Client::list(const std::string& folder, const std::function<void(c
     if (f.type != MsgType::kEntry) fail_from_reply(f, "ls");
     ++count;
     on_entry(entry_from(std::move(f)));
+  }
+}
+
+std::vector<Client::Partial> Client::list_partial() {
+  Frame req;
+  req.type = MsgType::kList;
+  req.flags = protocol::kFlagPartial;
+  send(req);
+  std::vector<Partial> out;
+  for (;;) {
+    const Frame f = read_frame();
+    if (f.type == MsgType::kListEnd) return out;
+    if (f.type != MsgType::kEntry) fail_from_reply(f, "ls --partial");
+    if ((f.flags & protocol::kFlagPartial) == 0) {
+      throw Error(Failure::kProtocol, address_ + " does not list partial uploads (an older server?)");
+    }
+    Partial p;
+    p.name = f.name;
+    p.size = f.size;
+    for (std::size_t i = 0; i < 8; ++i) p.received = (p.received << 8) | f.digest[i];
+    p.updated_ns = f.mtime_ns;
+    out.push_back(std::move(p));
   }
 }
 

@@ -79,7 +79,16 @@ struct ListOptions {
   bool folders = false;  // also list folders (Entry::folder)
 };
 
-// Called as body bytes move: bytes of the file so far, and its size.
+// How put and get treat an interrupted transfer (docs/protocol.md, "resume").
+struct TransferOptions {
+  // Continue what an earlier, interrupted transfer of the same file left (the server's
+  // partial upload; the hidden .<name>.ftx-partial beside a download's target), and leave
+  // such a partial when this one is interrupted. false: start over, and leave nothing.
+  bool resume = true;
+};
+
+// Called as body bytes move: bytes of the file so far, and its size. put and get of large
+// files call it first before any body byte moves, with the bytes a resume skips (else 0).
 using ProgressFn = std::function<void(std::uint64_t done, std::uint64_t total)>;
 
 // One file of a batch (put_many / get_many).
@@ -115,13 +124,30 @@ class Client {
 
   // Uploads `local` (a regular file) as `remote`, with its mtime and executable bit. The
   // server publishes it only after its SHA-256 matched; returns once it is durable there.
-  Result put(const std::filesystem::path& local, const std::string& remote, const ProgressFn& progress = {});
+  // Files over 1 MiB resume (TransferOptions): only the bytes the server does not hold yet
+  // are read and sent, after the last chunk before them was checked against the file; a
+  // file that changed since (size, mtime or that chunk) starts over on a new connection.
+  Result put(const std::filesystem::path& local, const std::string& remote, const ProgressFn& progress = {},
+             const TransferOptions& opts = {});
 
   // Downloads `remote`. `local` empty = ./<base name>; an existing folder = <folder>/<base
   // name>; "-" or "/dev/stdout" = standard output (verified at the end: a mismatch throws
   // kIntegrity after the bytes were written). Otherwise the file appears only once verified,
   // with the server's mtime and executable bit.
-  Result get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress = {});
+  // Resumes (TransferOptions) from the hidden partial beside the target when the server's
+  // file is still the one it was taken from (same SHA-256); not for standard output.
+  Result get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress = {},
+             const TransferOptions& opts = {});
+
+  // Unfinished uploads the server keeps for resume (ls --partial): Entry::size is the whole
+  // file, `received` the bytes it holds, mtime_ns the last progress.
+  struct Partial {
+    std::string name;
+    std::uint64_t size = 0;
+    std::uint64_t received = 0;
+    std::int64_t updated_ns = 0;
+  };
+  std::vector<Partial> list_partial();
 
   // Pipelined transfers of many files over this one connection: requests go out without
   // waiting for the answers to earlier ones (at most `opts` ahead), so small files are not
@@ -168,17 +194,23 @@ class Client {
   // hashed on hasher()'s thread while the next chunk arrives. The first failed write is
   // kept in write_ec; then the rest of the body is read and dropped when keep_going, else
   // the connection is closed and the coroutine returns at once (the digest is then void).
+  // `from` (resumed downloads): the SHA-256 state of the bytes before these; `checkpoint`:
+  // called (on another thread) with the state after each chunk that is written and hashed.
   asio::awaitable<protocol::Digest> co_receive_file(std::uint64_t n, int fd, bool keep_going,
                                                     std::error_code& write_ec,
-                                                    const std::function<void(std::uint64_t)>& on_bytes);
+                                                    const std::function<void(std::uint64_t)>& on_bytes,
+                                                    const hash::State* from = nullptr,
+                                                    std::function<void(const hash::State&)> checkpoint = {});
   // Sends `size` bytes of `fd` (the body of a kPut with kFlagDigestAfter) and then their
   // SHA-256, reading the file once: each chunk is hashed on hasher()'s thread while it is
   // sent. `digest` is set to the file's SHA-256 before the trailer goes out. A failed read
   // throws Error(kLocalIo) unless keep_going: then zeros stand in for the rest and the
   // trailer is made not to match, so the server refuses the file; read_error says why.
+  // `from` (resumed uploads): send [from->bytes, size) only, continuing the SHA-256 from it.
   asio::awaitable<void> co_send_file(int fd, std::uint64_t size, const std::filesystem::path& local, bool keep_going,
                                      protocol::Digest& digest, std::optional<Error>& read_error,
-                                     const std::function<void(std::uint64_t)>& on_bytes);
+                                     const std::function<void(std::uint64_t)>& on_bytes,
+                                     const hash::State* from = nullptr);
   // Plain TCP only: sends [offset, offset + n) of fd with sendfile(2); returns the bytes
   // sent, fewer when the file ended first or sendfile does not work for it (then
   // sendfile_works_ is cleared). Connection errors throw, as everywhere.
@@ -208,6 +240,13 @@ class Client {
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
   [[noreturn]] void connection_lost(const std::error_code& ec);
   void authenticate(const std::string& token);
+  // Opens the connection (and TLS, and authentication) to connect_; also to start over on a
+  // fresh connection after a resume offer was declined mid-exchange.
+  void connect();
+  // A resumable kPut's kReady offer: checks that the chunk before the offered offset still
+  // hashes to the offered state. Returns the state to continue from, or nullopt when the
+  // file changed (or the offer makes no sense for it).
+  std::optional<hash::State> check_offer(const protocol::Frame& ready, int fd, std::uint64_t size);
   void start_tls(const std::string& host, const TlsOptions& tls);
   void check_pin(const TlsOptions& tls);
   // f(stream) on the TLS stream when there is one, else on the TCP socket; returns what f
@@ -217,6 +256,12 @@ class Client {
     return tls_ ? f(*tls_) : f(socket_);
   }
 
+  struct ConnectParams {
+    protocol::Address address;
+    std::string token;
+    TlsOptions tls;
+  };
+  ConnectParams connect_;
   std::string address_;
   std::chrono::milliseconds io_timeout_;
   std::chrono::steady_clock::time_point last_progress_;

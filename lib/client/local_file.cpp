@@ -1,6 +1,7 @@
 #include "client/local_file.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +15,9 @@
 #include <cstring>
 #include <mutex>
 #include <set>
+#include <thread>
+#include <chrono>
+#include <utility>
 
 namespace ftx::client {
 namespace {
@@ -129,7 +133,104 @@ StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)
   cleanup_slot_ = arm_cleanup(staging_);
 }
 
+namespace {
+constexpr auto kLockWait = std::chrono::milliseconds(50);
+constexpr int kLockTries = 60;
+
+std::filesystem::path folder_of(const std::filesystem::path& target) {
+  return target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+}
+std::filesystem::path resumable_data(const std::filesystem::path& target) {
+  return folder_of(target) / ("." + target.filename().string() + ".ftx-partial");
+}
+std::filesystem::path resumable_record(const std::filesystem::path& target) {
+  return folder_of(target) / ("." + target.filename().string() + ".ftx-partial.rec");
+}
+}  // namespace
+
+StagedFile::StagedFile(StagedFile&& o) noexcept
+    : target_(std::move(o.target_)),
+      staging_(std::move(o.staging_)),
+      fd_(std::move(o.fd_)),
+      committed_(std::exchange(o.committed_, true)),
+      resumable_(o.resumable_),
+      record_path_(std::move(o.record_path_)),
+      record_fd_(std::move(o.record_fd_)),
+      record_(std::move(o.record_)),
+      found_(o.found_),
+      cleanup_slot_(std::exchange(o.cleanup_slot_, nullptr)) {}
+
+std::optional<StagedFile> StagedFile::resumable(const std::filesystem::path& target) {
+  StagedFile f;
+  f.target_ = target;
+  f.resumable_ = true;
+  f.staging_ = resumable_data(target);
+  f.record_path_ = resumable_record(target);
+  f.record_fd_.reset(::open(f.record_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!f.record_fd_) throw std::system_error(storage::last_error(), "cannot create " + f.record_path_.string());
+  // Two downloads to one target at once: the second stages the usual way. The lock goes
+  // with the descriptor, so a killed process never leaves it held -- but a process killed
+  // in the middle of a large write lets go only once the write is done: a retry started at
+  // once waits a little for it.
+  for (int tries = 0; ::flock(f.record_fd_.get(), LOCK_EX | LOCK_NB) != 0; ++tries) {
+    if (errno != EWOULDBLOCK || tries == kLockTries) return std::nullopt;
+    std::this_thread::sleep_for(kLockWait);
+  }
+  f.fd_.reset(::open(f.staging_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666));
+  if (!f.fd_) throw std::system_error(storage::last_error(), "cannot create " + f.staging_.string());
+  struct stat st {};
+  f.found_ = !storage::load_record(f.record_fd_.get(), f.record_) && ::fstat(f.fd_.get(), &st) == 0 &&
+             static_cast<std::uint64_t>(st.st_size) >= f.record_.good.bytes;
+  return f;
+}
+
+void StagedFile::discard_resumable(const std::filesystem::path& target) {
+  const auto rec = resumable_record(target);
+  storage::UniqueFd fd(::open(rec.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return;  // none, or in use
+  ::unlink(resumable_data(target).c_str());
+  ::unlink(rec.c_str());
+}
+
+std::error_code StagedFile::continue_found() {
+  if (!found_) return std::make_error_code(std::errc::invalid_argument);
+  const auto at = static_cast<off_t>(record_.good.bytes);
+  // Bytes past the last checkpoint were never recorded as good: cut them off.
+  if (::ftruncate(fd_.get(), at) != 0 || ::lseek(fd_.get(), at, SEEK_SET) < 0) return storage::last_error();
+  return {};
+}
+
+std::error_code StagedFile::start(storage::PartialRecord fresh) {
+  record_ = std::move(fresh);
+  found_ = false;
+  if (::ftruncate(fd_.get(), 0) != 0 || ::lseek(fd_.get(), 0, SEEK_SET) < 0) return storage::last_error();
+  if (::ftruncate(record_fd_.get(), 0) != 0) return storage::last_error();
+  return storage::save_record(record_fd_.get(), record_);
+}
+
+void StagedFile::checkpoint(const hash::State& after) {
+  storage::advance(record_, after);
+  storage::save_record(record_fd_.get(), record_);  // best effort: a resume then starts earlier
+}
+
+void StagedFile::discard() {
+  if (committed_) return;
+  ::unlink(staging_.c_str());
+  if (resumable_) ::unlink(record_path_.c_str());
+  disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
+  cleanup_slot_ = nullptr;
+  committed_ = true;
+  fd_.reset();
+  record_fd_.reset();
+}
+
 StagedFile::~StagedFile() {
+  if (resumable_) {
+    // Kept for the next attempt if it holds anything worth resuming; an empty one (a
+    // request that failed, a transfer cut before its first chunk) is not left lying around.
+    if (!committed_ && record_.good.bytes == 0) discard();
+    return;
+  }
   if (!committed_) {
     ::unlink(staging_.c_str());  // before disarming, so a signal in between finds it gone
     disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
@@ -150,6 +251,7 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
   }
   if (::fsync(fd_.get()) != 0) return storage::last_error();
   if (::rename(staging_.c_str(), target_.c_str()) != 0) return storage::last_error();
+  if (resumable_) ::unlink(record_path_.c_str());
   committed_ = true;
   disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
   fd_.reset();

@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "storage/fd.hpp"
+#include "storage/partial.hpp"
 
 namespace ftx::client {
 
@@ -18,7 +19,32 @@ class StagedFile {
  public:
   // Creates the staging file in `target`'s folder. Throws std::system_error on failure.
   explicit StagedFile(std::filesystem::path target);
-  // Removes the staging file unless commit() succeeded.
+
+  // A resumable download's staging file: ".<name>.ftx-partial" beside the target, with its
+  // resume record in ".<name>.ftx-partial.rec" (storage/partial.hpp). Both stay when the
+  // process dies or the connection fails, so the next download of the same file continues
+  // them; commit() and discard() remove them. nullopt when another process is using them
+  // (the caller then stages the usual way). Throws std::system_error when they cannot be
+  // created.
+  static std::optional<StagedFile> resumable(const std::filesystem::path& target);
+  // Removes a resumable download's files for `target`, if any and not in use (--no-resume).
+  static void discard_resumable(const std::filesystem::path& target);
+
+  // Resumable only: the record found on disk (nullptr if none, or damaged).
+  const storage::PartialRecord* found() const { return found_ ? &record_ : nullptr; }
+  // Resumable only: continue the found record's data (cut to its good bytes, positioned
+  // there), or start afresh with `fresh` (data emptied, record written).
+  std::error_code continue_found();
+  std::error_code start(storage::PartialRecord fresh);
+  // Resumable only: the data up to `after.bytes` is written and hashed; records it.
+  void checkpoint(const hash::State& after);
+  // Removes the staging file (and record) now; the object is then inert.
+  void discard();
+  bool is_resumable() const { return resumable_; }
+
+  StagedFile(StagedFile&&) noexcept;
+  // Removes the staging file unless commit() succeeded -- except a resumable one holding a
+  // chunk or more, kept for the next attempt.
   ~StagedFile();
   StagedFile(const StagedFile&) = delete;
   StagedFile& operator=(const StagedFile&) = delete;
@@ -33,10 +59,17 @@ class StagedFile {
   std::error_code commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable = std::nullopt);
 
  private:
+  StagedFile() = default;
+
   std::filesystem::path target_;
   std::filesystem::path staging_;
   storage::UniqueFd fd_;
   bool committed_ = false;
+  bool resumable_ = false;
+  std::filesystem::path record_path_;
+  storage::UniqueFd record_fd_;  // holds the flock that says "in use"
+  storage::PartialRecord record_;
+  bool found_ = false;
   void* cleanup_slot_ = nullptr;  // this file's entry in the signal handler's table
 };
 

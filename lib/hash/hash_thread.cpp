@@ -11,6 +11,7 @@ HashThread::HashThread(std::size_t slots, std::size_t slot_size) : slot_size_(sl
   if (slots < 2 || slot_size == 0) throw std::invalid_argument("HashThread needs two slots or more");
   for (std::size_t i = 0; i < slots; ++i) slots_.push_back(std::make_unique_for_overwrite<std::uint8_t[]>(slot_size));
   lengths_.assign(slots, 0);
+  states_.assign(slots, std::nullopt);
   hasher_ = std::thread([this] { hash_loop(); });
 }
 
@@ -32,6 +33,18 @@ void HashThread::write_to(int fd) {
   write_ec_.clear();
   last_write_ec_.clear();
   if (!writer_.joinable()) writer_ = std::thread([this] { write_loop(); });
+}
+
+bool HashThread::start_from(const State& s) {
+  std::lock_guard lock(mu_);
+  if (queued_ != head_ || hashed_ != queued_) throw std::logic_error("HashThread::start_from inside a stream");
+  return sha_.restore(s);  // the hasher is idle: sha_ is ours
+}
+
+void HashThread::checkpoint(std::function<void(const State&)> fn) {
+  std::lock_guard lock(mu_);
+  if (queued_ != head_ || hashed_ != queued_) throw std::logic_error("HashThread::checkpoint inside a stream");
+  checkpoint_ = std::move(fn);
 }
 
 std::span<std::uint8_t> HashThread::buffer() {
@@ -61,6 +74,7 @@ void HashThread::wait_idle(std::unique_lock<std::mutex>& lock) {
   last_write_ec_ = write_ec_;
   write_ec_.clear();
   write_fd_ = -1;
+  checkpoint_ = nullptr;
 }
 
 Digest HashThread::finish() {
@@ -96,7 +110,9 @@ void HashThread::hash_loop() {
     const std::span<const std::uint8_t> data(slots_[i].get(), lengths_[i]);
     lock.unlock();  // hash without the lock: the producer fills other slots meanwhile
     sha_.update(data);
+    auto state = sha_.state();
     lock.lock();
+    states_[i] = state;
     ++hashed_;
     cv_.notify_all();
   }
@@ -126,6 +142,20 @@ void HashThread::write_loop() {
     }
     lock.lock();
     if (ec && !write_ec_) write_ec_ = ec;
+    if (!failed && !ec && checkpoint_) {
+      // Only a chunk that is on disk and hashed may be recorded as good; the slot is not
+      // reused before written_ moves past it, so its state stays put meanwhile.
+      const std::size_t index = written_;
+      cv_.wait(lock, [&] { return stop_ || hashed_ > index; });
+      if (stop_) return;
+      const auto state = states_[i];
+      const auto fn = checkpoint_;
+      if (state) {
+        lock.unlock();
+        fn(*state);
+        lock.lock();
+      }
+    }
     ++written_;
     cv_.notify_all();
   }

@@ -20,8 +20,10 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <system_error>
 #include <thread>
@@ -43,6 +45,14 @@ class HashThread {
   // its current offset, in order) by a writer thread, made on first use. Call before the
   // stream's first buffer(). After a failed write the rest are skipped; see write_error().
   void write_to(int fd);
+  // The stream continues the SHA-256 of an earlier prefix (resumed transfers): finish()
+  // then returns the digest of that prefix followed by the bytes submitted. Call before the
+  // stream's first buffer(); false when the state is not at a block boundary.
+  bool start_from(const State& s);
+  // With write_to(): after each chunk is both hashed and written, `fn` is called on the
+  // writer thread with the SHA-256 state after it (when at a block boundary), so the caller
+  // can record how far the file is known good. For this stream only.
+  void checkpoint(std::function<void(const State&)> fn);
   // The next buffer to fill (slot_size() bytes); waits while every slot is in use.
   std::span<std::uint8_t> buffer();
   // Queues the first n bytes of the buffer last returned by buffer().
@@ -67,6 +77,8 @@ class HashThread {
   const std::size_t slot_size_;
   std::vector<std::unique_ptr<std::uint8_t[]>> slots_;
   std::vector<std::size_t> lengths_;
+  std::vector<std::optional<State>> states_;  // after each slot was hashed
+  std::function<void(const State&)> checkpoint_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::size_t head_ = 0;     // slots handed out (producer); the next is head_ % slots

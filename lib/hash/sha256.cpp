@@ -1,8 +1,13 @@
 #include "hash/sha256.hpp"
 
+// SHA256_Init/Update/Final are marked deprecated in OpenSSL 3 in favour of EVP, but they
+// are the same implementation and the only interface whose state can be saved and
+// restored (EVP contexts are opaque).
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/sha.h>
 
 #include <algorithm>
 #include <stdexcept>
@@ -10,23 +15,10 @@
 namespace ftx::hash {
 
 struct Sha256::Ctx {
-  EVP_MD_CTX* md = nullptr;
-  ~Ctx() { EVP_MD_CTX_free(md); }
+  SHA256_CTX sha;
 };
 
-namespace {
-void init(EVP_MD_CTX* md) {
-  // EVP_sha256() is the built-in implementation; fetching it each time would cost a
-  // provider lookup per file.
-  if (EVP_DigestInit_ex(md, EVP_sha256(), nullptr) != 1) throw std::runtime_error("EVP_DigestInit_ex(sha256) failed");
-}
-}  // namespace
-
-Sha256::Sha256() : ctx_(std::make_unique<Ctx>()) {
-  ctx_->md = EVP_MD_CTX_new();
-  if (ctx_->md == nullptr) throw std::bad_alloc();
-  init(ctx_->md);
-}
+Sha256::Sha256() : ctx_(std::make_unique<Ctx>()) { SHA256_Init(&ctx_->sha); }
 
 Sha256::~Sha256() = default;
 Sha256::Sha256(Sha256&&) noexcept = default;
@@ -34,7 +26,7 @@ Sha256& Sha256::operator=(Sha256&&) noexcept = default;
 
 void Sha256::update(std::span<const std::uint8_t> data) {
   if (data.empty()) return;
-  if (EVP_DigestUpdate(ctx_->md, data.data(), data.size()) != 1) throw std::runtime_error("EVP_DigestUpdate failed");
+  SHA256_Update(&ctx_->sha, data.data(), data.size());
 }
 
 void Sha256::update(std::string_view data) {
@@ -43,12 +35,41 @@ void Sha256::update(std::string_view data) {
 
 Digest Sha256::finish() {
   Digest d{};
-  unsigned int len = 0;
-  if (EVP_DigestFinal_ex(ctx_->md, d.data(), &len) != 1 || len != d.size()) {
-    throw std::runtime_error("EVP_DigestFinal_ex failed");
-  }
-  init(ctx_->md);
+  SHA256_Final(d.data(), &ctx_->sha);
+  SHA256_Init(&ctx_->sha);
   return d;
+}
+
+std::uint64_t Sha256::bytes() const {
+  // Nl/Nh count bits.
+  return ((static_cast<std::uint64_t>(ctx_->sha.Nh) << 32) | ctx_->sha.Nl) / 8;
+}
+
+std::optional<State> Sha256::state() const {
+  if (ctx_->sha.num != 0) return std::nullopt;  // mid-block: the state is not just the words
+  State s;
+  for (std::size_t i = 0; i < 8; ++i) {
+    const std::uint32_t w = ctx_->sha.h[i];
+    for (std::size_t b = 0; b < 4; ++b) s.words[i * 4 + b] = static_cast<std::uint8_t>(w >> (24 - 8 * b));
+  }
+  s.bytes = bytes();
+  return s;
+}
+
+bool Sha256::restore(const State& s) {
+  if (s.bytes % 64 != 0) return false;
+  SHA256_CTX c;
+  SHA256_Init(&c);
+  for (std::size_t i = 0; i < 8; ++i) {
+    std::uint32_t w = 0;
+    for (std::size_t b = 0; b < 4; ++b) w = (w << 8) | s.words[i * 4 + b];
+    c.h[i] = w;
+  }
+  const std::uint64_t bits = s.bytes * 8;
+  c.Nl = static_cast<SHA_LONG>(bits & 0xffffffffu);
+  c.Nh = static_cast<SHA_LONG>(bits >> 32);
+  ctx_->sha = c;
+  return true;
 }
 
 Digest sha256(std::span<const std::uint8_t> data) {

@@ -1,9 +1,15 @@
 #pragma once
-// SHA-256 over OpenSSL 3's EVP interface. Not thread-safe: one Sha256 per stream of bytes.
+// SHA-256 over OpenSSL's SHA-256 (the same SHA-NI/AVX2 code its EVP interface runs). Not
+// thread-safe: one Sha256 per stream of bytes.
+//
+// Unlike EVP, the context can be saved at a 64-byte block boundary and restored later
+// (State): that is what lets an interrupted transfer continue its whole-file SHA-256 from
+// the resume point instead of reading everything before it again.
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -13,6 +19,15 @@
 namespace ftx::hash {
 
 using protocol::Digest;
+
+// The SHA-256 of a prefix whose length is a multiple of 64 bytes: the eight chaining words
+// (big-endian, as `words`) and the prefix's length. It commits to every byte of the prefix
+// like a digest does, but hashing can go on from it. Equal states = equal prefixes.
+struct State {
+  Digest words{};
+  std::uint64_t bytes = 0;
+  bool operator==(const State&) const = default;
+};
 
 class Sha256 {
  public:
@@ -27,6 +42,13 @@ class Sha256 {
   void update(std::string_view data);
   // Returns the digest of everything updated so far and starts over.
   Digest finish();
+  // Bytes updated since the start (or the state restored).
+  std::uint64_t bytes() const;
+  // The state after the bytes so far; only when bytes() is a multiple of 64 (else nullopt).
+  std::optional<State> state() const;
+  // Continues from `s` as if its prefix had just been updated; false (and nothing changed)
+  // when s.bytes is not a multiple of 64.
+  bool restore(const State& s);
 
  private:
   struct Ctx;

@@ -87,8 +87,23 @@ inline constexpr std::uint16_t kFlagFolder = 0x0010;
 // kTrailerSize more bytes. A client then reads its file once, hashing while it sends,
 // instead of once to hash and again to send. The server still verifies before publishing.
 inline constexpr std::uint16_t kFlagDigestAfter = 0x0020;
-inline constexpr std::uint16_t kKnownFlags =
-    kFlagHasMtime | kFlagExecutable | kFlagStreamed | kFlagDigest | kFlagFolder | kFlagDigestAfter;
+// Resumable transfers (docs/protocol.md, "resume").
+//   kPut (with kFlagDigestAfter, not streamed): keep the upload if it is interrupted, and
+//     continue one kept from an earlier attempt at the same file (name, size, mtime, mode).
+//   kReady: the server keeps this upload; size = bytes it already holds (the body is the
+//     rest), digest = the SHA-256 state after them (hash::State words), name = the 32-byte
+//     state at offset mtime_ns (at most one chunk earlier), so the client can check that
+//     its file still hashes the same between the two.
+//   kGet: size = bytes the client holds already, digest = the whole file's SHA-256 it expects.
+//   kFile: the server honoured it: the body is the file from that offset on (size is still
+//     the whole file's).
+inline constexpr std::uint16_t kFlagResume = 0x0040;
+// kList: list the partial uploads the server keeps instead of files. kEntry: such an upload:
+// size = the whole file, mtime_ns = its last progress, the first 8 digest bytes = bytes
+// received so far (big-endian).
+inline constexpr std::uint16_t kFlagPartial = 0x0080;
+inline constexpr std::uint16_t kKnownFlags = kFlagHasMtime | kFlagExecutable | kFlagStreamed | kFlagDigest |
+                                             kFlagFolder | kFlagDigestAfter | kFlagResume | kFlagPartial;
 
 using Digest = std::array<std::uint8_t, 32>;
 

@@ -59,6 +59,7 @@ Server::~Server() {
     destroying_ = true;
   }
   drain_timer_.reset();
+  expire_timer_.reset();
   signals_.reset();
   acceptor_.reset();
   strand_.reset();
@@ -75,6 +76,8 @@ bool Server::listens_on_loopback() const { return acceptor_->local_endpoint().ad
 
 void Server::start() {
   asio::co_spawn(*strand_, accept_loop(), log_failure("listener"));
+  expire_timer_.emplace(*strand_);
+  asio::co_spawn(*strand_, expire_partials(), log_failure("partial upload expiry"));
   pool_.reserve(threads_);
   for (unsigned i = 0; i < threads_; ++i) {
     pool_.emplace_back([this] {
@@ -113,9 +116,24 @@ void Server::stop() {
   asio::co_spawn(*strand_, drain(), log_failure("shutdown"));
 }
 
+asio::awaitable<void> Server::expire_partials() {
+  const auto ttl = opts_.partial_ttl;
+  const auto period = std::clamp<std::chrono::milliseconds>(ttl / 2, std::chrono::seconds(1), std::chrono::minutes(1));
+  while (!stopping()) {
+    // A few directory entries and small reads: cheap enough for the strand.
+    if (const auto n = storage_.expire_partials(ttl); n > 0) {
+      spdlog::info("removed {} partial upload(s) idle for {} s or more", n, ttl.count());
+    }
+    expire_timer_->expires_after(period);
+    auto [ec] = co_await expire_timer_->async_wait(kTuple);
+    if (ec) co_return;
+  }
+}
+
 asio::awaitable<void> Server::drain() {
   std::error_code ignored;
   acceptor_->close(ignored);
+  if (expire_timer_) expire_timer_->cancel();
   std::vector<std::shared_ptr<Session>> open;
   {
     std::lock_guard lock(mutex_);

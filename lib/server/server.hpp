@@ -47,6 +47,9 @@ struct ServerOptions {
   std::size_t max_name_bytes = 1024;
   std::size_t max_depth = 32;  // folders in a name
   bool read_only = false;
+  // Resumable uploads that make no progress for this long are removed (checked at start and
+  // then every ttl/2, at least every minute; docs/operations.md).
+  std::chrono::seconds partial_ttl{24 * 3600};
 
   // Shared secret; empty = no authentication. Clients prove they know it by answering a
   // random challenge (HMAC-SHA256); a wrong answer is logged and answered after auth_delay.
@@ -101,6 +104,8 @@ class Server {
   friend class Session;
   asio::awaitable<void> accept_loop();
   asio::awaitable<void> drain();
+  // Removes expired partial uploads now and then, until the server stops.
+  asio::awaitable<void> expire_partials();
   // Registers a session unless a connection limit is reached; returns the refusal message.
   std::string add_session(const std::shared_ptr<Session>& s);
   void remove_session(Session* s);
@@ -124,6 +129,7 @@ class Server {
   std::optional<asio::ip::tcp::acceptor> acceptor_;
   std::optional<asio::signal_set> signals_;
   std::optional<asio::steady_timer> drain_timer_;
+  std::optional<asio::steady_timer> expire_timer_;
   std::vector<std::thread> pool_;
   unsigned threads_ = 1;
   std::uint16_t port_ = 0;

@@ -35,6 +35,10 @@ constexpr std::size_t kSmallBody = 64 * 1024;
 // One sendfile(2) call moves at most this much; the call returns as soon as the socket
 // buffer is full anyway, so this only bounds a single call on a very fast peer.
 constexpr std::size_t kSendFileStep = 64u << 20;
+// How long a resumable upload waits for another connection to let go of the same partial
+// (a retry racing its own dropped connection), in steps, before uploading without it.
+constexpr auto kPartialBusyWait = std::chrono::milliseconds(50);
+constexpr int kPartialBusyTries = 60;
 
 // Entries are batched into writes of about this size.
 constexpr std::size_t kListBatchBytes = 64 * 1024;
@@ -433,14 +437,48 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   if (auto refusal = check_put_limits(req)) {
     co_return co_await refuse_put(req, refusal->first, std::move(refusal->second), start);
   }
+  const bool has_mtime = (req.flags & protocol::kFlagHasMtime) != 0;
+  const bool executable = (req.flags & protocol::kFlagExecutable) != 0;
   storage::Upload up;
-  if (auto ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed)) {
-    auto [st, msg] = describe(ec, req.name);
+  std::error_code begin_ec;
+  if (streamed) {
+    // Small files of a batch: nothing worth resuming, and no partial to look for.
+    begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed);
+  } else {
+    // A resumable upload must carry its digest after the body: the client cannot know it
+    // before it has read its file, and a resumed one reads only the rest.
+    const bool resumable = (req.flags & protocol::kFlagResume) != 0 && (req.flags & protocol::kFlagDigestAfter) != 0;
+    const auto mtime = has_mtime ? std::optional(req.mtime_ns) : std::nullopt;
+    const auto resume = resumable ? storage::Resume::kYes : storage::Resume::kNo;
+    // A client that lost its connection and retries at once usually finds its old
+    // connection still here, draining what the kernel had buffered before it sees the end:
+    // give it a moment to let go of the partial, then upload without touching it.
+    for (int tries = 0;; ++tries) {
+      begin_ec = server_.storage().begin_upload(req.name, req.size, mtime, executable, resume, up, &folders_);
+      if (begin_ec != storage::errc::partial_busy) break;
+      if (tries == kPartialBusyTries) {
+        begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_);
+        break;
+      }
+      asio::steady_timer wait(co_await asio::this_coro::executor, kPartialBusyWait);
+      co_await wait.async_wait(kTuple);
+    }
+  }
+  if (begin_ec) {
+    auto [st, msg] = describe(begin_ec, req.name);
     co_return co_await refuse_put(req, st, std::move(msg), start);
   }
+  const std::uint64_t resumed_at = up.written();
   if (!streamed) {
     Frame ready;
     ready.type = MsgType::kReady;
+    if (const auto* rec = up.record()) {
+      ready.flags = protocol::kFlagResume;
+      ready.size = rec->good.bytes;
+      ready.digest = rec->good.words;
+      ready.mtime_ns = static_cast<std::int64_t>(rec->before.bytes);
+      ready.name.assign(rec->before.words.begin(), rec->before.words.end());
+    }
     if (auto ec = co_await send(ready)) {
       log_transfer("put", req.name, 0, start, "aborted: " + ec.message());
       co_return ec;
@@ -450,7 +488,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   // A failed disk write does not end the exchange: the rest of the body is still read (and
   // dropped) so the connection stays in step and the client gets a proper error reply.
   std::error_code store_ec;
-  const auto read_ec = co_await read_body(req.size, [&](std::span<const std::uint8_t> data) {
+  const auto read_ec = co_await read_body(req.size - resumed_at, [&](std::span<const std::uint8_t> data) {
     if (!store_ec) store_ec = up.write(data);
   });
   // The client's SHA-256: in the header, or (kFlagDigestAfter) right after the body.
@@ -463,25 +501,25 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
       got += data.size();
     });
   }
+  const std::string resumed = resumed_at > 0 ? " (resumed at byte " + std::to_string(resumed_at) + ")" : "";
   if (read_ec || trailer_ec) {
     const auto ec = read_ec ? read_ec : trailer_ec;
-    log_transfer("put", req.name, up.written(), start, "aborted: " + ec.message());
-    co_return ec;  // `up` removes the staging file
+    log_transfer("put", req.name, up.written() - resumed_at, start,
+                 "aborted: " + ec.message() + (up.record() != nullptr ? "; kept for resume" : ""));
+    co_return ec;  // `up` removes the staging file, or keeps a resumable one
   }
   if (!store_ec) {
-    const bool has_mtime = (req.flags & protocol::kFlagHasMtime) != 0;
-    store_ec = up.commit(expected, has_mtime ? std::optional(req.mtime_ns) : std::nullopt,
-                         (req.flags & protocol::kFlagExecutable) != 0);
+    store_ec = up.commit(expected, has_mtime ? std::optional(req.mtime_ns) : std::nullopt, executable);
   }
   if (store_ec) {
     // Gone before the client hears "nothing was stored" (a failed write left it in place;
     // a failed commit already removed it).
     up.abort();
     auto [st, msg] = describe(store_ec, req.name);
-    log_transfer("put", req.name, req.size, start, protocol::to_string(st));
+    log_transfer("put", req.name, req.size - resumed_at, start, std::string(protocol::to_string(st)) + resumed);
     co_return co_await send_error(st, std::move(msg));
   }
-  log_transfer("put", req.name, req.size, start, "ok");
+  log_transfer("put", req.name, req.size - resumed_at, start, "ok" + resumed);
   Frame done;
   done.type = MsgType::kDone;
   done.size = req.size;
@@ -515,6 +553,15 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
   reply.mtime_ns = file.mtime_ns;
 
   std::uint64_t off = 0;
+  // A resumed download: only when the client holds a prefix of this very version of the
+  // file (same SHA-256), else it gets the whole file and starts over.
+  if ((req.flags & protocol::kFlagResume) != 0 && req.size > 0 && req.size <= file.size && req.size % 64 == 0 &&
+      hash::equal_constant_time(req.digest, reply.digest)) {
+    off = req.size;
+    reply.flags |= protocol::kFlagResume;
+  }
+  const std::uint64_t resumed_at = off;
+  const std::string resumed = resumed_at > 0 ? " (resumed at byte " + std::to_string(resumed_at) + ")" : "";
   bool header_out = false;
   if (file.size > kSmallBody && stream_->can_send_file()) {
     // Plain TCP: the body goes from the page cache to the socket without a copy through
@@ -543,9 +590,14 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
       off += sent;
     }
     if (off == file.size) {
-      log_transfer("get", req.name, file.size, start, "ok");
+      log_transfer("get", req.name, file.size - resumed_at, start, "ok" + resumed);
       co_return std::error_code{};
     }
+  }
+  if (!header_out && off == file.size && off > 0) {
+    // Resumed with every byte already on the client's side: just the header.
+    if (auto ec = co_await send(reply)) co_return ec;
+    header_out = true;
   }
 
   for (; off < file.size || off == 0;) {
@@ -584,11 +636,33 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
     off += got;
     if (file.size == 0) break;
   }
-  log_transfer("get", req.name, file.size, start, "ok");
+  log_transfer("get", req.name, file.size - resumed_at, start, "ok" + resumed);
   co_return std::error_code{};
 }
 
+asio::awaitable<std::error_code> Session::handle_list_partial() {
+  const auto start = std::chrono::steady_clock::now();
+  const auto partials = server_.storage().list_partials();
+  for (const auto& p : partials) {
+    Frame e;
+    e.type = MsgType::kEntry;
+    e.flags = protocol::kFlagHasMtime | protocol::kFlagPartial;
+    e.size = p.size;
+    e.mtime_ns = p.updated_ns;
+    for (std::size_t i = 0; i < 8; ++i) e.digest[i] = static_cast<std::uint8_t>(p.received >> (56 - 8 * i));
+    e.name = p.name;
+    queue(e);
+  }
+  Frame end;
+  end.type = MsgType::kListEnd;
+  end.size = partials.size();
+  const auto ec = co_await send(end);
+  log_transfer("ls", "(partial uploads)", partials.size(), start, ec ? "aborted: " + ec.message() : "ok");
+  co_return ec;
+}
+
 asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
+  if ((req.flags & protocol::kFlagPartial) != 0) co_return co_await handle_list_partial();
   const auto start = std::chrono::steady_clock::now();
   std::vector<storage::FileInfo> files;
   storage::ListOptions lo;

@@ -71,6 +71,8 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<std::error_code> handle_put(const protocol::Frame& req);
   asio::awaitable<std::error_code> handle_get(const protocol::Frame& req);
   asio::awaitable<std::error_code> handle_list(const protocol::Frame& req);
+  // kList with kFlagPartial: the partial uploads kept for resume (one kEntry each).
+  asio::awaitable<std::error_code> handle_list_partial();
   asio::awaitable<std::error_code> handle_stat(const protocol::Frame& req);
   // kRemove, kMove, kMkdir: refused on a read-only server; new names obey the upload limits.
   asio::awaitable<std::error_code> handle_change(const protocol::Frame& req);

@@ -18,6 +18,8 @@ class StorageCategory final : public std::error_category {
       case errc::symlink: return "symbolic links are not followed";
       case errc::bad_root: return "root is not a usable folder";
       case errc::not_durable: return "stored, but its folder could not be synced";
+      case errc::bad_record: return "resume record is missing or damaged";
+      case errc::partial_busy: return "an upload of the same file is in progress";
     }
     return "unknown storage error";
   }

@@ -25,6 +25,8 @@ enum class errc {
   symlink,          // a component is a symbolic link (never followed)
   bad_root,         // the root is not a usable folder
   not_durable,      // published, but the folder's fsync failed: may not survive a crash
+  bad_record,       // a resume record is missing, torn, or of another layout
+  partial_busy,     // a resumable upload of the same file is in progress on another connection
 };
 
 const std::error_category& storage_category() noexcept;

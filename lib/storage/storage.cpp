@@ -17,6 +17,18 @@ namespace ftx::storage {
 namespace {
 
 constexpr int kDirFlags = O_DIRECTORY | O_NOFOLLOW | O_RDONLY | O_CLOEXEC;
+constexpr const char* kPartialDir = "partial";
+
+// A partial upload's key: the same file (name, size, mtime, executable bit) gets the same key,
+// so the next attempt to upload it finds what the last one left.
+std::string partial_key(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime, bool exec) {
+  hash::Sha256 h;
+  h.update(name);
+  const std::string tail = std::string(1, '\0') + std::to_string(size) + "/" +
+                           (mtime ? std::to_string(*mtime) : std::string("-")) + "/" + (exec ? "x" : "-");
+  h.update(tail);
+  return hash::to_hex(h.finish()).substr(0, 32);
+}
 
 // After openat(.., O_NOFOLLOW) failed with ELOOP or ENOTDIR, tells a symlink (which we
 // refuse on principle) from a plain "not a folder".
@@ -119,24 +131,21 @@ void walk(int dirfd, const std::string& prefix, const ListOptions& opts, std::ve
 
 // ---------------------------------------------------------------- Upload
 
-Upload::~Upload() { abort(); }
+Upload::~Upload() { release(); }
 
-Upload::Upload(Upload&& o) noexcept
-    : store_(o.store_),
-      name_(std::move(o.name_)),
-      staging_name_(std::exchange(o.staging_name_, {})),
-      fd_(std::move(o.fd_)),
-      parent_(std::move(o.parent_)),
-      hasher_(std::move(o.hasher_)),
-      size_(o.size_),
-      written_(o.written_) {}
+Upload::Upload(Upload&& o) noexcept { *this = std::move(o); }
 
 Upload& Upload::operator=(Upload&& o) noexcept {
   if (this != &o) {
-    abort();
+    release();
     store_ = o.store_;
     name_ = std::move(o.name_);
     staging_name_ = std::exchange(o.staging_name_, {});
+    staging_dir_ = o.staging_dir_;
+    resumable_ = std::exchange(o.resumable_, false);
+    key_ = std::exchange(o.key_, {});
+    state_fd_ = std::move(o.state_fd_);
+    record_ = std::move(o.record_);
     fd_ = std::move(o.fd_);
     parent_ = std::move(o.parent_);
     hasher_ = std::move(o.hasher_);
@@ -148,17 +157,57 @@ Upload& Upload::operator=(Upload&& o) noexcept {
 
 void Upload::abort() {
   if (!staging_name_.empty() && store_ != nullptr) {
-    ::unlinkat(store_->staging_fd_.get(), staging_name_.c_str(), 0);
+    ::unlinkat(staging_dir_, staging_name_.c_str(), 0);
+    if (resumable_) ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
   }
   staging_name_.clear();
   fd_.reset();
+  state_fd_.reset();
+  if (!key_.empty() && store_ != nullptr) store_->release_partial(key_);
+  key_.clear();
+  resumable_ = false;
+}
+
+void Upload::release() {
+  if (resumable_ && !staging_name_.empty() && record_.good.bytes > 0) {
+    // Kept for a later resume: the record already says how far the data is good (bytes
+    // written after the last checkpoint are cut off when it resumes). One that holds no
+    // whole chunk is not worth keeping.
+    staging_name_.clear();
+    fd_.reset();
+    state_fd_.reset();
+    store_->release_partial(key_);
+    key_.clear();
+    resumable_ = false;
+    return;
+  }
+  abort();
+}
+
+void Upload::checkpoint() {
+  const auto state = hasher_.state();
+  if (!state) return;  // not at a block boundary (never at a chunk boundary)
+  advance(record_, *state);
+  // Best effort: a record that could not be saved only makes a resume start earlier.
+  save_record(state_fd_.get(), record_);
 }
 
 std::error_code Upload::write(std::span<const std::uint8_t> data) {
   if (written_ + data.size() > size_) return errc::size_mismatch;
-  if (auto ec = write_all(fd_.get(), data)) return ec;
-  hasher_.update(data);
-  written_ += data.size();
+  while (!data.empty()) {
+    // Resumable uploads are recorded at every chunk boundary: split the write there.
+    std::size_t n = data.size();
+    if (resumable_) {
+      const auto to_boundary = protocol::kChunkSize - written_ % protocol::kChunkSize;
+      n = static_cast<std::size_t>(std::min<std::uint64_t>(n, to_boundary));
+    }
+    const auto piece = data.first(n);
+    if (auto ec = write_all(fd_.get(), piece)) return ec;
+    hasher_.update(piece);
+    written_ += n;
+    data = data.subspan(n);
+    if (resumable_ && written_ % protocol::kChunkSize == 0 && written_ < size_) checkpoint();
+  }
   return {};
 }
 
@@ -182,15 +231,19 @@ std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::
   DirFd dir = std::move(parent_);
   std::string leaf = name_.substr(name_.rfind('/') + 1);
   if (!ec && !dir) ec = store_->open_parent(name_, /*create=*/true, dir, leaf);
-  if (!ec && ::renameat(store_->staging_fd_.get(), staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
+  if (!ec && ::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
     ec = last_error();
   }
   if (ec) {
-    abort();
+    abort();  // a resumable upload too: what it holds is not the file (or cannot be stored)
     return ec;
   }
   staging_name_.clear();  // it is the final file now
   fd_.reset();
+  if (resumable_) {
+    ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
+    abort();  // drops the record's descriptor and the claim on the key
+  }
   // The rename is durable only once the folder is: this is what lets the server say
   // "stored" and mean it.
   if (::fsync(dir.get()) != 0) return errc::not_durable;
@@ -213,11 +266,17 @@ Storage::Storage(const std::filesystem::path& root) : root_(root) {
   if (!staging_fd_) throw std::system_error(last_error(), "cannot open " + (root_ / staging).string());
   staging_prefix_ = random_hex(6) + "-";
   leftovers_removed_ = clean_staging();
+  if (::mkdirat(staging_fd_.get(), kPartialDir, 0700) != 0 && errno != EEXIST) {
+    throw std::system_error(last_error(), "cannot create " + (root_ / staging / kPartialDir).string());
+  }
+  partial_fd_.reset(::openat(staging_fd_.get(), kPartialDir, kDirFlags));
+  if (!partial_fd_) throw std::system_error(last_error(), "cannot open " + (root_ / staging / kPartialDir).string());
 }
 
 std::size_t Storage::clean_staging() const {
   std::size_t removed = 0;
   for_each_entry(staging_fd_.get(), [&](std::string_view name, const struct stat& st) {
+    if (name == kPartialDir) return;  // resumable uploads outlive the server (expire_partials)
     const int flags = S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0;
     if (::unlinkat(staging_fd_.get(), std::string(name).c_str(), flags) == 0) ++removed;
   });
@@ -280,6 +339,7 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   up.size_ = size;
   if (!ec) up.parent_ = std::move(dir);
   up.staging_name_ = next_staging_name();
+  up.staging_dir_ = staging_fd_.get();
   up.fd_.reset(::openat(staging_fd_.get(), up.staging_name_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!up.fd_) {
     up.staging_name_.clear();
@@ -287,6 +347,142 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   }
   out = std::move(up);
   return {};
+}
+
+std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime_ns,
+                                      bool executable, Resume resume, Upload& out, FolderCache* cache) const {
+  Upload up;
+  if (auto ec = begin_upload(name, size, up, cache)) return ec;
+  const std::string key = partial_key(name, size, mtime_ns, executable);
+  {
+    std::lock_guard lock(partial_mu_);
+    // Someone is sending this very file now: this upload cannot share its partial.
+    if (active_partials_.count(key) != 0) return errc::partial_busy;
+    active_partials_.insert(key);
+  }
+  const std::string part = key + ".part";
+  const std::string state = key + ".state";
+  if (resume == Resume::kNo) {
+    ::unlinkat(partial_fd_.get(), part.c_str(), 0);
+    ::unlinkat(partial_fd_.get(), state.c_str(), 0);
+    release_partial(key);
+    out = std::move(up);
+    return {};
+  }
+  // From here on `up` is the resumable upload; its plain staging file goes.
+  up.abort();
+  up.store_ = this;
+  up.key_ = key;  // release_partial on every way out
+  UniqueFd data(::openat(partial_fd_.get(), part.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  UniqueFd rec(::openat(partial_fd_.get(), state.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!data || !rec) return last_error();
+  PartialRecord r;
+  struct stat st {};
+  const bool found = !load_record(rec.get(), r) && ::fstat(data.get(), &st) == 0 && r.name == name &&
+                     r.size == size && r.has_mtime == mtime_ns.has_value() && r.mtime_ns == mtime_ns.value_or(0) &&
+                     r.executable == executable && static_cast<std::uint64_t>(st.st_size) >= r.good.bytes &&
+                     up.hasher_.restore(r.good);
+  if (!found) {
+    r = PartialRecord{};
+    r.name = std::string(name);
+    r.size = size;
+    r.has_mtime = mtime_ns.has_value();
+    r.mtime_ns = mtime_ns.value_or(0);
+    r.executable = executable;
+    up.hasher_ = hash::Sha256();
+    r.good = r.before = *up.hasher_.state();
+    r.created_ns = r.updated_ns = wall_clock_ns();
+    if (::ftruncate(rec.get(), 0) != 0) return last_error();
+    if (auto ec = save_record(rec.get(), r)) return ec;
+  }
+  // Bytes past the last checkpoint were never recorded as good: cut them off.
+  if (::ftruncate(data.get(), static_cast<off_t>(r.good.bytes)) != 0 ||
+      ::lseek(data.get(), static_cast<off_t>(r.good.bytes), SEEK_SET) < 0) {
+    return last_error();
+  }
+  up.staging_name_ = part;
+  up.staging_dir_ = partial_fd_.get();
+  up.resumable_ = true;
+  up.fd_ = std::move(data);
+  up.state_fd_ = std::move(rec);
+  up.record_ = std::move(r);
+  up.written_ = up.record_.good.bytes;
+  out = std::move(up);
+  return {};
+}
+
+void Storage::release_partial(const std::string& key) const {
+  std::lock_guard lock(partial_mu_);
+  active_partials_.erase(key);
+}
+
+template <typename Fn>
+void Storage::for_each_partial(Fn&& fn) const {
+  // fn(key, record or nullptr, part file's stat or nullptr)
+  std::vector<std::string> names;
+  for_each_entry(partial_fd_.get(), [&](std::string_view name, const struct stat&) { names.emplace_back(name); });
+  std::sort(names.begin(), names.end());
+  std::set<std::string> keys;
+  for (const auto& n : names) {
+    const auto dot = n.rfind('.');
+    keys.insert(dot == std::string::npos ? n : n.substr(0, dot));
+  }
+  for (const auto& key : keys) {
+    PartialRecord r;
+    bool have = false;
+    UniqueFd rec(::openat(partial_fd_.get(), (key + ".state").c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (rec && !load_record(rec.get(), r)) have = true;
+    struct stat st {};
+    const bool part = ::fstatat(partial_fd_.get(), (key + ".part").c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    fn(key, have ? &r : nullptr, part ? &st : nullptr);
+  }
+}
+
+std::size_t Storage::expire_partials(std::chrono::seconds ttl) const {
+  const std::int64_t now = wall_clock_ns();
+  const std::int64_t ttl_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(ttl).count();
+  std::size_t removed = 0;
+  for_each_partial([&](const std::string& key, const PartialRecord* r, const struct stat* part) {
+    {
+      std::lock_guard lock(partial_mu_);
+      if (active_partials_.count(key) != 0) return;
+      // A record or data file alone is a leftover of a crash between creating the two.
+      const bool stale = r == nullptr || part == nullptr || now - r->updated_ns >= ttl_ns;
+      if (!stale) return;
+      // Claimed while removing, so a resume cannot open it half-way through.
+      active_partials_.insert(key);
+    }
+    ::unlinkat(partial_fd_.get(), (key + ".part").c_str(), 0);
+    ::unlinkat(partial_fd_.get(), (key + ".state").c_str(), 0);
+    release_partial(key);
+    ++removed;
+  });
+  return removed;
+}
+
+std::vector<PartialInfo> Storage::list_partials() const {
+  std::vector<PartialInfo> out;
+  for_each_partial([&](const std::string& key, const PartialRecord* r, const struct stat* part) {
+    if (r == nullptr || part == nullptr) return;
+    PartialInfo p;
+    p.name = r->name;
+    p.size = r->size;
+    p.received = r->good.bytes;
+    p.updated_ns = r->updated_ns;
+    std::lock_guard lock(partial_mu_);
+    p.active = active_partials_.count(key) != 0;
+    out.push_back(std::move(p));
+  });
+  std::sort(out.begin(), out.end(), [](const PartialInfo& a, const PartialInfo& b) { return a.name < b.name; });
+  return out;
+}
+
+std::uint64_t Storage::partial_bytes() const {
+  std::uint64_t total = 0;
+  for_each_partial([&](const std::string&, const PartialRecord*, const struct stat* part) {
+    if (part != nullptr) total += static_cast<std::uint64_t>(part->st_blocks) * 512;
+  });
+  return total;
 }
 
 std::error_code Storage::free_bytes(std::uint64_t& out) const {

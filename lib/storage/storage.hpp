@@ -13,6 +13,9 @@
 // at a time.
 
 #include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
 #include <cstdint>
 #include <memory>
 #include <filesystem>
@@ -26,6 +29,7 @@
 #include "hash/sha256.hpp"
 #include "storage/fd.hpp"
 #include "storage/names.hpp"
+#include "storage/partial.hpp"
 
 namespace ftx::storage {
 
@@ -91,9 +95,26 @@ class FolderCache {
   std::uint64_t generation_ = 0;
 };
 
+// Whether an upload may be resumed (begin_upload).
+enum class Resume {
+  kNo,   // destroying the upload removes its staging file; a partial of the same file is dropped
+  kYes,  // continue the partial of the same file if there is one; keep this one if interrupted
+};
+
+// One resumable upload that was interrupted (list_partials).
+struct PartialInfo {
+  std::string name;
+  std::uint64_t size = 0;      // the whole file
+  std::uint64_t received = 0;  // bytes kept, from the start
+  std::int64_t updated_ns = 0; // last progress, wall clock
+  bool active = false;         // a connection is sending it right now
+};
+
 // An upload in progress. Destroying it before commit() succeeded removes the staging file,
 // so an upload that fails for any reason (bad digest, dropped connection, server shutdown)
-// leaves nothing behind.
+// leaves nothing behind -- except a resumable one (Resume::kYes) that holds a chunk or
+// more: its staging file and resume record stay in the staging area's partial/ folder until
+// it is resumed, restarted or expires.
 class Upload {
  public:
   Upload() = default;
@@ -118,14 +139,30 @@ class Upload {
   std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
                          bool executable = false);
 
-  // Removes the staging file now (the destructor does the same).
+  // Removes the staging file (and a resumable upload's record) now. The destructor does
+  // the same, except that it keeps a resumable upload for later.
   void abort();
+
+  // Resumable uploads: the record of what the server holds. When resumed, `good.bytes` bytes
+  // of the file are already here (written() starts there) and `good` is the SHA-256 state
+  // after them. nullptr for an upload that is not resumable.
+  const PartialRecord* record() const { return resumable_ ? &record_ : nullptr; }
 
  private:
   friend class Storage;
+  // Called by the destructor: keeps a resumable upload, else aborts.
+  void release();
+  // Records that the data up to written_ is on disk and hashed (resumable uploads).
+  void checkpoint();
+
   const Storage* store_ = nullptr;
   std::string name_;          // final name
-  std::string staging_name_;  // file name inside the staging folder
+  std::string staging_name_;  // file name inside the staging folder (or its partial/ folder)
+  int staging_dir_ = -1;      // the folder staging_name_ is in (owned by Storage)
+  bool resumable_ = false;
+  std::string key_;           // resumable: the partial's key (file names key.part, key.state)
+  UniqueFd state_fd_;         // resumable: the record file
+  PartialRecord record_;
   UniqueFd fd_;
   DirFd parent_;              // the final name's folder, when it existed at begin_upload
   hash::Sha256 hasher_;
@@ -152,6 +189,23 @@ class Storage {
   // "is the name a folder?" check: the body is on its way regardless, and commit refuses it.
   std::error_code begin_upload(std::string_view name, std::uint64_t size, Upload& out,
                                FolderCache* cache = nullptr, bool streamed = false) const;
+
+  // A resumable upload (or, with Resume::kNo, a plain one that also drops any partial of
+  // the same file). A partial belongs to the same file when name, size, mtime and the
+  // executable bit all match. While another connection is sending that partial:
+  // errc::partial_busy (the caller may wait for it, or make a plain upload with the other
+  // overload, which leaves it alone). Check out.record()->good.bytes for where the body
+  // continues.
+  std::error_code begin_upload(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime_ns,
+                               bool executable, Resume resume, Upload& out, FolderCache* cache = nullptr) const;
+
+  // Removes partial uploads (and stray files in the partial/ folder) that made no progress
+  // for `ttl`, except those being sent right now. Returns how many were removed.
+  std::size_t expire_partials(std::chrono::seconds ttl) const;
+  // The partial uploads kept, sorted by name.
+  std::vector<PartialInfo> list_partials() const;
+  // Bytes the partial uploads hold on disk.
+  std::uint64_t partial_bytes() const;
 
   // Bytes an unprivileged writer may still use on the root's filesystem.
   std::error_code free_bytes(std::uint64_t& out) const;
@@ -201,10 +255,18 @@ class Storage {
   // prefix) among processes sharing the root.
   std::string next_staging_name() const;
   std::size_t clean_staging() const;
+  // Ends a resumable upload's claim on its partial (Upload's destructor).
+  void release_partial(const std::string& key) const;
+
+  template <typename Fn>
+  void for_each_partial(Fn&& fn) const;
 
   std::filesystem::path root_;
   UniqueFd root_fd_;
   UniqueFd staging_fd_;
+  UniqueFd partial_fd_;  // <staging>/partial: resumable uploads, key.part + key.state
+  mutable std::mutex partial_mu_;
+  mutable std::set<std::string> active_partials_;  // keys a connection is sending now
   std::size_t leftovers_removed_ = 0;
   std::string staging_prefix_;
   mutable std::atomic<std::uint64_t> staging_counter_{0};

@@ -151,7 +151,7 @@ check "nothing escaped the root" test ! -e "$T/escape"
 grep -qE 'put "big.bin" bytes=3000000 ms=[0-9.]+ result=ok' "$T/serve.log" && ok || bad "no transfer log line"
 grep -qE 'get "no-such-file" bytes=0 ms=[0-9.]+ result=not-found' "$T/serve.log" && ok || bad "no failure log line"
 stop_server
-check "no staging leftovers after stop" test -z "$(ls -A "$T/root/.ftx-staging")"
+check "no staging leftovers after stop" test -z "$(find "$T/root/.ftx-staging" -type f)"
 
 # ---- TLS with a token: every command, pinning on first use, exit 10 for an unknown server
 export XDG_CONFIG_HOME=$T/config

@@ -86,7 +86,7 @@ TEST_F(ServerTest, RefusedStreamedUploadIsDrainedAndTheConnectionGoesOn) {
   EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
   EXPECT_EQ(read_file(root() / "good"), ok);
   EXPECT_FALSE(std::filesystem::exists(root() / "wrong"));
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
 }
 
 class SmallLimitTest : public ServerTest {
@@ -188,7 +188,7 @@ TEST_F(ServerTest, PutManyStoresEveryFileAndReportsEachInOrder) {
   EXPECT_TRUE(is_executable(root() / "batch/3/f3"));
   EXPECT_FALSE(is_executable(root() / "batch/4/f4"));
   EXPECT_FALSE(std::filesystem::exists(root() / "batch/missing"));
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
 
   // The connection is still in step for ordinary requests.
   c.ping();
@@ -335,7 +335,7 @@ TEST_F(ServerTest, MoveRenamesReplacesAndMovesIntoFolders) {
   EXPECT_FALSE(replaced) << "moving a file onto itself replaces nothing";
   EXPECT_TRUE(std::filesystem::exists(root() / "dir/b"));
   EXPECT_EQ(failure_of([&] { c.move("nothing", "x"); }), client::Failure::kNotFound);
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
 }
 
 TEST_F(ServerTest, MkdirMakesParentsAndAcceptsAnExistingFolder) {

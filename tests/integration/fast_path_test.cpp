@@ -48,7 +48,7 @@ TEST_F(ServerTest, DigestAfterTheBodyIsVerifiedBeforePublishing) {
   EXPECT_EQ(refused.type, MsgType::kError);
   EXPECT_EQ(refused.status, Status::kIntegrity);
   EXPECT_EQ(read_file(root() / "after.bin"), body);
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
   peer.send_frame(frame(MsgType::kPing));
   EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
 }
@@ -86,7 +86,7 @@ TEST_F(ServerTest, TrailerCutShortStoresNothing) {
     EXPECT_TRUE(peer.read_until_closed().empty());
   }
   ASSERT_TRUE(server_->wait_for_sessions(0, std::chrono::seconds(10)));
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
   const auto kept = read_file(root() / "keep.bin");
   EXPECT_EQ(std::string(kept.begin(), kept.end()), "old");
 }

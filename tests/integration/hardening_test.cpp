@@ -168,7 +168,7 @@ TEST_F(Timeouts, StalledUploadIsDroppedAndItsStagingFileRemoved) {
   peer.send_bytes(random_bytes(1000, 1));
   EXPECT_TRUE(peer.closed_by_peer());
   ASSERT_TRUE(server_->wait_for_sessions(0, 10s));
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
   const auto kept = read_file(root() / "stalled.bin");
   EXPECT_EQ(std::string(kept.begin(), kept.end()), "old");
 }
@@ -256,7 +256,7 @@ TEST_F(FreeSpaceGuard, UploadThatCannotFitIsRefusedBeforeItsBody) {
   const Frame reply = peer.read_frame();
   EXPECT_EQ(reply.status, Status::kNoSpace);
   EXPECT_NE(reply.name.find("not enough free space"), std::string::npos) << reply.name;
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
 }
 
 class ReadOnly : public ServerTest {
@@ -394,7 +394,7 @@ TEST_F(DiskFull, EnospcMidUploadAnswersAnErrorKeepsTheOldFileAndLeavesNothing) {
   EXPECT_EQ(reply.status, protocol::Status::kNoSpace) << reply.name;
   EXPECT_NE(reply.name.find("ran out of space"), std::string::npos) << reply.name;
   EXPECT_EQ(read_file(mount_ / "root" / "victim"), old);
-  EXPECT_TRUE(list_dir(mount_ / "root" / ".ftx-staging").empty());
+  EXPECT_TRUE(staging_files(mount_ / "root" / ".ftx-staging").empty());
   std::filesystem::remove(mount_ / "filler");
   peer.send_frame(frame(MsgType::kPing));
   EXPECT_EQ(peer.read_frame().type, MsgType::kPong) << "the connection and the server carry on";

@@ -38,7 +38,7 @@ TEST_F(ServerTest, RoundTripsEverySizeAroundTheChunkBoundary) {
     EXPECT_EQ(got.digest, hash::sha256(data));
     EXPECT_EQ(read_file(back), data) << "downloaded bytes";
   }
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
 }
 
 TEST_F(ServerTest, ManyRequestsOnOneConnection) {
@@ -96,7 +96,7 @@ TEST_F(ServerTest, BodyThatDoesNotMatchItsDigestIsRefusedAndLeavesNothing) {
   EXPECT_EQ(reply.status, Status::kIntegrity);
   EXPECT_NE(reply.name.find("SHA-256"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(root() / "liar.bin"));
-  EXPECT_TRUE(list_dir(staging()).empty());
+  EXPECT_TRUE(staging_files(staging()).empty());
   // The connection stays usable: the refused body was consumed exactly.
   peer.send_frame(frame(MsgType::kPing));
   EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
@@ -145,7 +145,7 @@ TEST_F(ServerTest, ClientVanishingMidUploadLeavesNothingAndServerKeepsServing) {
     peer.close();
   }
   ASSERT_TRUE(server_->wait_for_sessions(0, std::chrono::seconds(10)));
-  EXPECT_TRUE(list_dir(staging()).empty()) << "staging file removed";
+  EXPECT_TRUE(staging_files(staging()).empty()) << "staging file removed";
   const auto kept = read_file(root() / "victim.bin");
   EXPECT_EQ(std::string(kept.begin(), kept.end()), "the old content");
   client::Client c(address());

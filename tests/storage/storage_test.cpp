@@ -45,7 +45,7 @@ TEST_F(StorageTest, StoresAndReadsBackCreatingFolders) {
   ASSERT_FALSE(s.open_file("a/b/c.txt", f));
   EXPECT_EQ(f.size, 5u);
   EXPECT_EQ(read_all(f), "hello");
-  EXPECT_TRUE(test::list_dir(staging()).empty());
+  EXPECT_TRUE(test::staging_files(staging()).empty());
 }
 
 TEST_F(StorageTest, RefusesHostileNamesEverywhere) {
@@ -96,7 +96,7 @@ TEST_F(StorageTest, FolderCreatedAsSymlinkDuringUploadIsNotFollowed) {
   ASSERT_FALSE(up.write(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>("x"), 1)));
   EXPECT_EQ(up.commit(hash::sha256("x"), std::nullopt), errc::symlink);
   EXPECT_TRUE(test::list_dir(dir_ / "outside").empty());
-  EXPECT_TRUE(test::list_dir(staging()).empty());
+  EXPECT_TRUE(test::staging_files(staging()).empty());
 }
 
 TEST_F(StorageTest, ReplaceIsAtomicForReaders) {
@@ -129,7 +129,7 @@ TEST_F(StorageTest, DigestMismatchPublishesNothingAndKeepsTheOldFile) {
   ASSERT_FALSE(s.open_file("kept", f));
   EXPECT_EQ(read_all(f), "old");
   EXPECT_EQ(s.open_file("fresh", f), std::errc::no_such_file_or_directory);
-  EXPECT_TRUE(test::list_dir(staging()).empty());
+  EXPECT_TRUE(test::staging_files(staging()).empty());
 }
 
 TEST_F(StorageTest, SizeMismatchIsRefused) {
@@ -150,9 +150,9 @@ TEST_F(StorageTest, AbandonedUploadLeavesNothing) {
     Upload up;
     ASSERT_FALSE(s.begin_upload("gone", 100, up));
     ASSERT_FALSE(up.write(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>("abc"), 3)));
-    EXPECT_EQ(test::list_dir(staging()).size(), 1u);
+    EXPECT_EQ(test::staging_files(staging()).size(), 1u);
   }
-  EXPECT_TRUE(test::list_dir(staging()).empty());
+  EXPECT_TRUE(test::staging_files(staging()).empty());
   EXPECT_FALSE(std::filesystem::exists(root() / "gone"));
 }
 
@@ -162,7 +162,7 @@ TEST_F(StorageTest, CrashLeftoversAreRemovedAtStartup) {
   write_file(staging() / "cafe.part", "another");
   Storage s(root());
   EXPECT_EQ(s.leftovers_removed(), 2u);
-  EXPECT_TRUE(test::list_dir(staging()).empty());
+  EXPECT_TRUE(test::staging_files(staging()).empty());
 }
 
 TEST_F(StorageTest, FoldersAndSpecialFilesAreNotRegularFiles) {

@@ -54,6 +54,16 @@ std::vector<std::string> list_dir(const std::filesystem::path& p) {
   return names;
 }
 
+std::vector<std::string> staging_files(const std::filesystem::path& staging) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(staging, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_directory()) names.push_back(std::filesystem::relative(it->path(), staging).string());
+  }
+  return names;
+}
+
 RawPeer::RawPeer(std::uint16_t port) : socket_(io_) {
   socket_.connect({asio::ip::make_address("127.0.0.1"), port});
   socket_.set_option(asio::ip::tcp::no_delay(true));

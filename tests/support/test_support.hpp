@@ -33,6 +33,9 @@ void write_file(const std::filesystem::path& p, const std::string& data);
 std::vector<std::uint8_t> read_file(const std::filesystem::path& p);
 // Names of the entries of a folder (empty if it does not exist).
 std::vector<std::string> list_dir(const std::filesystem::path& p);
+// The files below a staging folder, as paths relative to it ("partial/<key>.part" for kept
+// resumable uploads); the empty folders ftx keeps there are not listed.
+std::vector<std::string> staging_files(const std::filesystem::path& staging);
 
 // A blocking TCP connection that speaks raw frames.
 class RawPeer {

@@ -1,0 +1,54 @@
+#pragma once
+// What makes a transfer resumable: beside the data file of an unfinished transfer (the
+// server's staging file of an upload, the client's hidden file of a download) lives a small
+// record of how far the data is known good, and the SHA-256 state at that point.
+//
+// The data file only ever grows in order, and the record is rewritten (one pwrite) after
+// each whole chunk is on disk and hashed. Resuming truncates the data file to the record's
+// offset and continues the whole-file SHA-256 from its state, so nothing before the resume
+// point is read or hashed again. A record that fails its checksum (a torn write after a
+// crash) is ignored: the transfer starts over. Local files only: native byte order.
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "hash/sha256.hpp"
+
+namespace ftx::storage {
+
+struct PartialRecord {
+  std::string name;             // the remote name (server: final name; client: name asked for)
+  std::uint64_t size = 0;       // the whole file's size
+  std::int64_t mtime_ns = 0;    // put: the source's mtime; get: the server file's
+  bool has_mtime = false;
+  bool executable = false;
+  hash::Digest digest{};        // get: the whole file's SHA-256 the server announced; put: zero
+  hash::State good;             // after the verified prefix; good.bytes = the resume offset
+  hash::State before;           // one chunk before `good` (the sample check); == good at 0
+  std::int64_t created_ns = 0;  // wall clock (CLOCK_REALTIME), ns
+  std::int64_t updated_ns = 0;  // last checkpoint
+
+  bool operator==(const PartialRecord&) const = default;
+};
+
+// The record as bytes, with a trailing checksum; decode() checks it and the layout.
+std::vector<std::uint8_t> encode(const PartialRecord& r);
+bool decode(std::span<const std::uint8_t> bytes, PartialRecord& out);
+
+// Writes the record at offset 0 of `fd` in one pwrite (a record never shrinks: its name is
+// fixed). Reads one back; errc::bad_record when it is missing, torn or of another layout.
+std::error_code save_record(int fd, const PartialRecord& r);
+std::error_code load_record(int fd, PartialRecord& out);
+
+// Moves `r` on after `bytes_written` more bytes ending in state `after`: `before` becomes the
+// old `good` when a whole chunk was added, so the sample check always has one chunk to hash.
+void advance(PartialRecord& r, const hash::State& after);
+
+// Nanoseconds since the Unix epoch, now.
+std::int64_t wall_clock_ns();
+
+}  // namespace ftx::storage
