@@ -50,5 +50,39 @@ TEST(Sha256, HexRoundTripAndRejects) {
   EXPECT_FALSE(from_hex(std::string(64, 'g'), back));
 }
 
+TEST(Sha256, AStateSavedAtABlockBoundaryContinuesToTheSameDigest) {
+  const auto data = test::random_bytes(3 * 1024 * 1024 + 17, 11);
+  const auto whole = sha256(data);
+  for (const std::size_t cut : {std::size_t{0}, std::size_t{64}, std::size_t{1024 * 1024}, std::size_t{3 * 1024 * 1024}}) {
+    Sha256 first;
+    first.update(std::span(data).first(cut));
+    const auto state = first.state();
+    ASSERT_TRUE(state) << cut;
+    EXPECT_EQ(state->bytes, cut);
+    Sha256 second;  // another object, as after a restart
+    ASSERT_TRUE(second.restore(*state));
+    EXPECT_EQ(second.bytes(), cut);
+    second.update(std::span(data).subspan(cut));
+    EXPECT_EQ(second.finish(), whole) << cut;
+  }
+}
+
+TEST(Sha256, StatesDifferForDifferentPrefixesAndExistOnlyAtBlockBoundaries) {
+  auto data = test::random_bytes(4096, 12);
+  Sha256 a;
+  a.update(data);
+  data[100] ^= 1;
+  Sha256 b;
+  b.update(data);
+  EXPECT_NE(*a.state(), *b.state());
+  Sha256 odd;
+  odd.update(std::span(data).first(65));
+  EXPECT_FALSE(odd.state());
+  State s = *a.state();
+  s.bytes = 100;
+  EXPECT_FALSE(odd.restore(s));  // not at a block boundary: refused, nothing changed
+  EXPECT_EQ(odd.bytes(), 65u);
+}
+
 }  // namespace
 }  // namespace ftx::hash
