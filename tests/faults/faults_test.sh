@@ -161,6 +161,22 @@ else
 fi
 [ -n "$SERVER_PID" ] && { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""; }
 
+# ---- 3b. unfinished uploads expire after --partial-ttl without progress
+start_server "$T/ttl-root" --partial-ttl 1
+"$FTX" put "$T/big.bin" victim >/dev/null 2>&1 &
+CLIENT=$!
+partial_over_2m() { find "$1/.ftx-staging/partial" -name '*.part' -size +2M 2>/dev/null | grep -q .; }
+if wait_until 30 partial_over_2m "$T/ttl-root"; then  # past its first chunk: something to keep
+  kill -9 "$CLIENT"; wait "$CLIENT" 2>/dev/null
+  no_partials() { [ -z "$("$FTX" ls --partial)" ]; }
+  check "an idle partial upload expires after --partial-ttl" wait_until 10 no_partials
+  check "its files are gone" staging_empty "$T/ttl-root"
+  grep -q "removed 1 partial upload" "$LOG" && ok || bad "expiry not logged"
+else
+  kill -9 "$CLIENT" 2>/dev/null; bad "the upload never started"
+fi
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+
 # ---- 4. a full disk. (a) A 24 MiB tmpfs, where this process may mount one: an upload that
 # cannot fit is refused before its body. (b) Writes failing mid-upload: RLIMIT_FSIZE of
 # 24 MiB on the server (EFBIG past it, SIGXFSZ ignored) fails the write of a 40 MB upload
