@@ -62,6 +62,22 @@ random_pause() { sleep "0.$(printf '%03d' $((RANDOM % 300)))"; }
 put_bytes() { grep -E "put \"$2\" bytes=" "$1" | sed -nE 's/.* bytes=([0-9]+) .*/\1/p' | awk '{ s += $1 } END { printf "%d\n", s }'; }
 get_bytes() { grep -E "get \"$2\" bytes=" "$1" | sed -nE 's/.* bytes=([0-9]+) .*/\1/p' | awk '{ s += $1 } END { printf "%d\n", s }'; }
 CHUNK=$((1024 * 1024))
+# kill_twice "CONDITION ARGS" COMMAND...: twice, runs COMMAND in the background, waits until
+# CONDITION holds (the transfer is under way), waits a random moment and SIGKILLs it. Sets
+# `kills` to how many were killed mid-flight (an attempt may finish first: not counted).
+kill_twice() {
+  local cond=$1; shift
+  kills=0
+  for _ in 1 2; do
+    "$@" >/dev/null 2>&1 &
+    CLIENT=$!
+    # shellcheck disable=SC2086
+    if wait_until 30 $cond; then random_pause; fi
+    kill -9 "$CLIENT" 2>/dev/null
+    local rc=0; wait "$CLIENT" 2>/dev/null || rc=$?
+    [ "$rc" = 137 ] && kills=$((kills + 1))
+  done
+}
 
 head -c 1G /dev/urandom >"$T/big.bin"  # large enough to be caught mid-flight
 SIZE=$(stat -c %s "$T/big.bin")
@@ -71,19 +87,7 @@ R=$T/root
 start_server "$R"
 echo "old version" >"$T/old.txt"
 "$FTX" put "$T/old.txt" victim >/dev/null || bad "initial put"
-kills=0
-for attempt in 1 2; do
-  "$FTX" put "$T/big.bin" victim >/dev/null 2>&1 &
-  CLIENT=$!
-  if wait_until 30 staging_part_growing "$R"; then
-    random_pause
-    kill -9 "$CLIENT" 2>/dev/null
-    rc=0; wait "$CLIENT" 2>/dev/null || rc=$?
-    [ "$rc" = 137 ] && kills=$((kills + 1))  # else it had finished already
-  else
-    kill -9 "$CLIENT" 2>/dev/null; wait "$CLIENT" 2>/dev/null
-  fi
-done
+kill_twice "staging_part_growing $R" "$FTX" put "$T/big.bin" victim
 check "at least one put was killed mid-flight" test "$kills" -ge 1
 "$FTX" get victim "$T/after-put-kill" >/dev/null && ok || bad "get after client kill"
 check "final name still holds the old file after a killed put" content_is "$T/after-put-kill" "old version"
@@ -102,19 +106,7 @@ if staging_empty "$R"; then ok; else bad "no partial upload left after the resum
 # ---- 2. client killed mid-get at random points; then the get resumes
 mkdir "$T/dl"
 echo "precious" >"$T/dl/local.bin"
-kills=0
-for attempt in 1 2; do
-  "$FTX" get victim "$T/dl/local.bin" >/dev/null 2>&1 &
-  CLIENT=$!
-  if wait_until 30 local_part_growing "$T/dl"; then
-    random_pause
-    kill -9 "$CLIENT" 2>/dev/null
-    rc=0; wait "$CLIENT" 2>/dev/null || rc=$?
-    [ "$rc" = 137 ] && kills=$((kills + 1))  # else it had finished already
-  else
-    kill -9 "$CLIENT" 2>/dev/null; wait "$CLIENT" 2>/dev/null
-  fi
-done
+kill_twice "local_part_growing $T/dl" "$FTX" get victim "$T/dl/local.bin"
 check "at least one get was killed mid-flight" test "$kills" -ge 1
 check "the local file is untouched after killed gets" content_is "$T/dl/local.bin" "precious"
 before=$(get_bytes "$LOG" victim)
