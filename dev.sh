@@ -11,7 +11,7 @@ JOBS=${FTX_JOBS:-2}
 PACKAGES=(g++ make cmake pkg-config libasio-dev libcli11-dev libssl-dev libspdlog-dev libfmt-dev libgtest-dev nlohmann-json3-dev)
 # libFuzzer; man page check; bench smokes (small files: rsync, nc; peers: socat, nginx, vsftpd, sshd, curl, time)
 TEST_PACKAGES=(clang-14 libclang-rt-14-dev help2man rsync netcat-openbsd python3 socat nginx vsftpd openssh-server
-               openssh-client curl time openssl)
+               openssh-client curl time openssl iperf3 jq iputils-ping iproute2)
 
 log() { printf '[dev.sh] %s\n' "$*" >&2; }
 
@@ -56,6 +56,9 @@ case "$cmd" in
     step "smoke of the peer benchmark: ftx, raw TCP, rsync, nginx, vsftpd, scp (copies checked, times not judged)"
     # Not a ctest: as root it makes a local user for vsftpd (bench/peers.sh says what it changes).
     SMOKE=1 STRICT=1 FTX="$BUILD_DIR/ftx" timeout 600 bash bench/peers.sh
+    step "smoke of the long-link benchmark: ftx and iperf3 between two namespaces over tests/netsim (25 ms, 0.1 % loss)"
+    # Not a ctest either: it creates network namespaces (root); everything it makes goes at its end.
+    SMOKE=1 STRICT=1 FTX="$BUILD_DIR/ftx" NETSIM="$BUILD_DIR/netsim" timeout 300 bash bench/netsim.sh
     if [ "${FTX_TEST_QUICK:-0}" = 1 ]; then
       log "FTX_TEST_QUICK=1: skipping the sanitizer, fuzz and container runs"
       exit 0

@@ -20,7 +20,8 @@
 #   parallel row), PREFIX (ftxbn: namespaces ftxbna and ftxbnb). SMOKE=1: RUNS=1, SIZE_MB=8,
 #   IPERF_TIME=2 unless set, well under a minute (for CI). iperf3, jq and ping are installed
 #   with apt-get when missing. A benchmark, not a test: it asserts only that every copy is
-#   identical to its source (a wrong copy marks its row "failed").
+#   identical to its source (a wrong copy marks its row "failed"; with STRICT=1 the script
+#   then exits 1, which is how ./dev.sh test runs its smoke).
 set -euo pipefail
 
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -235,3 +236,10 @@ echo "link: ${DELAY_MS} ms each way, loss $LOSS, rate ${RATE_MBIT} Mbit/s (0: un
   "median of $RUNS run(s); iperf3 ${IPERF_TIME} s; ftx ${SIZE_MB} MiB file; $(nproc) cores;" \
   "packets dropped in the TUN devices' queues (the CPU, not netsim's link, was the bottleneck; RATE_MBIT below it avoids that): $drops"
 netsim_counters | sed 's/^netsim: /  netsim /'
+# STRICT=1 (CI's smoke): a failed or wrong copy, or a failed iperf3 run, fails the script.
+if [ "${STRICT:-0}" = 1 ]; then
+  for key in "${!RESULT[@]}"; do
+    [ "${RESULT[$key]}" = failed ] && { say "STRICT: $key failed"; exit 1; }
+  done
+fi
+exit 0
