@@ -34,6 +34,7 @@ struct ServeOptions {
   std::string client_ca;   // mutual TLS: clients need a certificate signed by this CA
   std::string log_format = "text";  // text | json
   std::uint64_t partial_ttl_s = 24 * 3600;
+  unsigned max_streams = 8;  // connections one put/get -P may use for one file
 };
 
 struct ClientOptions {
@@ -54,6 +55,7 @@ struct PutOptions {
   bool recursive = false;
   bool quiet = false;
   bool no_resume = false;
+  unsigned parallel = 1;  // -P: connections for one file (1 = the usual single stream)
 };
 
 struct GetOptions {
@@ -63,6 +65,7 @@ struct GetOptions {
   bool recursive = false;
   bool quiet = false;
   bool no_resume = false;
+  unsigned parallel = 1;  // -P: connections for one file (1 = the usual single stream)
 };
 
 struct LsOptions {

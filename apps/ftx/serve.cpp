@@ -65,6 +65,11 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{10} * 365 * 24 * 3600))
       ->capture_default_str()
       ->group(limits);
+  cmd->add_option("--max-streams", opts.max_streams,
+                  "connections one 'put -P'/'get -P' may use for one file (clients asking for more get this many)")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str()
+      ->group(limits);
   auto* access = "Access";
   cmd->add_flag("--read-only", opts.read_only, "refuse every change: put, rm, mv, mkdir")->group(access);
   cmd->add_option("--token-file", opts.token_file,
@@ -121,6 +126,7 @@ int run_serve(const ServeOptions& opts) {
   so.max_name_bytes = opts.max_name;
   so.max_depth = opts.max_depth;
   so.partial_ttl = std::chrono::seconds(opts.partial_ttl_s);
+  so.max_streams = opts.max_streams;
   so.read_only = opts.read_only;
   try {
     so.token = read_token(opts.token_file);
@@ -174,10 +180,10 @@ int run_serve(const ServeOptions& opts) {
                srv->listen_address(), srv->threads());
   spdlog::info("limits: {} connections ({} per client), timeouts idle {} s / header {} s / body {} s, "
                "files up to {} bytes leaving {} bytes free, names up to {} bytes and {} folders deep, "
-               "unfinished uploads kept {} s{}{}",
+               "unfinished uploads kept {} s, {} streams per file{}{}",
                so.max_connections, so.max_connections_per_client, opts.idle_timeout_s, opts.header_timeout_s,
                opts.body_timeout_s, so.max_file_size, so.min_free_bytes, so.max_name_bytes, so.max_depth,
-               opts.partial_ttl_s,
+               opts.partial_ttl_s, so.max_streams,
                so.read_only ? ", read-only" : "", so.token.empty() ? "" : ", token required");
   if (so.token.empty() && opts.client_ca.empty()) {
     if (!srv->listens_on_loopback()) {

@@ -232,6 +232,34 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
   return tally.first_failure;
 }
 
+// -P/--parallel: the same words on put and get.
+void add_parallel_option(CLI::App& cmd, unsigned& parallel, const char* what) {
+  cmd.add_option("-P,--parallel", parallel,
+                 std::string("move the file over N connections at once, each carrying ranges of it (for long, "
+                             "lossy links where one TCP stream crawls); the server may allow fewer "
+                             "(--max-streams). ") +
+                     what + " Not with -r; files of 1 MiB or less use one connection")
+      ->check(CLI::Range(1u, 64u))
+      ->default_str("1");
+}
+
+// -P with -r: one line, exit 2 (CLI11 cannot say "excludes, unless 1").
+bool parallel_with_recursive(unsigned parallel, bool recursive) {
+  if (parallel <= 1 || !recursive) return false;
+  print_error("-P/--parallel moves one file; it does not go with -r");
+  return true;
+}
+
+// Progress for put and get: the bar learns the total on the first call, which also says
+// where a resumed transfer starts.
+client::ProgressFn bar_progress(ProgressBar& bar) {
+  return [&bar, started = false](std::uint64_t done, std::uint64_t total) mutable {
+    bar.set_total(total);
+    if (!std::exchange(started, true)) bar.start_at(done);
+    bar.bytes(done);
+  };
+}
+
 }  // namespace
 
 CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
@@ -246,6 +274,8 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
   cmd->add_flag("--no-resume", opts.no_resume,
                 "start over: drop what an interrupted upload of this file left on the server, and leave nothing "
                 "to resume should this one be interrupted (default: files over 1 MiB resume)");
+  add_parallel_option(*cmd, opts.parallel,
+                      "The server publishes the file once its whole SHA-256 matched; it does not resume.");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
@@ -254,6 +284,7 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
       "  ftx put build/app.tar.gz releases/1.0/app.tar.gz -s 10.0.0.5:7021\n"
       "  ftx put -r photos                 upload ./photos as photos/ (one connection, pipelined)\n"
       "  ftx put -r site/ www/2026         upload the tree under www/2026/\n"
+      "  ftx put -P 8 big.iso              over 8 connections (a long, lossy link)\n"
       "  ftx put data.csv --json           {\"bytes\":...,\"executable\":false,...,\"ok\":true,\"op\":\"put\",...}");
   return cmd;
 }
@@ -271,11 +302,14 @@ CLI::App* setup_get(CLI::App& app, GetOptions& opts) {
   cmd->add_flag("--no-resume", opts.no_resume,
                 "start over: drop the hidden .NAME.ftx-partial an interrupted download left beside the target, "
                 "and leave none should this one be interrupted");
+  add_parallel_option(*cmd, opts.parallel,
+                      "The file replaces LOCAL_PATH once its whole SHA-256 matched; it does not resume.");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
       "  ftx get report.pdf\n"
       "  ftx get big.iso                   run again after an interruption: only the rest is fetched\n"
+      "  ftx get -P 8 big.iso              over 8 connections (a long, lossy link)\n"
       "  ftx get releases/1.0/app.tar.gz /tmp/\n"
       "  ftx get notes.txt - | less\n"
       "  ftx get -r photos                 into ./photos\n"
@@ -285,6 +319,7 @@ CLI::App* setup_get(CLI::App& app, GetOptions& opts) {
 }
 
 int run_put(const PutOptions& opts) {
+  if (parallel_with_recursive(opts.parallel, opts.recursive)) return kUsage;
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
   std::error_code ec;
@@ -303,15 +338,9 @@ int run_put(const PutOptions& opts) {
   return run_client_action(opts.client, "put", [&] {
     auto c = connect(opts.client, *address);
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
-    bool started = false;
-    const auto r = c->put(
-        opts.local, remote,
-        [&](std::uint64_t done, std::uint64_t total) {
-          bar.set_total(total);
-          if (!std::exchange(started, true)) bar.start_at(done);  // a resume's first call: where it starts
-          bar.bytes(done);
-        },
-        client::TransferOptions{!opts.no_resume});
+    const auto r = opts.parallel > 1
+                       ? c->put_parallel(opts.local, remote, opts.parallel, bar_progress(bar))
+                       : c->put(opts.local, remote, bar_progress(bar), client::TransferOptions{!opts.no_resume});
     bar.finish();
     if (opts.client.json) {
       print_json(json_result("put", opts.local, remote, client::BatchResult{0, r, std::nullopt}));
@@ -323,21 +352,16 @@ int run_put(const PutOptions& opts) {
 }
 
 int run_get(const GetOptions& opts) {
+  if (parallel_with_recursive(opts.parallel, opts.recursive)) return kUsage;
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
   if (opts.recursive) return get_folder(opts, *address);
   return run_client_action(opts.client, "get", [&] {
     auto c = connect(opts.client, *address);
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
-    bool started = false;
-    const auto r = c->get(
-        opts.remote, opts.local,
-        [&](std::uint64_t done, std::uint64_t total) {
-          bar.set_total(total);  // known once the server answered
-          if (!std::exchange(started, true)) bar.start_at(done);  // a resume's first call: where it starts
-          bar.bytes(done);
-        },
-        client::TransferOptions{!opts.no_resume});
+    const auto r = opts.parallel > 1
+                       ? c->get_parallel(opts.remote, opts.local, opts.parallel, bar_progress(bar))
+                       : c->get(opts.remote, opts.local, bar_progress(bar), client::TransferOptions{!opts.no_resume});
     bar.finish();
     // With the file on standard output, the summary must not mix into it.
     std::FILE* out = r.local == "-" ? stderr : stdout;

@@ -7,9 +7,12 @@
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
+#include <atomic>
 #include <cstring>
 #include <deque>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 #include "client/local_file.hpp"
 #include "hash/sha256.hpp"
@@ -713,20 +716,23 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
   return {src.size, req.digest, local, src.executable};
 }
 
+std::filesystem::path Client::download_target(const std::string& remote, const std::filesystem::path& local) {
+  std::filesystem::path target = local;
+  if (target.empty()) target = base_name(remote);
+  std::error_code ec;
+  if (std::filesystem::is_directory(target, ec)) target /= base_name(remote);
+  if (target.filename().empty()) {
+    throw Error(Failure::kLocalIo, "cannot tell a file name from " + storage::quote_name(remote) + "; give LOCAL_PATH");
+  }
+  return target;
+}
+
 Result Client::get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress,
                    const TransferOptions& opts) {
   const std::string context = "get " + storage::quote_name(remote);
   check_remote_name(remote);
   const bool to_stdout = is_stdout(local);
-  std::filesystem::path target = local;
-  if (!to_stdout) {
-    if (target.empty()) target = base_name(remote);
-    std::error_code ec;
-    if (std::filesystem::is_directory(target, ec)) target /= base_name(remote);
-    if (target.filename().empty()) {
-      throw Error(Failure::kLocalIo, "cannot tell a file name from " + storage::quote_name(remote) + "; give LOCAL_PATH");
-    }
-  }
+  const std::filesystem::path target = to_stdout ? local : download_target(remote, local);
   // The staging file is made before asking, so a local problem costs no transfer.
   std::optional<StagedFile> staged = [&]() -> std::optional<StagedFile> {
     if (to_stdout) return std::nullopt;
@@ -1080,6 +1086,319 @@ void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& o
   using namespace asio::experimental::awaitable_operators;
   Batch b(io_, items, opts, on_result, on_bytes);
   run_batch(get_sender(b) && get_receiver(b), "downloading");
+}
+
+// ---------------------------------------------------------------- parallel streams
+
+namespace {
+
+// Files are cut into ranges of this size: large enough that a range's header and reply
+// cost nothing next to its body, small enough that every connection gets many of them (a
+// 100 MiB file makes 25), so the slowest connection does not hold up the end for long.
+constexpr std::uint64_t kRangeBytes = 4ull << 20;
+// Requests each connection keeps in flight: the next range is asked for (or sent) before
+// the current one is answered, so the link never idles for a round trip between ranges.
+constexpr std::size_t kInFlight = 2;
+
+// The whole file's SHA-256, read in chunks through `buf`.
+protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf) {
+  hash::Sha256 sha;
+  for (std::uint64_t off = 0; off < size;) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
+    if (auto e = read_chunk(fd, path, std::span(buf.data(), want), off)) throw std::move(*e);
+    sha.update(std::span<const std::uint8_t>(buf.data(), want));
+    off += want;
+  }
+  return sha.finish();
+}
+
+}  // namespace
+
+// What the threads of one parallel transfer share.
+struct Client::Parallel {
+  Parallel(std::uint64_t size_in, const ProgressFn& progress_in)
+      : size(size_in), ranges((size_in + kRangeBytes - 1) / kRangeBytes), progress(progress_in) {}
+
+  // The next range to move, or nullopt when all are handed out or the transfer failed.
+  std::optional<std::uint64_t> take() {
+    if (failed.load()) return std::nullopt;
+    const auto i = next.fetch_add(1);
+    if (i >= ranges) return std::nullopt;
+    return i;
+  }
+  std::uint64_t offset(std::uint64_t i) const { return i * kRangeBytes; }
+  std::uint64_t length(std::uint64_t i) const { return std::min(kRangeBytes, size - offset(i)); }
+
+  // Bytes moved; the callback is called under the lock, so it sees one caller at a time
+  // and a `done` that only grows.
+  void add_bytes(std::uint64_t n) {
+    const std::lock_guard lock(mu);
+    done += n;
+    if (progress) progress(done, size);
+  }
+  // Keeps the first failure; the other threads stop taking ranges.
+  void fail(std::exception_ptr e) {
+    const std::lock_guard lock(mu);
+    if (!error) error = std::move(e);
+    failed = true;
+  }
+  void rethrow_failure() {
+    const std::lock_guard lock(mu);
+    if (error) std::rethrow_exception(error);
+  }
+
+  const std::uint64_t size;
+  const std::uint64_t ranges;
+  const ProgressFn& progress;
+  std::string context;        // "put NAME" / "get NAME", for messages
+  std::string name;           // get: the remote name; put: the upload's id
+  protocol::Digest digest{};  // the whole file's SHA-256 (get: what STAT said)
+  int fd = -1;                // put: the source; get: the staging file
+  std::filesystem::path local;
+
+  std::atomic<std::uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;  // guards error, done and calls of progress
+  std::exception_ptr error;
+  std::uint64_t done = 0;
+};
+
+void Client::run_parallel(Parallel& p, unsigned n, const std::function<void(Client&)>& first,
+                          const std::function<void(Client&)>& extra) {
+  std::vector<std::thread> threads;
+  try {
+    threads.reserve(n - 1);
+    for (unsigned k = 1; k < n; ++k) {
+      threads.emplace_back([this, &p, &extra] {
+        try {
+          // The same server, token, TLS trust (its pin was checked by this connection) and
+          // timeout as this connection.
+          Client more(connect_.address, connect_.token, io_timeout_, connect_.tls);
+          extra(more);
+        } catch (...) {
+          p.fail(std::current_exception());
+        }
+      });
+    }
+    first(*this);
+  } catch (...) {
+    // Also a thread that could not be started: the ones that were are still joined below.
+    p.fail(std::current_exception());
+  }
+  for (auto& t : threads) t.join();
+  p.rethrow_failure();
+}
+
+asio::awaitable<void> Client::co_send_with_body(const Frame& f, std::span<const std::uint8_t> body) {
+  co_await co_send(f, out_);
+  co_await co_write(body);
+}
+
+void Client::get_ranges(Parallel& p, std::deque<std::uint64_t> sent, std::optional<Frame> header) {
+  const auto top_up = [&](std::size_t want) {
+    while (sent.size() < want) {
+      const auto i = p.take();
+      if (!i) return;
+      Frame req;
+      req.type = MsgType::kGetRange;
+      req.name = p.name;
+      req.mtime_ns = static_cast<std::int64_t>(p.offset(*i));
+      req.size = p.length(*i);
+      req.digest = p.digest;
+      send(req);
+      sent.push_back(*i);
+    }
+  };
+  top_up(kInFlight);
+  // Once the transfer failed elsewhere, no new range is asked for, but the answers to those
+  // asked for are still read: this connection stays in step.
+  while (!sent.empty()) {
+    const std::uint64_t i = sent.front();
+    sent.pop_front();
+    const Frame reply = header ? std::move(*std::exchange(header, std::nullopt)) : read_frame();
+    if (reply.type != MsgType::kRange) fail_from_reply(reply, p.context);
+    if (reply.mtime_ns != static_cast<std::int64_t>(p.offset(i)) || reply.size != p.length(i) ||
+        reply.digest != p.digest) {
+      throw Error(Failure::kProtocol, address_ + " sent a range that was not asked for");
+    }
+    top_up(kInFlight - 1);  // asked for before this body is read: the server has it at once
+    std::uint64_t pos = p.offset(i);
+    run(co_read_body(reply.size,
+                     [&](std::span<const std::uint8_t> data) {
+                       if (auto ec = storage::pwrite_all(p.fd, data, pos)) {
+                         throw Error(Failure::kLocalIo, "cannot write " + p.local.string() + ": " + ec.message());
+                       }
+                       pos += data.size();
+                       p.add_bytes(data.size());
+                     }),
+        "receiving a file");
+  }
+}
+
+void Client::put_ranges(Parallel& p) {
+  struct Sent {
+    std::uint64_t index;
+    bool again;  // sent a second time, after the server found it damaged
+  };
+  std::deque<Sent> sent;
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min(kRangeBytes, p.size)));
+  const auto send_range = [&](std::uint64_t i, bool again) {
+    // Read, hashed and sent from memory: the range's SHA-256 goes in its header.
+    const auto body = std::span(buf.data(), static_cast<std::size_t>(p.length(i)));
+    if (auto e = read_chunk(p.fd, p.local, body, p.offset(i))) throw std::move(*e);
+    Frame req;
+    req.type = MsgType::kPutRange;
+    req.name = p.name;
+    req.mtime_ns = static_cast<std::int64_t>(p.offset(i));
+    req.size = body.size();
+    req.digest = hash::sha256(body);
+    run(co_send_with_body(req, body), "sending");
+    if (!again) p.add_bytes(body.size());  // a range sent again was counted the first time
+    sent.push_back({i, again});
+  };
+  const auto top_up = [&] {
+    while (sent.size() < kInFlight) {
+      const auto i = p.take();
+      if (!i) return;
+      send_range(*i, false);
+    }
+  };
+  top_up();
+  while (!sent.empty()) {
+    const Sent s = sent.front();
+    sent.pop_front();
+    const Frame reply = read_frame();
+    if (reply.type == MsgType::kError && reply.status == Status::kIntegrity) {
+      // Damaged on the way (or the file changed): once more, then the whole put fails.
+      if (s.again) {
+        throw Error(Failure::kIntegrity, printable(reply.name) + " (sent twice; did " + p.local.string() +
+                                             " change while it was being sent? try again)");
+      }
+      if (!p.failed.load()) send_range(s.index, true);
+      continue;
+    }
+    if (reply.type != MsgType::kDone) fail_from_reply(reply, p.context);
+    if (reply.mtime_ns != static_cast<std::int64_t>(p.offset(s.index)) || reply.size != p.length(s.index)) {
+      throw Error(Failure::kProtocol, address_ + " acknowledged a range that was not sent");
+    }
+    top_up();
+  }
+}
+
+Result Client::put_parallel(const std::filesystem::path& local, const std::string& remote, unsigned streams,
+                            const ProgressFn& progress) {
+  check_remote_name(remote);
+  const Source src = open_source(local);
+  if (streams <= 1 || src.size <= kWholeFileBytes) return put(local, remote, progress);
+  // The whole file's SHA-256 first (the server checks the file against it before publishing
+  // it); each range is then read once more, by the thread that sends it.
+  std::vector<std::uint8_t> buf(protocol::kChunkSize);
+  Frame open;
+  open.type = MsgType::kPutOpen;
+  open.flags = protocol::kFlagHasMtime | (src.executable ? protocol::kFlagExecutable : 0);
+  open.size = src.size;
+  open.mtime_ns = src.mtime_ns;
+  open.digest = hash_file(src.fd.get(), src.size, local, buf);
+  open.name = remote;
+  Parallel p(src.size, progress);
+  p.context = "put " + storage::quote_name(remote);
+  p.digest = open.digest;
+  p.fd = src.fd.get();
+  p.local = local;
+  send(open);
+  const Frame opened = read_frame();
+  if (opened.type != MsgType::kOpened) fail_from_reply(opened, p.context);
+  p.name = opened.name;
+  // As many connections as asked for, as the server allows, and as there are ranges.
+  const auto n = static_cast<unsigned>(std::min<std::uint64_t>({streams, std::max<std::uint64_t>(opened.size, 1),
+                                                                  p.ranges}));
+  if (progress) progress(0, src.size);
+  const auto work = [&p](Client& c) { c.put_ranges(p); };
+  run_parallel(p, n, work, work);
+
+  Frame commit;
+  commit.type = MsgType::kPutCommit;
+  commit.name = p.name;
+  send(commit);
+  const Frame done = read_frame();
+  if (done.type != MsgType::kDone) {
+    if (done.status == Status::kIntegrity) {
+      throw Error(Failure::kIntegrity, printable(done.name) + " (did " + local.string() +
+                                           " change while it was being sent? try again)");
+    }
+    fail_from_reply(done, p.context);
+  }
+  if (done.digest != open.digest || done.size != src.size) {
+    throw Error(Failure::kProtocol, address_ + " acknowledged a different file than the one sent");
+  }
+  return {src.size, open.digest, local, src.executable};
+}
+
+Result Client::get_parallel(const std::string& remote, const std::filesystem::path& local, unsigned streams,
+                            const ProgressFn& progress) {
+  check_remote_name(remote);
+  if (streams <= 1 || is_stdout(local)) return get(remote, local, progress);
+  // The version to fetch: every range is asked for with its SHA-256, so a file replaced on
+  // the server meanwhile is refused rather than mixed into this one.
+  const Entry info = stat(remote);
+  if (info.folder || !info.digest || info.size <= kWholeFileBytes) return get(remote, local, progress);
+  const std::filesystem::path target = download_target(remote, local);
+  std::optional<StagedFile> staged;
+  try {
+    staged.emplace(target);
+  } catch (const std::system_error& e) {
+    throw Error(Failure::kLocalIo, std::string(e.what()) + " \u2014 check that the folder exists and is writable");
+  }
+  // The whole size first: the ranges land anywhere in it, and a full disk shows now.
+  if (auto ec = storage::preallocate(staged->fd(), info.size)) {
+    throw Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + ec.message());
+  }
+  Parallel p(info.size, progress);
+  p.context = "get " + storage::quote_name(remote);
+  p.name = remote;
+  p.digest = *info.digest;
+  p.fd = staged->fd();
+  p.local = target;
+
+  // The first range on this connection alone: its answer says how many connections the
+  // server wants (and a refusal ends here, with this connection in step).
+  std::deque<std::uint64_t> sent{*p.take()};
+  Frame first;
+  first.type = MsgType::kGetRange;
+  first.name = remote;
+  first.size = p.length(0);
+  first.digest = p.digest;
+  send(first);
+  Frame header = read_frame();
+  if (header.type != MsgType::kRange) fail_from_reply(header, p.context);
+  unsigned cap = streams;
+  if (!header.name.empty() && header.name.size() <= 3 &&
+      header.name.find_first_not_of("0123456789") == std::string::npos) {
+    cap = static_cast<unsigned>(std::max(1ul, std::stoul(header.name)));
+  }
+  const auto n = static_cast<unsigned>(std::min<std::uint64_t>({streams, cap, p.ranges}));
+  if (progress) progress(0, info.size);
+  run_parallel(
+      p, n, [&](Client& c) { c.get_ranges(p, std::move(sent), std::move(header)); },
+      [&p](Client& c) { c.get_ranges(p, {}, std::nullopt); });
+
+  // Every range arrived; the file as it lies on disk must be the one STAT described.
+  storage::UniqueFd check(::open(staged->staging_path().c_str(), O_RDONLY | O_CLOEXEC));
+  if (!check) {
+    throw Error(Failure::kLocalIo, "cannot read " + staged->staging_path().string() + ": " +
+                                       storage::last_error().message());
+  }
+  std::vector<std::uint8_t> buf(protocol::kChunkSize);
+  const auto digest = hash_file(check.get(), info.size, staged->staging_path(), buf);
+  if (digest != p.digest) {
+    throw Error(Failure::kIntegrity, "data received for " + storage::quote_name(remote) +
+                                         " does not match the SHA-256 the server announced; " + target.string() +
+                                         " was left untouched");
+  }
+  if (auto ec = staged->commit(info.mtime_ns, info.executable)) {
+    throw Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + errno_text(ec));
+  }
+  return {info.size, digest, target, info.executable};
 }
 
 // ---------------------------------------------------------------- listing and file commands

@@ -10,6 +10,7 @@
 #include <asio/ssl.hpp>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -139,6 +140,22 @@ class Client {
   Result get(const std::string& remote, const std::filesystem::path& local, const ProgressFn& progress = {},
              const TransferOptions& opts = {});
 
+  // Parallel streams (docs/protocol.md, "Parallel streams"): one file over `streams` TCP
+  // connections at once, for long, lossy links where one stream crawls. This connection
+  // does the exchanges that begin and end the transfer; streams - 1 more are opened with the
+  // same address, token, TLS options and timeout, and each carries ranges of the file, two
+  // requests in flight at a time. The server may allow fewer connections (it says how many);
+  // then fewer are used. Everything is verified as with put/get: the server publishes an
+  // upload only after the whole file's SHA-256 matched, and a download replaces `local` only
+  // after the staging file hashed to the SHA-256 the server's STAT announced (a file changed
+  // on the server meanwhile fails with kRejected). Neither resumes. With streams <= 1, a file
+  // of 1 MiB or less, or standard output as the target, these are just put() and get().
+  // `progress` is called from one thread at a time, never with a smaller `done` than before.
+  Result put_parallel(const std::filesystem::path& local, const std::string& remote, unsigned streams,
+                      const ProgressFn& progress = {});
+  Result get_parallel(const std::string& remote, const std::filesystem::path& local, unsigned streams,
+                      const ProgressFn& progress = {});
+
   // Unfinished uploads the server keeps for resume (ls --partial): Entry::size is the whole
   // file, `received` the bytes it holds, mtime_ns the last progress.
   struct Partial {
@@ -183,6 +200,22 @@ class Client {
 
  private:
   struct Batch;  // state shared by a batch's sender and receiver (client.cpp)
+  struct Parallel;  // state shared by the threads of a parallel transfer (client.cpp)
+
+  // Parallel streams (client.cpp). run_parallel runs `first` on this connection and
+  // `extra` on each of n - 1 new ones, each on a thread of its own, and waits for all; the
+  // first failure is kept in `p` and the others stop taking ranges.
+  void run_parallel(Parallel& p, unsigned n, const std::function<void(Client&)>& first,
+                    const std::function<void(Client&)>& extra);
+  // Moves ranges over this connection until none is left (or the transfer failed),
+  // kInFlight requests outstanding. get_ranges: `sent` are requests already sent, `header`
+  // the answer to the first of them if it has been read.
+  void get_ranges(Parallel& p, std::deque<std::uint64_t> sent, std::optional<protocol::Frame> header);
+  void put_ranges(Parallel& p);
+  // Sends a header and its body in one go (a kPutRange).
+  asio::awaitable<void> co_send_with_body(const protocol::Frame& f, std::span<const std::uint8_t> body);
+  // Where a download of `remote` to `local` goes (get's rules: ./<base name>, into a folder).
+  static std::filesystem::path download_target(const std::string& remote, const std::filesystem::path& local);
 
   // The I/O core: coroutines on io_, each completed operation counting as progress.
   asio::awaitable<void> co_write(std::span<const std::uint8_t> data);

@@ -16,6 +16,12 @@ bool is_known_type(std::uint8_t raw) {
     case MsgType::kRemove:
     case MsgType::kMove:
     case MsgType::kMkdir:
+    case MsgType::kGetRange:
+    case MsgType::kPutOpen:
+    case MsgType::kPutRange:
+    case MsgType::kPutCommit:
+    case MsgType::kRange:
+    case MsgType::kOpened:
     case MsgType::kOk:
     case MsgType::kChallenge:
     case MsgType::kAuthOk:
@@ -43,6 +49,12 @@ std::string_view to_string(MsgType t) {
     case MsgType::kRemove: return "rm";
     case MsgType::kMove: return "mv";
     case MsgType::kMkdir: return "mkdir";
+    case MsgType::kGetRange: return "get-range";
+    case MsgType::kPutOpen: return "put-open";
+    case MsgType::kPutRange: return "put-range";
+    case MsgType::kPutCommit: return "put-commit";
+    case MsgType::kRange: return "range";
+    case MsgType::kOpened: return "opened";
     case MsgType::kOk: return "ok";
     case MsgType::kChallenge: return "challenge";
     case MsgType::kAuthOk: return "auth-ok";

@@ -40,6 +40,14 @@ enum class MsgType : std::uint8_t {
   kRemove = 8,  // name = file or empty folder; answered by kOk
   kMove = 9,    // name = FROM '\0' TO; answered by kOk (size = 1 when TO was replaced)
   kMkdir = 10,  // name = folder, created with its parents; answered by kOk
+  // Parallel streams (docs/protocol.md, "Parallel streams"): one file over several connections.
+  kGetRange = 11,   // name = path, mtime_ns = offset, size = length, digest = the whole file's
+                    // SHA-256 the client expects; answered by kRange + body
+  kPutOpen = 12,    // like kPut's header (name, size, mtime, flags, digest = whole file), no body;
+                    // answered by kOpened
+  kPutRange = 13,   // name = upload id, mtime_ns = offset, size = length, digest = the range's
+                    // SHA-256; the body follows at once; answered by kDone
+  kPutCommit = 14,  // name = upload id; answered by kDone once the file is verified and published
   // replies (server -> client)
   kReady = 64,      // a kPut was accepted: send the body now
   kDone = 65,       // a kPut body was verified and published; size and sha256 echo it
@@ -50,6 +58,9 @@ enum class MsgType : std::uint8_t {
   kChallenge = 70,  // answer to kHello: digest = a fresh 32-byte random nonce
   kAuthOk = 71,     // answer to a correct kAuth
   kOk = 72,         // a kRemove, kMove or kMkdir succeeded
+  kRange = 73,      // answer to kGetRange: size = length, mtime_ns = offset, digest = whole file,
+                    // name = the server's stream cap (decimal); then the body
+  kOpened = 74,     // answer to kPutOpen: name = upload id, size = connections allowed for it
   kError = 127,     // status != kOk, name = message; the request failed
 };
 
@@ -121,8 +132,11 @@ struct Frame {
 };
 
 // True for the types followed by `size` bytes of body on the wire. For kPut the body is
-// sent only after the server answered kReady (unless kFlagStreamed), as its own step.
-constexpr bool carries_body(MsgType t) { return t == MsgType::kPut || t == MsgType::kFile; }
+// sent only after the server answered kReady (unless kFlagStreamed), as its own step;
+// kPutRange and kRange bodies follow their header at once.
+constexpr bool carries_body(MsgType t) {
+  return t == MsgType::kPut || t == MsgType::kFile || t == MsgType::kPutRange || t == MsgType::kRange;
+}
 
 // The digest trailer of a kPut with kFlagDigestAfter: the body's SHA-256, raw.
 inline constexpr std::size_t kTrailerSize = 32;

@@ -26,7 +26,8 @@ auto log_failure(std::string what) {
 
 }  // namespace
 
-Server::Server(ServerOptions opts) : opts_(std::move(opts)), storage_(opts_.root) {
+Server::Server(ServerOptions opts)
+    : opts_(std::move(opts)), storage_(opts_.root), parallel_(std::clamp(opts_.max_streams, 1u, 64u)) {
   threads_ = opts_.threads != 0 ? opts_.threads : std::max(1u, std::thread::hardware_concurrency());
   io_ = std::make_unique<asio::io_context>(static_cast<int>(threads_));
   strand_.emplace(asio::make_strand(*io_));

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "server/stream.hpp"
+#include "server/uploads.hpp"
 #include "storage/storage.hpp"
 
 namespace ftx::server {
@@ -50,6 +51,9 @@ struct ServerOptions {
   // Resumable uploads that make no progress for this long are removed (checked at start and
   // then every ttl/2, at least every minute; docs/operations.md).
   std::chrono::seconds partial_ttl{24 * 3600};
+  // Parallel streams (put/get -P): connections that may carry one upload's ranges at once;
+  // also the number a client is told to use for a download (docs/protocol.md).
+  unsigned max_streams = 8;
 
   // Shared secret; empty = no authentication. Clients prove they know it by answering a
   // random challenge (HMAC-SHA256); a wrong answer is logged and answered after auth_delay.
@@ -82,6 +86,8 @@ class Server {
   // True when only this machine can connect (a loopback address).
   bool listens_on_loopback() const;
   const storage::Storage& storage() const { return storage_; }
+  // Uploads arriving over several connections (put -P) that are open now.
+  const ParallelUploads& parallel_uploads() const { return parallel_; }
   unsigned threads() const { return threads_; }
 
   // Starts accepting and runs the pool in the background. Call once.
@@ -114,6 +120,7 @@ class Server {
 
   ServerOptions opts_;
   storage::Storage storage_;
+  ParallelUploads parallel_;
 
   mutable std::mutex mutex_;
   mutable std::condition_variable sessions_cv_;

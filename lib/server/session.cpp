@@ -197,6 +197,10 @@ asio::awaitable<void> Session::run() {
       case MsgType::kRemove:
       case MsgType::kMove:
       case MsgType::kMkdir: ec = co_await handle_change(req); break;
+      case MsgType::kGetRange: ec = co_await handle_get_range(req); break;
+      case MsgType::kPutOpen: ec = co_await handle_put_open(req); break;
+      case MsgType::kPutRange: ec = co_await handle_put_range(req); break;
+      case MsgType::kPutCommit: ec = co_await handle_put_commit(req); break;
       case MsgType::kHello: ec = co_await handle_hello(); break;
       case MsgType::kAuth: ec = co_await handle_auth(req); break;
       case MsgType::kPing: {
@@ -222,6 +226,10 @@ asio::awaitable<void> Session::run() {
     arm(std::chrono::seconds(2), "closing");
     co_await flush();
   }
+  // Parallel uploads this connection held and nobody committed are abandoned once every
+  // connection that held them is gone: let go now, not when the last reference to the
+  // session happens to drop.
+  leases_.clear();
   done_ = true;
   watchdog_.cancel();
   std::error_code ignored;
@@ -807,6 +815,256 @@ asio::awaitable<void> Session::refuse_auth(std::string why) {
   co_await delay.async_wait(kTuple);
   co_await send_final_error(Status::kUnauthorized,
                       "authentication failed: this server needs the right token (set FTX_TOKEN or use --token-file)");
+}
+
+// ---------------------------------------------------------------- parallel streams
+
+namespace {
+
+std::string range_text(std::uint64_t off, std::uint64_t len) {
+  return "[" + std::to_string(off) + ", " + std::to_string(off + len) + ")";
+}
+
+// Whether [mtime_ns, mtime_ns + size) of a request lies inside a file of `size` bytes (the
+// offset travels in mtime_ns; a negative one never fits).
+bool range_fits(const Frame& req, std::uint64_t size) {
+  if (req.mtime_ns < 0) return false;
+  const auto off = static_cast<std::uint64_t>(req.mtime_ns);
+  return off <= size && req.size <= size - off;
+}
+
+}  // namespace
+
+asio::awaitable<std::error_code> Session::write_file_range(int fd, std::uint64_t off, std::uint64_t end) {
+  if (auto ec = co_await flush()) co_return ec;
+  if (stream_->can_send_file()) {
+    // Plain TCP: from the page cache to the socket, as handle_get does for large files.
+    while (off < end) {
+      arm(server_.options().body_timeout, "send");
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(end - off, kSendFileStep));
+      auto [ec, sent] = co_await stream_->send_file(fd, off, want);
+      if (ec == asio::error::operation_not_supported) break;  // copy the rest below
+      if (!ec && sent == 0) co_return std::make_error_code(std::errc::io_error);  // shrank under us
+      if (ec) co_return ec;
+      off += sent;
+    }
+  }
+  while (off < end) {
+    const auto buf = chunk(end - off);
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), end - off));
+    std::size_t got = 0;
+    auto ec = storage::pread_full(fd, buf.first(want), off, got);
+    if (!ec && got < want) ec = std::make_error_code(std::errc::io_error);
+    if (!ec) ec = co_await write_all(buf.first(got));
+    if (ec) co_return ec;
+    off += got;
+  }
+  co_return std::error_code{};
+}
+
+asio::awaitable<std::error_code> Session::handle_get_range(const Frame& req) {
+  const auto start = std::chrono::steady_clock::now();
+  storage::ReadFile file;
+  if (auto ec = server_.storage().open_file(req.name, file, &folders_)) {
+    auto [st, msg] = describe(ec, req.name);
+    log_transfer("get-range", req.name, 0, start, protocol::to_string(st));
+    co_return co_await send_error(st, std::move(msg));
+  }
+  // The client asks for ranges of the version it saw in its STAT: a file replaced since
+  // must not be mixed into it. The digest cache makes this check cheap.
+  Frame reply;
+  bool cached = false;
+  if (auto ec = server_.storage().digest(file, chunk(file.size), reply.digest, cached)) {
+    log_transfer("get-range", req.name, 0, start, "storage: " + ec.message());
+    co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) + ": " +
+                                                        ec.message());
+  }
+  const std::string q = storage::quote_name(req.name);
+  std::optional<std::string> refusal;
+  if (!hash::equal_constant_time(reply.digest, req.digest)) {
+    refusal = q + " changed on the server since the transfer began; run the command again";
+  } else if (!range_fits(req, file.size)) {
+    refusal = "range " + range_text(static_cast<std::uint64_t>(req.mtime_ns), req.size) + " lies outside " + q +
+              " (" + std::to_string(file.size) + " bytes)";
+  }
+  if (refusal) {
+    log_transfer("get-range", req.name, 0, start, protocol::to_string(Status::kConflict));
+    co_return co_await send_error(Status::kConflict, std::move(*refusal));
+  }
+  reply.type = MsgType::kRange;
+  reply.size = req.size;
+  reply.mtime_ns = req.mtime_ns;
+  // How many connections the client should use: it learns it from its first range.
+  reply.name = std::to_string(server_.parallel_.cap());
+  queue(reply);
+  const auto off = static_cast<std::uint64_t>(req.mtime_ns);
+  // Once the header is out, a failure can only drop the connection (as for kGet).
+  const auto ec = co_await write_file_range(file.fd.get(), off, off + req.size);
+  log_transfer("get-range", req.name, req.size, start, ec ? "aborted: " + ec.message() : "ok");
+  co_return ec;
+}
+
+asio::awaitable<std::error_code> Session::handle_put_open(const Frame& req) {
+  const auto start = std::chrono::steady_clock::now();
+  auto refusal = check_put_limits(req);
+  storage::Upload up;
+  if (!refusal) {
+    auto ec = server_.storage().begin_upload(req.name, req.size, up, &folders_);
+    // The whole size at once: ranges then land anywhere, and a full disk shows now.
+    if (!ec) ec = up.preallocate();
+    if (ec) refusal = describe(ec, req.name);
+  }
+  if (refusal) {
+    up.abort();
+    log_transfer("put-open", req.name, 0, start, protocol::to_string(refusal->first));
+    co_return co_await send_error(refusal->first, std::move(refusal->second));
+  }
+  ParallelSpec spec;
+  spec.name = req.name;
+  spec.size = req.size;
+  if ((req.flags & protocol::kFlagHasMtime) != 0) spec.mtime_ns = req.mtime_ns;
+  spec.executable = (req.flags & protocol::kFlagExecutable) != 0;
+  spec.digest = req.digest;
+  std::erase_if(leases_, [](const Lease& l) { return l.upload().over(); });
+  leases_.push_back(server_.parallel_.open(std::move(up), std::move(spec)));
+  Frame opened;
+  opened.type = MsgType::kOpened;
+  opened.name = leases_.back().upload().id();
+  opened.size = server_.parallel_.cap();
+  log_transfer("put-open", req.name, 0, start, "ok");
+  co_return co_await send(opened);
+}
+
+Lease* Session::lease_for(const std::string& id) {
+  for (auto& l : leases_) {
+    if (l.upload().id() == id) return &l;
+  }
+  auto joined = server_.parallel_.join(id);
+  if (!joined) return nullptr;
+  // Uploads this connection helped with that are over need no hold any more.
+  std::erase_if(leases_, [](const Lease& l) { return l.upload().over(); });
+  leases_.push_back(std::move(*joined));
+  return &leases_.back();
+}
+
+asio::awaitable<std::error_code> Session::refuse_range(const Frame& req, const std::string& name, Status st,
+                                                       std::string message,
+                                                       std::chrono::steady_clock::time_point start) {
+  log_transfer("put-range", name, 0, start, protocol::to_string(st));
+  // The body is on its way already: read it to its end so the next request is found.
+  if (auto ec = co_await read_body(req.size, [](std::span<const std::uint8_t>) {})) co_return ec;
+  co_return co_await send_error(st, std::move(message));
+}
+
+asio::awaitable<std::error_code> Session::handle_put_range(const Frame& req) {
+  const auto start = std::chrono::steady_clock::now();
+  Lease* lease = lease_for(req.name);
+  if (lease == nullptr) {
+    co_return co_await refuse_range(req, req.name, Status::kNotFound,
+                                    "no upload " + storage::quote_name(req.name) +
+                                        " is open on this server (committed, abandoned when its connections "
+                                        "closed, or never opened)",
+                                    start);
+  }
+  ParallelUpload& up = lease->upload();
+  const std::string& name = up.spec().name;
+  if (!lease->carry()) {
+    co_return co_await refuse_range(req, name, Status::kUnavailable,
+                                    "the upload of " + storage::quote_name(name) + " already has " +
+                                        std::to_string(server_.parallel_.cap()) +
+                                        " connections, the most this server allows (--max-streams)",
+                                    start);
+  }
+  if (!range_fits(req, up.spec().size) || req.size == 0) {
+    const auto off = static_cast<std::uint64_t>(std::max<std::int64_t>(req.mtime_ns, 0));
+    co_return co_await refuse_range(req, name, Status::kConflict,
+                                    "range " + range_text(off, req.size) + " lies outside " +
+                                        storage::quote_name(name) + " (" + std::to_string(up.spec().size) + " bytes)",
+                                    start);
+  }
+  if (!up.begin_range()) {
+    co_return co_await refuse_range(req, name, Status::kNotFound,
+                                    "the upload of " + storage::quote_name(name) + " is over (committed or abandoned)",
+                                    start);
+  }
+  // Written in place as it arrives; hashed on the way, so a range damaged in transit is
+  // refused at once (the client sends it again) instead of failing the whole file at commit.
+  const auto off = static_cast<std::uint64_t>(req.mtime_ns);
+  std::uint64_t pos = off;
+  hash::Sha256 sha;
+  std::error_code store_ec;
+  const auto read_ec = co_await read_body(req.size, [&](std::span<const std::uint8_t> data) {
+    if (!store_ec) store_ec = up.write(pos, data);
+    sha.update(data);
+    pos += data.size();
+  });
+  const bool verified = !read_ec && !store_ec && sha.finish() == req.digest;
+  up.end_range(off, req.size, verified);
+  if (read_ec) {
+    log_transfer("put-range", name, pos - off, start, "aborted: " + read_ec.message());
+    co_return read_ec;
+  }
+  if (store_ec || !verified) {
+    auto [st, msg] = store_ec ? describe(store_ec, name)
+                              : std::pair{Status::kIntegrity, "range " + range_text(off, req.size) + " of " +
+                                                                  storage::quote_name(name) +
+                                                                  " does not match its SHA-256; send it again"};
+    log_transfer("put-range", name, req.size, start, protocol::to_string(st));
+    co_return co_await send_error(st, std::move(msg));
+  }
+  log_transfer("put-range", name, req.size, start, "ok");
+  Frame done;
+  done.type = MsgType::kDone;
+  done.size = req.size;
+  done.mtime_ns = req.mtime_ns;
+  done.digest = req.digest;
+  queue(done);  // with the next flush: pipelined ranges share writes
+  co_return std::error_code{};
+}
+
+asio::awaitable<std::error_code> Session::handle_put_commit(const Frame& req) {
+  const auto start = std::chrono::steady_clock::now();
+  Lease* lease = lease_for(req.name);
+  if (lease == nullptr) {
+    log_transfer("put-commit", req.name, 0, start, protocol::to_string(Status::kNotFound));
+    co_return co_await send_error(Status::kNotFound, "no upload " + storage::quote_name(req.name) +
+                                                         " is open on this server (committed, abandoned when its "
+                                                         "connections closed, or never opened)");
+  }
+  ParallelUpload& up = lease->upload();
+  const ParallelSpec spec = up.spec();
+  std::error_code ec;
+  std::uint64_t missing = 0;
+  const auto result = up.commit(ec, missing);
+  if (result == ParallelUpload::CommitResult::kDone || result == ParallelUpload::CommitResult::kFailed) {
+    server_.parallel_.forget(up.id());
+  }
+  std::erase_if(leases_, [](const Lease& l) { return l.upload().over(); });  // `up` may be gone from here
+  std::optional<std::pair<Status, std::string>> refusal;
+  switch (result) {
+    case ParallelUpload::CommitResult::kGone:
+      refusal = {Status::kNotFound, "the upload of " + storage::quote_name(spec.name) + " is over already"};
+      break;
+    case ParallelUpload::CommitResult::kIncomplete:
+      refusal = {Status::kConflict, storage::quote_name(spec.name) + " is not complete: " + std::to_string(missing) +
+                                        " bytes missing, or ranges still arriving; commit once every range is "
+                                        "acknowledged"};
+      break;
+    case ParallelUpload::CommitResult::kFailed:
+    case ParallelUpload::CommitResult::kDone:
+      if (ec) refusal = describe(ec, spec.name);
+      break;
+  }
+  if (refusal) {
+    log_transfer("put-commit", spec.name, 0, start, protocol::to_string(refusal->first));
+    co_return co_await send_error(refusal->first, std::move(refusal->second));
+  }
+  log_transfer("put-commit", spec.name, spec.size, start, "ok");
+  Frame done;
+  done.type = MsgType::kDone;
+  done.size = spec.size;
+  done.digest = spec.digest;
+  co_return co_await send(done);
 }
 
 }  // namespace ftx::server

@@ -20,6 +20,7 @@
 
 #include "protocol/codec.hpp"
 #include "server/stream.hpp"
+#include "server/uploads.hpp"
 #include "storage/storage.hpp"
 
 namespace ftx::server {
@@ -80,6 +81,27 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<std::error_code> refuse_put(const protocol::Frame& req, protocol::Status st, std::string message,
                                               std::chrono::steady_clock::time_point start);
   static protocol::Frame entry_of(const storage::FileInfo& f);
+
+  // Parallel streams (docs/protocol.md, "Parallel streams"; server/uploads.hpp).
+  // kGetRange: one range of a file, only while the file is still the one the client expects.
+  asio::awaitable<std::error_code> handle_get_range(const protocol::Frame& req);
+  // kPutOpen: checks the upload like a kPut, preallocates its staging file, answers its id.
+  asio::awaitable<std::error_code> handle_put_open(const protocol::Frame& req);
+  // kPutRange: writes one range in place and checks its SHA-256. A refused range's body is
+  // read and dropped, so the connection stays in step.
+  asio::awaitable<std::error_code> handle_put_range(const protocol::Frame& req);
+  // kPutCommit: verifies the whole staging file and publishes it.
+  asio::awaitable<std::error_code> handle_put_commit(const protocol::Frame& req);
+  // Reads and drops a kPutRange body, then answers `st`.
+  asio::awaitable<std::error_code> refuse_range(const protocol::Frame& req, const std::string& name,
+                                                protocol::Status st, std::string message,
+                                                std::chrono::steady_clock::time_point start);
+  // This connection's hold on upload `id`: the one it has, else a new one (nullptr when
+  // the upload is not open).
+  Lease* lease_for(const std::string& id);
+  // Writes [off, end) of `fd` to the client: sendfile(2) on plain TCP, else read and write.
+  // Everything queued goes out first.
+  asio::awaitable<std::error_code> write_file_range(int fd, std::uint64_t off, std::uint64_t end);
   asio::awaitable<std::error_code> handle_hello();
   asio::awaitable<std::error_code> handle_auth(const protocol::Frame& req);
   // Logs, waits auth_delay, answers kUnauthorized; the caller then closes the connection.
@@ -129,6 +151,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
   bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
   storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
+  // Parallel uploads this connection opened or carried ranges of: an upload whose every
+  // connection closed without committing it is abandoned (server/uploads.hpp).
+  std::vector<Lease> leases_;
 };
 
 }  // namespace ftx::server

@@ -1,5 +1,6 @@
 #include "storage/fd.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/random.h>
@@ -29,6 +30,29 @@ std::error_code write_all(int fd, std::span<const std::uint8_t> data) {
     }
     data = data.subspan(static_cast<std::size_t>(n));
   }
+  return {};
+}
+
+std::error_code pwrite_all(int fd, std::span<const std::uint8_t> data, std::uint64_t offset) {
+  while (!data.empty()) {
+    const ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return last_error();
+    }
+    data = data.subspan(static_cast<std::size_t>(n));
+    offset += static_cast<std::uint64_t>(n);
+  }
+  return {};
+}
+
+std::error_code preallocate(int fd, std::uint64_t size) {
+  if (size == 0) return {};
+  if (::fallocate(fd, 0, 0, static_cast<off_t>(size)) == 0) return {};
+  // Not every filesystem reserves blocks (EOPNOTSUPP); a sparse file of the right length
+  // still takes writes at any offset.
+  if (errno != EOPNOTSUPP && errno != ENOSYS) return last_error();
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) return last_error();
   return {};
 }
 

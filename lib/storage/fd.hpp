@@ -45,6 +45,15 @@ std::error_code last_error();
 // Writes all of `data` at the file's current offset, retrying on EINTR and short writes.
 std::error_code write_all(int fd, std::span<const std::uint8_t> data);
 
+// Writes all of `data` at `offset` without moving the file offset (pwrite), retrying on EINTR
+// and short writes. Safe from several threads on one descriptor (parallel streams).
+std::error_code pwrite_all(int fd, std::span<const std::uint8_t> data, std::uint64_t offset);
+
+// Makes `fd` `size` bytes long with its blocks reserved (fallocate), so a transfer written
+// out of order finds its space taken before the first byte and cannot fail half-way on a
+// full disk; where the filesystem cannot reserve, just sets the length (ftruncate).
+std::error_code preallocate(int fd, std::uint64_t size);
+
 // Reads until `buf` is full or EOF, from `offset` without moving the file offset.
 std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got);
 

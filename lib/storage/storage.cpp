@@ -220,6 +220,42 @@ std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::
   } else if (hasher_.finish() != expected) {
     ec = errc::digest_mismatch;
   }
+  return publish(ec, expected, mtime_ns, executable);
+}
+
+std::error_code Upload::preallocate() {
+  if (!fd_) return std::make_error_code(std::errc::bad_file_descriptor);
+  return storage::preallocate(fd_.get(), size_);
+}
+
+std::error_code Upload::write_at(std::uint64_t offset, std::span<const std::uint8_t> data) const {
+  if (offset > size_ || data.size() > size_ - offset) return errc::size_mismatch;
+  return pwrite_all(fd_.get(), data, offset);
+}
+
+std::error_code Upload::commit_written(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
+                                       bool executable) {
+  if (staging_name_.empty()) return std::make_error_code(std::errc::bad_file_descriptor);
+  // The ranges were checked one by one as they came, but only a hash of the file as it lies
+  // on disk, in order, proves the whole: a range written twice, or a client that sent
+  // overlapping ranges, cannot slip through.
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(size_, 1, protocol::kChunkSize)));
+  hash::Sha256 hasher;
+  std::error_code ec;
+  for (std::uint64_t off = 0; off < size_ && !ec;) {
+    std::size_t got = 0;
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size_ - off));
+    ec = pread_full(fd_.get(), std::span(buf.data(), want), off, got);
+    if (!ec && got != want) ec = errc::size_mismatch;  // cut short behind our back
+    if (!ec) hasher.update(std::span<const std::uint8_t>(buf.data(), got));
+    off += got;
+  }
+  if (!ec && hasher.finish() != expected) ec = errc::digest_mismatch;
+  return publish(ec, expected, mtime_ns, executable);
+}
+
+std::error_code Upload::publish(std::error_code ec, const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
+                                bool executable) {
   if (!ec && executable && ::fchmod(fd_.get(), 0755) != 0) ec = last_error();
   if (!ec && mtime_ns) ec = set_mtime(fd_.get(), *mtime_ns);
   // After the mtime: the record must describe the file as published.
@@ -340,7 +376,8 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   if (!ec) up.parent_ = std::move(dir);
   up.staging_name_ = next_staging_name();
   up.staging_dir_ = staging_fd_.get();
-  up.fd_.reset(::openat(staging_fd_.get(), up.staging_name_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  // Readable too: commit_written() hashes what parallel streams wrote.
+  up.fd_.reset(::openat(staging_fd_.get(), up.staging_name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!up.fd_) {
     up.staging_name_.clear();
     return last_error();
@@ -366,6 +403,7 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
     ::unlinkat(partial_fd_.get(), part.c_str(), 0);
     ::unlinkat(partial_fd_.get(), state.c_str(), 0);
     release_partial(key);
+    drop_partials_named(name);
     out = std::move(up);
     return {};
   }
@@ -383,6 +421,8 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
                      r.executable == executable && static_cast<std::uint64_t>(st.st_size) >= r.good.bytes &&
                      up.hasher_.restore(r.good);
   if (!found) {
+    // Earlier versions of this name (another size or mtime) will not be resumed now.
+    drop_partials_named(name);
     r = PartialRecord{};
     r.name = std::string(name);
     r.size = size;
@@ -409,6 +449,20 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   up.written_ = up.record_.good.bytes;
   out = std::move(up);
   return {};
+}
+
+void Storage::drop_partials_named(std::string_view name) const {
+  for_each_partial([&](const std::string& key, const PartialRecord* r, const struct stat*) {
+    if (r == nullptr || r->name != name) return;
+    {
+      std::lock_guard lock(partial_mu_);
+      if (active_partials_.count(key) != 0) return;  // ours, or another connection's
+      active_partials_.insert(key);
+    }
+    ::unlinkat(partial_fd_.get(), (key + ".part").c_str(), 0);
+    ::unlinkat(partial_fd_.get(), (key + ".state").c_str(), 0);
+    release_partial(key);
+  });
 }
 
 void Storage::release_partial(const std::string& key) const {

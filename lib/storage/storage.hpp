@@ -139,6 +139,17 @@ class Upload {
   std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
                          bool executable = false);
 
+  // Uploads whose bytes arrive out of order, over several connections (parallel streams):
+  // preallocate() gives the staging file its whole size first; write_at() then stores a
+  // range at its offset (safe from several threads at once, as long as nothing else runs on
+  // this Upload meanwhile); commit_written() hashes the staging file from disk, start to
+  // end, and publishes it like commit() when that SHA-256 is `expected`. Not for resumable
+  // uploads.
+  std::error_code preallocate();
+  std::error_code write_at(std::uint64_t offset, std::span<const std::uint8_t> data) const;
+  std::error_code commit_written(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
+                                 bool executable = false);
+
   // Removes the staging file (and a resumable upload's record) now. The destructor does
   // the same, except that it keeps a resumable upload for later.
   void abort();
@@ -154,6 +165,11 @@ class Upload {
   void release();
   // Records that the data up to written_ is on disk and hashed (resumable uploads).
   void checkpoint();
+  // The second half of commit() and commit_written(): with `ec` clear (the data was
+  // verified), applies mode and mtime, fsyncs, renames over the final name and fsyncs its
+  // folder; with `ec` set, or on any failure, removes the staging file and returns why.
+  std::error_code publish(std::error_code ec, const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
+                          bool executable);
 
   const Storage* store_ = nullptr;
   std::string name_;          // final name
@@ -257,6 +273,8 @@ class Storage {
   std::size_t clean_staging() const;
   // Ends a resumable upload's claim on its partial (Upload's destructor).
   void release_partial(const std::string& key) const;
+  // Removes the partials of `name` (any size, mtime, mode) that no connection is sending.
+  void drop_partials_named(std::string_view name) const;
 
   template <typename Fn>
   void for_each_partial(Fn&& fn) const;

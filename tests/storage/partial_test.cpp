@@ -133,12 +133,13 @@ TEST_F(ResumableUpload, AnInterruptedUploadContinuesFromItsLastWholeChunkAcrossA
   EXPECT_TRUE(again.list_partials().empty());
 }
 
-TEST_F(ResumableUpload, ADifferentFileUnderTheSameNameDoesNotPickItUp) {
+TEST_F(ResumableUpload, ADifferentFileUnderTheSameNameDoesNotPickItUpButReplacesIt) {
   Storage s(root());
   { auto up = begin_and_write(s, 3 * protocol::kChunkSize); }
   Upload other;  // another mtime: another file
   ASSERT_FALSE(s.begin_upload("f.bin", data_.size(), *mtime_ + 1, false, Resume::kYes, other));
   EXPECT_EQ(other.written(), 0u);
+  EXPECT_EQ(test::staging_files(staging()).size(), 2u) << "the old version's partial is gone, only the new one's";
 }
 
 TEST_F(ResumableUpload, AWrongDigestAtCommitRemovesThePartial) {
