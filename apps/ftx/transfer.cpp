@@ -303,7 +303,7 @@ CLI::App* setup_get(CLI::App& app, GetOptions& opts) {
                 "start over: drop the hidden .NAME.ftx-partial an interrupted download left beside the target, "
                 "and leave none should this one be interrupted");
   add_parallel_option(*cmd, opts.parallel,
-                      "The file replaces LOCAL_PATH once its whole SHA-256 matched; it does not resume.");
+                      "The file replaces LOCAL_PATH once its whole SHA-256 matched; an interrupted one resumes with the ranges it lacks.");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
@@ -360,7 +360,8 @@ int run_get(const GetOptions& opts) {
     auto c = connect(opts.client, *address);
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
     const auto r = opts.parallel > 1
-                       ? c->get_parallel(opts.remote, opts.local, opts.parallel, bar_progress(bar))
+                       ? c->get_parallel(opts.remote, opts.local, opts.parallel, bar_progress(bar),
+                                         client::TransferOptions{!opts.no_resume})
                        : c->get(opts.remote, opts.local, bar_progress(bar), client::TransferOptions{!opts.no_resume});
     bar.finish();
     // With the file on standard output, the summary must not mix into it.

@@ -1120,11 +1120,21 @@ struct Client::Parallel {
       : size(size_in), ranges((size_in + kRangeBytes - 1) / kRangeBytes), progress(progress_in) {}
 
   // The next range to move, or nullopt when all are handed out or the transfer failed.
+  // Ranges a resumed download holds already are skipped.
   std::optional<std::uint64_t> take() {
-    if (failed.load()) return std::nullopt;
-    const auto i = next.fetch_add(1);
-    if (i >= ranges) return std::nullopt;
-    return i;
+    for (;;) {
+      if (failed.load()) return std::nullopt;
+      const auto i = next.fetch_add(1);
+      if (i >= ranges) return std::nullopt;
+      if (i < held.size() && held[i]) continue;
+      return i;
+    }
+  }
+  // A range arrived whole (get): recorded for a later resume.
+  void range_done(std::uint64_t i) {
+    if (!on_range_done) return;
+    const std::lock_guard lock(mu);
+    on_range_done(i);
   }
   std::uint64_t offset(std::uint64_t i) const { return i * kRangeBytes; }
   std::uint64_t length(std::uint64_t i) const { return std::min(kRangeBytes, size - offset(i)); }
@@ -1155,6 +1165,9 @@ struct Client::Parallel {
   protocol::Digest digest{};  // the whole file's SHA-256 (get: what STAT said)
   int fd = -1;                // put: the source; get: the staging file
   std::filesystem::path local;
+
+  std::vector<bool> held;  // get, resumed: ranges already on disk (read-only once threads run)
+  std::function<void(std::uint64_t)> on_range_done;  // called under mu
 
   std::atomic<std::uint64_t> next{0};
   std::atomic<bool> failed{false};
@@ -1232,6 +1245,7 @@ void Client::get_ranges(Parallel& p, std::deque<std::uint64_t> sent, std::option
                        p.add_bytes(data.size());
                      }),
         "receiving a file");
+    p.range_done(i);
   }
 }
 
@@ -1335,19 +1349,60 @@ Result Client::put_parallel(const std::filesystem::path& local, const std::strin
 }
 
 Result Client::get_parallel(const std::string& remote, const std::filesystem::path& local, unsigned streams,
-                            const ProgressFn& progress) {
+                            const ProgressFn& progress, const TransferOptions& opts) {
   check_remote_name(remote);
-  if (streams <= 1 || is_stdout(local)) return get(remote, local, progress);
+  if (streams <= 1 || is_stdout(local)) return get(remote, local, progress, opts);
   // The version to fetch: every range is asked for with its SHA-256, so a file replaced on
   // the server meanwhile is refused rather than mixed into this one.
   const Entry info = stat(remote);
-  if (info.folder || !info.digest || info.size <= kWholeFileBytes) return get(remote, local, progress);
+  if (info.folder || !info.digest || info.size <= kWholeFileBytes) return get(remote, local, progress, opts);
   const std::filesystem::path target = download_target(remote, local);
-  std::optional<StagedFile> staged;
-  try {
-    staged.emplace(target);
-  } catch (const std::system_error& e) {
-    throw Error(Failure::kLocalIo, std::string(e.what()) + " \u2014 check that the folder exists and is writable");
+  std::optional<StagedFile> staged = [&]() -> std::optional<StagedFile> {
+    try {
+      if (opts.resume) {
+        if (auto r = StagedFile::resumable(target)) return r;  // else in use by another ftx
+      } else {
+        StagedFile::discard_resumable(target);
+      }
+      return std::optional<StagedFile>(std::in_place, target);
+    } catch (const std::system_error& e) {
+      throw Error(Failure::kLocalIo, std::string(e.what()) + " \u2014 check that the folder exists and is writable");
+    }
+  }();
+  // What an interrupted download of this very version left: its ranges (get -P), or its
+  // verified prefix (get), which covers the ranges that lie wholly inside it.
+  std::vector<bool> held;
+  const storage::PartialRecord* found = staged->is_resumable() ? staged->found() : nullptr;
+  const bool same_version = found != nullptr && found->name == remote && found->size == info.size &&
+                            found->digest == *info.digest &&
+                            (found->range_size == kRangeBytes || found->range_size == 0);
+  const std::uint64_t ranges = (info.size + kRangeBytes - 1) / kRangeBytes;
+  storage::PartialRecord record;
+  if (same_version) {
+    record = *found;
+    held.assign(ranges, false);
+    for (std::uint64_t i = 0; i < ranges; ++i) {
+      held[i] = found->range_size == kRangeBytes ? storage::has_range(*found, i)
+                                                 : std::min((i + 1) * kRangeBytes, info.size) <= found->good.bytes;
+      if (held[i]) storage::mark_range(record, i);
+    }
+  } else {
+    record.name = remote;
+    record.size = info.size;
+    record.mtime_ns = info.mtime_ns;
+    record.has_mtime = true;
+    record.executable = info.executable;
+    record.digest = *info.digest;
+    record.good = record.before = *hash::Sha256().state();
+    record.created_ns = storage::wall_clock_ns();
+  }
+  record.range_size = static_cast<std::uint32_t>(kRangeBytes);
+  record.good = record.before = *hash::Sha256().state();  // this kind is described by its ranges
+  record.updated_ns = storage::wall_clock_ns();
+  if (staged->is_resumable()) {
+    // Rewrites the record as one of ranges; the data is kept when it is the same version.
+    const auto ec = same_version ? staged->keep_found(std::move(record)) : staged->start(std::move(record));
+    if (ec) throw Error(Failure::kLocalIo, "cannot write " + staged->staging_path().string() + ": " + ec.message());
   }
   // The whole size first: the ranges land anywhere in it, and a full disk shows now.
   if (auto ec = storage::preallocate(staged->fd(), info.size)) {
@@ -1359,28 +1414,38 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   p.digest = *info.digest;
   p.fd = staged->fd();
   p.local = target;
-
-  // The first range on this connection alone: its answer says how many connections the
-  // server wants (and a refusal ends here, with this connection in step).
-  std::deque<std::uint64_t> sent{*p.take()};
-  Frame first;
-  first.type = MsgType::kGetRange;
-  first.name = remote;
-  first.size = p.length(0);
-  first.digest = p.digest;
-  send(first);
-  Frame header = read_frame();
-  if (header.type != MsgType::kRange) fail_from_reply(header, p.context);
-  unsigned cap = streams;
-  if (!header.name.empty() && header.name.size() <= 3 &&
-      header.name.find_first_not_of("0123456789") == std::string::npos) {
-    cap = static_cast<unsigned>(std::max(1ul, std::stoul(header.name)));
+  p.held = std::move(held);
+  std::uint64_t skipped = 0;
+  for (std::uint64_t i = 0; i < p.held.size(); ++i) {
+    if (p.held[i]) skipped += p.length(i);
   }
-  const auto n = static_cast<unsigned>(std::min<std::uint64_t>({streams, cap, p.ranges}));
-  if (progress) progress(0, info.size);
-  run_parallel(
-      p, n, [&](Client& c) { c.get_ranges(p, std::move(sent), std::move(header)); },
-      [&p](Client& c) { c.get_ranges(p, {}, std::nullopt); });
+  p.done = skipped;  // progress starts where the resume does
+  if (staged->is_resumable()) p.on_range_done = [&staged](std::uint64_t i) { staged->range_done(i); };
+
+  if (progress) progress(p.done, info.size);
+  if (const auto first_index = p.take()) {  // else a resume found every range on disk
+    // The first range on this connection alone: its answer says how many connections the
+    // server wants (and a refusal ends here, with this connection in step).
+    std::deque<std::uint64_t> sent{*first_index};
+    Frame first;
+    first.type = MsgType::kGetRange;
+    first.name = remote;
+    first.mtime_ns = static_cast<std::int64_t>(p.offset(*first_index));
+    first.size = p.length(*first_index);
+    first.digest = p.digest;
+    send(first);
+    Frame header = read_frame();
+    if (header.type != MsgType::kRange) fail_from_reply(header, p.context);
+    unsigned cap = streams;
+    if (!header.name.empty() && header.name.size() <= 3 &&
+        header.name.find_first_not_of("0123456789") == std::string::npos) {
+      cap = static_cast<unsigned>(std::max(1ul, std::stoul(header.name)));
+    }
+    const auto n = static_cast<unsigned>(std::min<std::uint64_t>({streams, cap, p.ranges}));
+    run_parallel(
+        p, n, [&](Client& c) { c.get_ranges(p, std::move(sent), std::move(header)); },
+        [&p](Client& c) { c.get_ranges(p, {}, std::nullopt); });
+  }
 
   // Every range arrived; the file as it lies on disk must be the one STAT described.
   storage::UniqueFd check(::open(staged->staging_path().c_str(), O_RDONLY | O_CLOEXEC));
@@ -1391,6 +1456,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   std::vector<std::uint8_t> buf(protocol::kChunkSize);
   const auto digest = hash_file(check.get(), info.size, staged->staging_path(), buf);
   if (digest != p.digest) {
+    staged->discard();  // what it holds is not the file: the next attempt starts over
     throw Error(Failure::kIntegrity, "data received for " + storage::quote_name(remote) +
                                          " does not match the SHA-256 the server announced; " + target.string() +
                                          " was left untouched");

@@ -148,13 +148,16 @@ class Client {
   // then fewer are used. Everything is verified as with put/get: the server publishes an
   // upload only after the whole file's SHA-256 matched, and a download replaces `local` only
   // after the staging file hashed to the SHA-256 the server's STAT announced (a file changed
-  // on the server meanwhile fails with kRejected). Neither resumes. With streams <= 1, a file
+  // on the server meanwhile fails with kRejected). put_parallel does not resume. With streams <= 1, a file
   // of 1 MiB or less, or standard output as the target, these are just put() and get().
   // `progress` is called from one thread at a time, never with a smaller `done` than before.
   Result put_parallel(const std::filesystem::path& local, const std::string& remote, unsigned streams,
                       const ProgressFn& progress = {});
+  // get_parallel resumes (TransferOptions): the ranges an interrupted get -P (or the prefix
+  // an interrupted get) left in .<name>.ftx-partial are not fetched again, if the server's
+  // file is still that version. The whole file is hashed from disk before commit either way.
   Result get_parallel(const std::string& remote, const std::filesystem::path& local, unsigned streams,
-                      const ProgressFn& progress = {});
+                      const ProgressFn& progress = {}, const TransferOptions& opts = {});
 
   // Unfinished uploads the server keeps for resume (ls --partial): Entry::size is the whole
   // file, `received` the bytes it holds, mtime_ns the last progress.

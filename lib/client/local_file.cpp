@@ -7,6 +7,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -200,6 +201,13 @@ std::error_code StagedFile::continue_found() {
   return {};
 }
 
+std::error_code StagedFile::keep_found(storage::PartialRecord r) {
+  record_ = std::move(r);
+  found_ = false;
+  if (::ftruncate(record_fd_.get(), 0) != 0) return storage::last_error();
+  return storage::save_record(record_fd_.get(), record_);
+}
+
 std::error_code StagedFile::start(storage::PartialRecord fresh) {
   record_ = std::move(fresh);
   found_ = false;
@@ -211,6 +219,12 @@ std::error_code StagedFile::start(storage::PartialRecord fresh) {
 void StagedFile::checkpoint(const hash::State& after) {
   storage::advance(record_, after);
   storage::save_record(record_fd_.get(), record_);  // best effort: a resume then starts earlier
+}
+
+void StagedFile::range_done(std::uint64_t i) {
+  storage::mark_range(record_, i);
+  record_.updated_ns = storage::wall_clock_ns();
+  storage::save_record(record_fd_.get(), record_);  // best effort: a resume then fetches it again
 }
 
 void StagedFile::discard() {
@@ -228,7 +242,9 @@ StagedFile::~StagedFile() {
   if (resumable_) {
     // Kept for the next attempt if it holds anything worth resuming; an empty one (a
     // request that failed, a transfer cut before its first chunk) is not left lying around.
-    if (!committed_ && record_.good.bytes == 0) discard();
+    const bool holds_ranges =
+        std::any_of(record_.ranges.begin(), record_.ranges.end(), [](std::uint8_t b) { return b != 0; });
+    if (!committed_ && record_.good.bytes == 0 && !holds_ranges) discard();
     return;
   }
   if (!committed_) {

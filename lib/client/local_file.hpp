@@ -35,9 +35,14 @@ class StagedFile {
   // Resumable only: continue the found record's data (cut to its good bytes, positioned
   // there), or start afresh with `fresh` (data emptied, record written).
   std::error_code continue_found();
+  // Resumable only: keep the found data as it is, under the record `r` (get -P).
+  std::error_code keep_found(storage::PartialRecord r);
   std::error_code start(storage::PartialRecord fresh);
   // Resumable only: the data up to `after.bytes` is written and hashed; records it.
   void checkpoint(const hash::State& after);
+  // Resumable only, parallel streams: range i (of the record's range_size) is written;
+  // records it. Not thread-safe: callers serialise.
+  void range_done(std::uint64_t i);
   // Removes the staging file (and record) now; the object is then inert.
   void discard();
   bool is_resumable() const { return resumable_; }

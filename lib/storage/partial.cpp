@@ -12,8 +12,10 @@ namespace ftx::storage {
 namespace {
 
 constexpr std::uint32_t kMagic = 0x52585446;  // "FTXR" read as little-endian
-constexpr std::uint32_t kLayout = 1;
-constexpr std::size_t kMaxRecord = 64 + 4 * 8 + 4 * 32 + 4096 + 32;
+constexpr std::uint32_t kLayout = 2;
+// 2^50 bytes in ranges of 4 MiB or more: 32 KiB of bitmap at most.
+constexpr std::size_t kMaxRanges = 32 * 1024;
+constexpr std::size_t kMaxRecord = 64 + 4 * 8 + 4 * 32 + kMaxRanges + 4096 + 32;
 
 class Writer {
  public:
@@ -67,6 +69,9 @@ std::vector<std::uint8_t> encode(const PartialRecord& r) {
   w.put(r.before.bytes);
   w.put(r.created_ns);
   w.put(r.updated_ns);
+  w.put(r.range_size);
+  w.put(static_cast<std::uint32_t>(r.ranges.size()));
+  w.put_bytes(r.ranges);
   w.put_bytes(std::span(reinterpret_cast<const std::uint8_t*>(r.name.data()), r.name.size()));
   const auto sum = hash::sha256(w.out);
   w.put_bytes(sum);
@@ -84,6 +89,10 @@ bool decode(std::span<const std::uint8_t> bytes, PartialRecord& out) {
       !rd.get_bytes(r.before.words) || !rd.get(r.before.bytes) || !rd.get(r.created_ns) || !rd.get(r.updated_ns)) {
     return false;
   }
+  std::uint32_t ranges_len = 0;
+  if (!rd.get(r.range_size) || !rd.get(ranges_len) || ranges_len > kMaxRanges) return false;
+  r.ranges.resize(ranges_len);
+  if (!rd.get_bytes(r.ranges)) return false;
   r.name.resize(name_len);
   if (!rd.get_bytes(std::span(reinterpret_cast<std::uint8_t*>(r.name.data()), name_len))) return false;
   const std::size_t body = rd.pos();
@@ -119,6 +128,15 @@ void advance(PartialRecord& r, const hash::State& after) {
   if (after.bytes > r.good.bytes) r.before = r.good;
   r.good = after;
   r.updated_ns = wall_clock_ns();
+}
+
+bool has_range(const PartialRecord& r, std::uint64_t i) {
+  return i / 8 < r.ranges.size() && (r.ranges[i / 8] & (1u << (i % 8))) != 0;
+}
+
+void mark_range(PartialRecord& r, std::uint64_t i) {
+  if (i / 8 >= r.ranges.size()) r.ranges.resize(i / 8 + 1, 0);
+  r.ranges[i / 8] = static_cast<std::uint8_t>(r.ranges[i / 8] | (1u << (i % 8)));
 }
 
 std::int64_t wall_clock_ns() {

@@ -31,6 +31,11 @@ struct PartialRecord {
   hash::State before;           // one chunk before `good` (the sample check); == good at 0
   std::int64_t created_ns = 0;  // wall clock (CLOCK_REALTIME), ns
   std::int64_t updated_ns = 0;  // last checkpoint
+  // Transfers over parallel streams (ftx get -P) fill the file in ranges of `range_size`
+  // bytes in any order: bit i of `ranges` (byte i / 8, bit i % 8) says range i is written.
+  // 0 and empty for the sequential kind, which `good` describes.
+  std::uint32_t range_size = 0;
+  std::vector<std::uint8_t> ranges;
 
   bool operator==(const PartialRecord&) const = default;
 };
@@ -47,6 +52,10 @@ std::error_code load_record(int fd, PartialRecord& out);
 // Moves `r` on after `bytes_written` more bytes ending in state `after`: `before` becomes the
 // old `good` when a whole chunk was added, so the sample check always has one chunk to hash.
 void advance(PartialRecord& r, const hash::State& after);
+
+// Whether range i is marked in r.ranges; marks it.
+bool has_range(const PartialRecord& r, std::uint64_t i);
+void mark_range(PartialRecord& r, std::uint64_t i);
 
 // Nanoseconds since the Unix epoch, now.
 std::int64_t wall_clock_ns();

@@ -118,6 +118,25 @@ sent=$(( $(get_bytes "$LOG" victim) - before ))
 check "the resumed get moved only the rest ($sent bytes; the killed one held $held)" \
   test "$sent" -le $((SIZE - held + CHUNK))
 check "no .ftx- file left beside the target" test -z "$(ls -A "$T/dl" | grep '\.ftx-')"
+# ---- 2b. the same with four parallel streams: get -P resumes (the ranges it holds are not
+# fetched again); put -P does not resume, but a killed one leaves nothing behind
+ranges_logged() { grep -c 'get-range "victim" ' "$LOG"; }
+total_ranges=$(( (SIZE + 4 * CHUNK - 1) / (4 * CHUNK) ))
+rm -f "$T/dl/local.bin"
+kill_twice "local_part_growing $T/dl" "$FTX" get -P 4 victim "$T/dl/local.bin"
+check "at least one get -P was killed mid-flight" test "$kills" -ge 1
+before=$(ranges_logged)
+"$FTX" get -P 4 victim "$T/dl/local.bin" >/dev/null && ok || bad "get -P again after killed ones"
+asked=$(( $(ranges_logged) - before ))
+check "the resumed get -P asked for fewer ranges ($asked) than the file has ($total_ranges)" test "$asked" -lt "$total_ranges"
+check "the resumed get -P completed the file" cmp -s "$T/dl/local.bin" "$T/big.bin"
+check "no .ftx- file left beside the target after get -P" test -z "$(ls -A "$T/dl" | grep '\.ftx-')"
+parallel_part_growing() { find "$1/.ftx-staging" -maxdepth 1 -name '*.part' -size +1M 2>/dev/null | grep -q .; }
+kill_twice "parallel_part_growing $R" "$FTX" put -P 4 "$T/big.bin" victim-p
+check "a killed put -P leaves no staging file once its connections are gone" wait_until 10 staging_empty "$R"
+check "a killed put -P publishes nothing" test ! -e "$R/victim-p"
+"$FTX" put -P 4 "$T/big.bin" victim-p >/dev/null && ok || bad "put -P after killed ones"
+check "put -P stored the file byte for byte" cmp -s "$R/victim-p" "$T/big.bin"
 "$FTX" ping >/dev/null && ok || bad "server stopped serving after killed clients"
 
 # ---- 3. server killed mid-put, then restarted: the partial upload survives and resumes;
