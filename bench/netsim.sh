@@ -17,7 +17,8 @@
 # Usage: sudo bench/netsim.sh  (root: it creates namespaces; nothing is built)
 #   FTX (build/ftx), NETSIM (build/netsim), DELAY_MS (25, one way), LOSS (0.001), RATE_MBIT
 #   (0: no bottleneck but the CPU), RUNS (3), SIZE_MB (64), IPERF_TIME (10 s), STREAMS (8: the
-#   parallel row), PREFIX (ftxbn: namespaces ftxbna and ftxbnb). SMOKE=1: RUNS=1, SIZE_MB=8,
+#   parallel row), PREFIX (ftxbn: namespaces ftxbna and ftxbnb), CC (the namespaces' TCP
+#   congestion control, e.g. reno; default: the root namespace's). SMOKE=1: RUNS=1, SIZE_MB=8,
 #   IPERF_TIME=2 unless set, well under a minute (for CI). iperf3, jq and ping are installed
 #   with apt-get when missing. A benchmark, not a test: it asserts only that every copy is
 #   identical to its source (a wrong copy marks its row "failed"; with STRICT=1 the script
@@ -193,6 +194,13 @@ ensure_stored() {  # the payload on the server for the downloads, if the uploads
 # ---------------------------------------------------------------------------------------------
 netsim_args=(--delay-ms "$DELAY_MS" --loss "$LOSS" --rate-mbit "$RATE_MBIT" --duration-s "$BUDGET")
 netsim_up "$PREFIX" "${netsim_args[@]}" || exit 1
+if [ -n "${CC:-}" ]; then
+  # Per namespace; only what the root namespace's net.ipv4.tcp_allowed_congestion_control
+  # lists (here: reno and bbr; cubic is refused).
+  for ns in "$NETSIM_NS_A" "$NETSIM_NS_B"; do
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$CC" || { say "cannot use congestion control $CC"; exit 1; }
+  done
+fi
 head -c "$((SIZE_MB * 1048576))" /dev/urandom >"$W/payload"
 mkdir -p "$W/root"
 start_in_b "$BUDGET" "$W/serve.log" "$FTX" serve --root "$W/root" --listen "$NETSIM_ADDR_B:$PORT" --min-free 0
