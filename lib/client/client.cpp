@@ -141,6 +141,22 @@ std::string errno_text(const std::error_code& ec) { return ec.message(); }
 
 bool is_stdout(const std::filesystem::path& p) { return p == "-" || p == "/dev/stdout"; }
 
+// The staging file of a download to `target`: the resumable one unless resume is off (its
+// leftovers are dropped then) or another ftx is using it. Made before anything is asked, so
+// a local problem costs no transfer.
+std::optional<StagedFile> stage_download(const std::filesystem::path& target, const TransferOptions& opts) {
+  try {
+    if (opts.resume) {
+      if (auto r = StagedFile::resumable(target)) return r;
+    } else {
+      StagedFile::discard_resumable(target);
+    }
+    return std::optional<StagedFile>(std::in_place, target);
+  } catch (const std::system_error& e) {
+    throw Error(Failure::kLocalIo, std::string(e.what()) + " \u2014 check that the folder exists and is writable");
+  }
+}
+
 std::string base_name(const std::string& remote) {
   const auto slash = remote.rfind('/');
   return slash == std::string::npos ? remote : remote.substr(slash + 1);
@@ -734,19 +750,7 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
   const bool to_stdout = is_stdout(local);
   const std::filesystem::path target = to_stdout ? local : download_target(remote, local);
   // The staging file is made before asking, so a local problem costs no transfer.
-  std::optional<StagedFile> staged = [&]() -> std::optional<StagedFile> {
-    if (to_stdout) return std::nullopt;
-    try {
-      if (opts.resume) {
-        if (auto r = StagedFile::resumable(target)) return r;  // else in use by another ftx
-      } else {
-        StagedFile::discard_resumable(target);
-      }
-      return std::optional<StagedFile>(std::in_place, target);
-    } catch (const std::system_error& e) {
-      throw Error(Failure::kLocalIo, std::string(e.what()) + " \u2014 check that the folder exists and is writable");
-    }
-  }();
+  std::optional<StagedFile> staged = to_stdout ? std::nullopt : stage_download(target, opts);
   const bool resumable = staged && staged->is_resumable();
 
   Frame req;
@@ -1357,18 +1361,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   const Entry info = stat(remote);
   if (info.folder || !info.digest || info.size <= kWholeFileBytes) return get(remote, local, progress, opts);
   const std::filesystem::path target = download_target(remote, local);
-  std::optional<StagedFile> staged = [&]() -> std::optional<StagedFile> {
-    try {
-      if (opts.resume) {
-        if (auto r = StagedFile::resumable(target)) return r;  // else in use by another ftx
-      } else {
-        StagedFile::discard_resumable(target);
-      }
-      return std::optional<StagedFile>(std::in_place, target);
-    } catch (const std::system_error& e) {
-      throw Error(Failure::kLocalIo, std::string(e.what()) + " \u2014 check that the folder exists and is writable");
-    }
-  }();
+  std::optional<StagedFile> staged = stage_download(target, opts);
   // What an interrupted download of this very version left: its ranges (get -P), or its
   // verified prefix (get), which covers the ranges that lie wholly inside it.
   std::vector<bool> held;
