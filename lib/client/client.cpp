@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -106,6 +107,33 @@ Frame put_header(const Source& src, const std::filesystem::path& local, const st
   req.digest = hasher.finish();
   req.name = remote;
   return req;
+}
+
+// A resumable upload's name for its source, sent in the PUT's otherwise unused digest field
+// (docs/protocol.md, "resume"): this machine, the file's path, device and inode, size and
+// mtime. A server resumes only a partial with the same name, so two machines (or two files)
+// that happen to share name, size and mtime -- reproducible builds set mtimes -- never
+// continue each other's bytes.
+protocol::Digest source_id(const Source& src, const std::filesystem::path& local) {
+  hash::Sha256 h;
+  h.update(std::string_view("ftx-source-v1"));
+  std::ifstream machine("/etc/machine-id");
+  std::string id;
+  if (!(machine >> id)) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    id = host;
+  }
+  h.update(id);
+  std::error_code ec;
+  const auto path = std::filesystem::weakly_canonical(local, ec);
+  h.update(std::string(1, '\0') + (ec ? local.string() : path.string()));
+  struct stat st {};
+  ::fstat(src.fd.get(), &st);
+  const std::string tail = "/" + std::to_string(st.st_dev) + "/" + std::to_string(st.st_ino) + "/" +
+                           std::to_string(src.size) + "/" + std::to_string(src.mtime_ns);
+  h.update(tail);
+  return h.finish();
 }
 
 // The kPut header for `src` when its digest follows the body (kFlagDigestAfter).
@@ -682,7 +710,10 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
   } else {
     // Read once, hashed while sent; the digest follows the body.
     req = put_header_digest_after(src, remote);
-    if (opts.resume) req.flags |= protocol::kFlagResume;
+    if (opts.resume) {
+      req.flags |= protocol::kFlagResume;
+      req.digest = source_id(src, local);
+    }
   }
   send(req);
   Frame ready = read_frame();
@@ -697,6 +728,7 @@ Result Client::put(const std::filesystem::path& local, const std::string& remote
       // server's partial (and is not resumable itself).
       connect();
       req.flags &= static_cast<std::uint16_t>(~protocol::kFlagResume);
+      req.digest = {};
       send(req);
       ready = read_frame();
       if (ready.type != MsgType::kReady) fail_from_reply(ready, context);

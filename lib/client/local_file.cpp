@@ -167,20 +167,44 @@ std::optional<StagedFile> StagedFile::resumable(const std::filesystem::path& tar
   f.resumable_ = true;
   f.staging_ = resumable_data(target);
   f.record_path_ = resumable_record(target);
-  f.record_fd_.reset(::open(f.record_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!f.record_fd_) throw std::system_error(storage::last_error(), "cannot create " + f.record_path_.string());
+  // Fixed names in a folder others may write to (/tmp): never through a symlink, only a
+  // regular file of ours with one name.
+  const auto open_own = [](const std::filesystem::path& p, mode_t mode) {
+    storage::UniqueFd fd(::open(p.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode));
+    struct stat st {};
+    if (!fd || ::fstat(fd.get(), &st) != 0) throw std::system_error(storage::last_error(), "cannot create " + p.string());
+    if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || st.st_nlink != 1) {
+      throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
+                              p.string() + " is not a regular file of this user's");
+    }
+    return fd;
+  };
   // Two downloads to one target at once: the second stages the usual way. The lock goes
   // with the descriptor, so a killed process never leaves it held -- but a process killed
   // in the middle of a large write lets go only once the write is done: a retry started at
-  // once waits a little for it.
-  for (int tries = 0; ::flock(f.record_fd_.get(), LOCK_EX | LOCK_NB) != 0; ++tries) {
-    if (errno != EWOULDBLOCK || tries == kLockTries) return std::nullopt;
+  // once waits a little for it. A lock taken on a record that its holder removed meanwhile
+  // (it finished) is on a file nobody else will find: start again with the current one.
+  f.committed_ = true;  // inert (its destructor removes nothing) until the lock is ours
+  for (int tries = 0;; ++tries) {
+    f.record_fd_ = open_own(f.record_path_, 0600);
+    if (::flock(f.record_fd_.get(), LOCK_EX | LOCK_NB) == 0) {
+      struct stat held {};
+      struct stat now {};
+      if (::fstat(f.record_fd_.get(), &held) == 0 && ::lstat(f.record_path_.c_str(), &now) == 0 &&
+          held.st_ino == now.st_ino && held.st_dev == now.st_dev) {
+        break;
+      }
+    } else if (errno != EWOULDBLOCK) {
+      return std::nullopt;
+    }
+    if (tries == kLockTries) return std::nullopt;
     std::this_thread::sleep_for(kLockWait);
   }
-  f.fd_.reset(::open(f.staging_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666));
-  if (!f.fd_) throw std::system_error(storage::last_error(), "cannot create " + f.staging_.string());
+  f.committed_ = false;
+  f.fd_ = open_own(f.staging_, 0666);
   struct stat st {};
-  f.found_ = !storage::load_record(f.record_fd_.get(), f.record_) && ::fstat(f.fd_.get(), &st) == 0 &&
+  f.found_ = !storage::load_record(f.record_fd_.get(), f.record_) && storage::current_boot(f.record_) &&
+             ::fstat(f.fd_.get(), &st) == 0 &&
              static_cast<std::uint64_t>(st.st_size) >= f.record_.good.bytes;
   return f;
 }

@@ -462,7 +462,11 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
     // connection still here, draining what the kernel had buffered before it sees the end:
     // give it a moment to let go of the partial, then upload without touching it.
     for (int tries = 0;; ++tries) {
-      begin_ec = server_.storage().begin_upload(req.name, req.size, mtime, executable, resume, up, &folders_);
+      // With kFlagDigestAfter the digest field is free: a resumable PUT carries the client's
+      // name for its source there, so two clients' uploads of equal name, size and mtime
+      // never continue each other's bytes.
+      begin_ec = server_.storage().begin_upload(req.name, req.size, mtime, executable, resume, up, &folders_,
+                                                req.digest);
       if (begin_ec != storage::errc::partial_busy) break;
       if (tries == kPartialBusyTries) {
         begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_);
@@ -968,18 +972,19 @@ asio::awaitable<std::error_code> Session::handle_put_range(const Frame& req) {
   }
   ParallelUpload& up = lease->upload();
   const std::string& name = up.spec().name;
-  if (!lease->carry()) {
-    co_return co_await refuse_range(req, name, Status::kUnavailable,
-                                    "the upload of " + storage::quote_name(name) + " already has " +
-                                        std::to_string(server_.parallel_.cap()) +
-                                        " connections, the most this server allows (--max-streams)",
-                                    start);
-  }
   if (!range_fits(req, up.spec().size) || req.size == 0) {
     const auto off = static_cast<std::uint64_t>(std::max<std::int64_t>(req.mtime_ns, 0));
     co_return co_await refuse_range(req, name, Status::kConflict,
                                     "range " + range_text(off, req.size) + " lies outside " +
                                         storage::quote_name(name) + " (" + std::to_string(up.spec().size) + " bytes)",
+                                    start);
+  }
+  // Only a connection with a range worth taking counts against the cap.
+  if (!lease->carry()) {
+    co_return co_await refuse_range(req, name, Status::kUnavailable,
+                                    "the upload of " + storage::quote_name(name) + " already has " +
+                                        std::to_string(server_.parallel_.cap()) +
+                                        " connections, the most this server allows (--max-streams)",
                                     start);
   }
   if (!up.begin_range()) {

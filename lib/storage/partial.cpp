@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <fstream>
 
 #include "storage/fd.hpp"
 #include "storage/names.hpp"
@@ -12,10 +13,10 @@ namespace ftx::storage {
 namespace {
 
 constexpr std::uint32_t kMagic = 0x52585446;  // "FTXR" read as little-endian
-constexpr std::uint32_t kLayout = 2;
+constexpr std::uint32_t kLayout = 3;
 // 2^50 bytes in ranges of 4 MiB or more: 32 KiB of bitmap at most.
 constexpr std::size_t kMaxRanges = 32 * 1024;
-constexpr std::size_t kMaxRecord = 64 + 4 * 8 + 4 * 32 + kMaxRanges + 4096 + 32;
+constexpr std::size_t kMaxRecord = 64 + 4 * 8 + 4 * 32 + kMaxRanges + 4 + 64 + 4096 + 32;
 
 class Writer {
  public:
@@ -51,7 +52,19 @@ class Reader {
   std::size_t pos_ = 0;
 };
 
+const std::string& boot_id() {
+  static const std::string id = [] {
+    std::ifstream f("/proc/sys/kernel/random/boot_id");
+    std::string s;
+    f >> s;
+    return s;
+  }();
+  return id;
+}
+
 }  // namespace
+
+bool current_boot(const PartialRecord& r) { return !boot_id().empty() && r.boot_id == boot_id(); }
 
 std::vector<std::uint8_t> encode(const PartialRecord& r) {
   Writer w;
@@ -72,6 +85,9 @@ std::vector<std::uint8_t> encode(const PartialRecord& r) {
   w.put(r.range_size);
   w.put(static_cast<std::uint32_t>(r.ranges.size()));
   w.put_bytes(r.ranges);
+  const std::string& boot = boot_id();
+  w.put(static_cast<std::uint32_t>(boot.size()));
+  w.put_bytes(std::span(reinterpret_cast<const std::uint8_t*>(boot.data()), boot.size()));
   w.put_bytes(std::span(reinterpret_cast<const std::uint8_t*>(r.name.data()), r.name.size()));
   const auto sum = hash::sha256(w.out);
   w.put_bytes(sum);
@@ -93,6 +109,10 @@ bool decode(std::span<const std::uint8_t> bytes, PartialRecord& out) {
   if (!rd.get(r.range_size) || !rd.get(ranges_len) || ranges_len > kMaxRanges) return false;
   r.ranges.resize(ranges_len);
   if (!rd.get_bytes(r.ranges)) return false;
+  std::uint32_t boot_len = 0;
+  if (!rd.get(boot_len) || boot_len > 64) return false;
+  r.boot_id.resize(boot_len);
+  if (!rd.get_bytes(std::span(reinterpret_cast<std::uint8_t*>(r.boot_id.data()), boot_len))) return false;
   r.name.resize(name_len);
   if (!rd.get_bytes(std::span(reinterpret_cast<std::uint8_t*>(r.name.data()), name_len))) return false;
   const std::size_t body = rd.pos();

@@ -36,6 +36,11 @@ struct PartialRecord {
   // 0 and empty for the sequential kind, which `good` describes.
   std::uint32_t range_size = 0;
   std::vector<std::uint8_t> ranges;
+  // The kernel's boot id when the record was written (encode() stamps it). The record says
+  // which bytes were *written*, not that they reached the disk; a machine crash can lose
+  // them while the record survives, so a record from another boot is never resumed
+  // (current_boot()). A process crash keeps the page cache: same boot, resumed.
+  std::string boot_id;
 
   bool operator==(const PartialRecord&) const = default;
 };
@@ -56,6 +61,9 @@ void advance(PartialRecord& r, const hash::State& after);
 // Whether range i is marked in r.ranges; marks it.
 bool has_range(const PartialRecord& r, std::uint64_t i);
 void mark_range(PartialRecord& r, std::uint64_t i);
+
+// Whether `r` was written since this machine last booted (its data is then as recorded).
+bool current_boot(const PartialRecord& r);
 
 // Nanoseconds since the Unix epoch, now.
 std::int64_t wall_clock_ns();

@@ -21,8 +21,10 @@ constexpr const char* kPartialDir = "partial";
 
 // A partial upload's key: the same file (name, size, mtime, executable bit) gets the same key,
 // so the next attempt to upload it finds what the last one left.
-std::string partial_key(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime, bool exec) {
+std::string partial_key(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime, bool exec,
+                        const hash::Digest& source) {
   hash::Sha256 h;
+  h.update(source);
   h.update(name);
   const std::string tail = std::string(1, '\0') + std::to_string(size) + "/" +
                            (mtime ? std::to_string(*mtime) : std::string("-")) + "/" + (exec ? "x" : "-");
@@ -387,10 +389,11 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
 }
 
 std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime_ns,
-                                      bool executable, Resume resume, Upload& out, FolderCache* cache) const {
+                                      bool executable, Resume resume, Upload& out, FolderCache* cache,
+                                      const hash::Digest& source) const {
   Upload up;
   if (auto ec = begin_upload(name, size, up, cache)) return ec;
-  const std::string key = partial_key(name, size, mtime_ns, executable);
+  const std::string key = partial_key(name, size, mtime_ns, executable, source);
   {
     std::lock_guard lock(partial_mu_);
     // Someone is sending this very file now: this upload cannot share its partial.
@@ -416,7 +419,7 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   if (!data || !rec) return last_error();
   PartialRecord r;
   struct stat st {};
-  const bool found = !load_record(rec.get(), r) && ::fstat(data.get(), &st) == 0 && r.name == name &&
+  const bool found = !load_record(rec.get(), r) && current_boot(r) && ::fstat(data.get(), &st) == 0 && r.name == name &&
                      r.size == size && r.has_mtime == mtime_ns.has_value() && r.mtime_ns == mtime_ns.value_or(0) &&
                      r.executable == executable && static_cast<std::uint64_t>(st.st_size) >= r.good.bytes &&
                      up.hasher_.restore(r.good);
@@ -505,6 +508,13 @@ std::size_t Storage::expire_partials(std::chrono::seconds ttl) const {
       if (!stale) return;
       // Claimed while removing, so a resume cannot open it half-way through.
       active_partials_.insert(key);
+    }
+    // A resume may have made progress between the read above and the claim: look again.
+    PartialRecord now_r;
+    UniqueFd again(::openat(partial_fd_.get(), (key + ".state").c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (r != nullptr && again && !load_record(again.get(), now_r) && now - now_r.updated_ns < ttl_ns) {
+      release_partial(key);
+      return;
     }
     ::unlinkat(partial_fd_.get(), (key + ".part").c_str(), 0);
     ::unlinkat(partial_fd_.get(), (key + ".state").c_str(), 0);

@@ -207,13 +207,15 @@ class Storage {
                                FolderCache* cache = nullptr, bool streamed = false) const;
 
   // A resumable upload (or, with Resume::kNo, a plain one that also drops any partial of
-  // the same file). A partial belongs to the same file when name, size, mtime and the
-  // executable bit all match. While another connection is sending that partial:
+  // the same file). A partial belongs to the same file when name, size, mtime, the
+  // executable bit and `source` (the client's name for its file: machine, path, inode) all
+  // match. While another connection is sending that partial:
   // errc::partial_busy (the caller may wait for it, or make a plain upload with the other
   // overload, which leaves it alone). Check out.record()->good.bytes for where the body
   // continues.
   std::error_code begin_upload(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime_ns,
-                               bool executable, Resume resume, Upload& out, FolderCache* cache = nullptr) const;
+                               bool executable, Resume resume, Upload& out, FolderCache* cache = nullptr,
+                               const hash::Digest& source = {}) const;
 
   // Removes partial uploads (and stray files in the partial/ folder) that made no progress
   // for `ttl`, except those being sent right now. Returns how many were removed.

@@ -13,6 +13,7 @@
 #include "client/client.hpp"
 #include "hash/sha256.hpp"
 #include "integration/server_fixture.hpp"
+#include "client/local_file.hpp"
 #include "storage/partial.hpp"
 
 namespace ftx::test {
@@ -184,6 +185,31 @@ TEST_F(Resume, AResumedParallelGetFetchesOnlyTheRangesItLacks) {
   for (const auto& n : list_dir(dir_.path())) EXPECT_EQ(n.find(".ftx-"), std::string::npos) << "left: " << n;
 }
 
+TEST(ResumableStaging, ASecondDownloadToTheSameTargetLeavesTheFirstOnesFilesAlone) {
+  TempDir dir;
+  auto first = client::StagedFile::resumable(dir / "t");
+  ASSERT_TRUE(first);
+  storage::PartialRecord r;
+  r.name = "t";
+  r.size = 10;
+  ASSERT_FALSE(first->start(r));
+  first->checkpoint(hash::State{{}, 64});  // holds something worth keeping
+  // Another download while the first holds the lock: it gets nothing (it then stages the
+  // usual way) and must not remove what the first one is writing.
+  EXPECT_FALSE(client::StagedFile::resumable(dir / "t"));
+  EXPECT_TRUE(std::filesystem::exists(dir / ".t.ftx-partial"));
+  EXPECT_TRUE(std::filesystem::exists(dir / ".t.ftx-partial.rec"));
+}
+
+TEST(ResumableStaging, ASymlinkInPlaceOfThePartialIsNotFollowed) {
+  TempDir dir;
+  write_file(dir / "victim", std::string("keep me"));
+  std::filesystem::create_symlink(dir / "victim", dir / ".t.ftx-partial");
+  EXPECT_THROW(client::StagedFile::resumable(dir / "t"), std::system_error);
+  const auto kept = read_file(dir / "victim");
+  EXPECT_EQ(std::string(kept.begin(), kept.end()), "keep me");
+}
+
 TEST_F(Resume, APutWhoseFileChangedStartsOverInsteadOfStitching) {
   write_file(dir_ / "big", data_);
   struct stat st {};
@@ -200,6 +226,27 @@ TEST_F(Resume, APutWhoseFileChangedStartsOverInsteadOfStitching) {
   const auto r = client::Client(address()).put(dir_ / "big", "big");
   EXPECT_EQ(r.digest, hash::sha256(data_));
   EXPECT_EQ(read_file(root() / "big"), data_) << "the new version whole, not old prefix + new rest";
+}
+
+TEST_F(Resume, AnotherFileWithTheSameNameSizeAndMtimeDoesNotContinueTheUpload) {
+  // Two machines building the same image reproducibly: same name, size and mtime, other
+  // bytes. The second must not continue the first one's partial (the source id differs).
+  write_file(dir_ / "a", data_);
+  auto other = data_;
+  other[other.size() - 1] ^= 1;  // past anything the first upload sent
+  write_file(dir_ / "b", other);
+  struct stat st {};
+  ASSERT_EQ(::stat((dir_ / "a").c_str(), &st), 0);
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (dir_ / "b").c_str(), times, 0), 0);
+  ASSERT_GT(interrupted_put(dir_ / "a", "image", 20 * kChunk), 0u);
+
+  std::vector<std::uint64_t> seen;
+  const auto r = client::Client(address()).put(dir_ / "b", "image",
+                                               [&](std::uint64_t done, std::uint64_t) { seen.push_back(done); });
+  EXPECT_EQ(seen.front(), 0u) << "started from the first byte";
+  EXPECT_EQ(r.digest, hash::sha256(other));
+  EXPECT_EQ(read_file(root() / "image"), other);
 }
 
 TEST_F(Resume, AGetOfAFileReplacedOnTheServerStartsOver) {

@@ -37,6 +37,9 @@ TEST(PartialRecord, RoundTripsThroughItsBytes) {
   const auto r = sample_record();
   PartialRecord back;
   ASSERT_TRUE(decode(encode(r), back));
+  EXPECT_TRUE(current_boot(back)) << "stamped with this boot's id";
+  EXPECT_FALSE(current_boot(r)) << "a record without it is from no boot of ours";
+  back.boot_id = r.boot_id;
   EXPECT_EQ(back, r);
 }
 
@@ -72,6 +75,7 @@ TEST(PartialRecord, SavedAndLoadedThroughAFile) {
   auto r = sample_record();
   ASSERT_FALSE(save_record(fd.get(), r));
   ASSERT_FALSE(load_record(fd.get(), out));
+  r.boot_id = out.boot_id;
   EXPECT_EQ(out, r);
   advance(r, hash::State{r.good.words, r.good.bytes + protocol::kChunkSize});
   EXPECT_EQ(r.before.bytes, 2 * protocol::kChunkSize) << "the old good state becomes the one before";
