@@ -41,6 +41,7 @@ class Reader {
   }
   bool get_bytes(std::span<std::uint8_t> b) {
     if (in_.size() - pos_ < b.size()) return false;
+    if (b.empty()) return true;  // an empty vector's data() may be null: not for memcpy
     std::memcpy(b.data(), in_.data() + pos_, b.size());
     pos_ += b.size();
     return true;
