@@ -19,11 +19,9 @@ set -euo pipefail
 if [ "${SMOKE:-0}" = 1 ]; then SIZE_MIB=${SIZE_MIB:-4}; fi
 SIZE_MIB=${1:-${SIZE_MIB:-64}}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${FTX:-}" ]; then
-  FTX=$REPO/build/apps/ftx/ftx
-  [ -x "$FTX" ] || [ ! -x "$REPO/build/ftx" ] || FTX=$REPO/build/ftx
-fi
-FTX=$(realpath -m "$FTX")
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+FTX=$(ftx_binary "$REPO")
 [ -x "$FTX" ] || { echo "no ftx binary at $FTX (build first, or set FTX)" >&2; exit 1; }
 
 if ! command -v valgrind >/dev/null; then

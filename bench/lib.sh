@@ -4,6 +4,17 @@
 
 say() { echo "$*" >&2; }
 
+# ftx_binary REPO: the ftx to measure, as an absolute path: $FTX if set, else
+# REPO/build/apps/ftx/ftx, else REPO/build/ftx (where the CMake build puts it).
+ftx_binary() {
+  local f=${FTX:-}
+  if [ -z "$f" ]; then
+    f=$1/build/apps/ftx/ftx
+    [ -x "$f" ] || [ ! -x "$1/build/ftx" ] || f=$1/build/ftx
+  fi
+  realpath -m "$f"
+}
+
 install_packages() {  # install_packages PKG...: apt-get, with an update only if the first try fails
   local sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo -n)

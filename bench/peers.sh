@@ -92,11 +92,7 @@ FTP_USER=ftxbench
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh"
-if [ -z "${FTX:-}" ]; then
-  FTX=$REPO/build/apps/ftx/ftx
-  [ -x "$FTX" ] || [ ! -x "$REPO/build/ftx" ] || FTX=$REPO/build/ftx
-fi
-FTX=$(realpath -m "$FTX")
+FTX=$(ftx_binary "$REPO")
 
 for v in SIZE RUNS CLIENTS EACH IDLE RUN_TIMEOUT; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { say "$v must be a positive integer, not '${!v}'"; exit 2; }

@@ -29,11 +29,7 @@ PER_DIR=100
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh"
-if [ -z "${FTX:-}" ]; then
-  FTX=$REPO/build/apps/ftx/ftx
-  [ -x "$FTX" ] || [ ! -x "$REPO/build/ftx" ] || FTX=$REPO/build/ftx
-fi
-FTX=$(realpath -m "$FTX")
+FTX=$(ftx_binary "$REPO")
 
 W=$(mktemp -d /dev/shm/ftx-bench.XXXX)
 PIDS=()     # the servers this script started; killed at exit
