@@ -817,16 +817,8 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
     if (from) {
       ec = staged->continue_found();
     } else {
-      storage::PartialRecord fresh;
-      fresh.name = remote;
-      fresh.size = reply.size;
-      fresh.mtime_ns = reply.mtime_ns;
-      fresh.has_mtime = has_mtime;
-      fresh.executable = executable;
-      fresh.digest = reply.digest;
-      fresh.good = fresh.before = *hash::Sha256().state();
-      fresh.created_ns = fresh.updated_ns = storage::wall_clock_ns();
-      ec = staged->start(std::move(fresh));
+      ec = staged->start(storage::new_record(remote, reply.size, has_mtime ? std::optional(reply.mtime_ns) : std::nullopt,
+                                             executable, reply.digest));
     }
     if (ec) {
       std::error_code ignored;
@@ -1412,14 +1404,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
       if (held[i]) storage::mark_range(record, i);
     }
   } else {
-    record.name = remote;
-    record.size = info.size;
-    record.mtime_ns = info.mtime_ns;
-    record.has_mtime = true;
-    record.executable = info.executable;
-    record.digest = *info.digest;
-    record.good = record.before = *hash::Sha256().state();
-    record.created_ns = storage::wall_clock_ns();
+    record = storage::new_record(remote, info.size, info.mtime_ns, info.executable, *info.digest);
   }
   record.range_size = static_cast<std::uint32_t>(kRangeBytes);
   record.good = record.before = *hash::Sha256().state();  // this kind is described by its ranges

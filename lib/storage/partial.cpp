@@ -65,6 +65,20 @@ const std::string& boot_id() {
 
 }  // namespace
 
+PartialRecord new_record(std::string name, std::uint64_t size, std::optional<std::int64_t> mtime_ns, bool executable,
+                         const hash::Digest& digest) {
+  PartialRecord r;
+  r.name = std::move(name);
+  r.size = size;
+  r.has_mtime = mtime_ns.has_value();
+  r.mtime_ns = mtime_ns.value_or(0);
+  r.executable = executable;
+  r.digest = digest;
+  r.good = r.before = *hash::Sha256().state();
+  r.created_ns = r.updated_ns = wall_clock_ns();
+  return r;
+}
+
 bool current_boot(const PartialRecord& r) { return !boot_id().empty() && r.boot_id == boot_id(); }
 
 std::vector<std::uint8_t> encode(const PartialRecord& r) {

@@ -45,6 +45,11 @@ struct PartialRecord {
   bool operator==(const PartialRecord&) const = default;
 };
 
+// The record of a transfer that has not begun: nothing good yet (`good` and `before` are
+// the SHA-256 state of no bytes), created and updated now.
+PartialRecord new_record(std::string name, std::uint64_t size, std::optional<std::int64_t> mtime_ns, bool executable,
+                         const hash::Digest& digest = {});
+
 // The record as bytes, with a trailing checksum; decode() checks it and the layout.
 std::vector<std::uint8_t> encode(const PartialRecord& r);
 bool decode(std::span<const std::uint8_t> bytes, PartialRecord& out);

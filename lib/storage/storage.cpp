@@ -360,6 +360,15 @@ std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& 
 
 std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size, Upload& out, FolderCache* cache,
                                       bool streamed) const {
+  Upload up;
+  if (auto ec = prepare_upload(name, size, up, cache, streamed)) return ec;
+  if (auto ec = create_staging(up)) return ec;
+  out = std::move(up);
+  return {};
+}
+
+std::error_code Storage::prepare_upload(std::string_view name, std::uint64_t size, Upload& up, FolderCache* cache,
+                                        bool streamed) const {
   if (auto ec = check_name(name)) return ec;
   DirFd dir;
   std::string leaf;
@@ -371,11 +380,14 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
       return std::make_error_code(std::errc::is_a_directory);
     }
   }
-  Upload up;
   up.store_ = this;
   up.name_ = std::string(name);
   up.size_ = size;
   if (!ec) up.parent_ = std::move(dir);
+  return {};
+}
+
+std::error_code Storage::create_staging(Upload& up) const {
   up.staging_name_ = next_staging_name();
   up.staging_dir_ = staging_fd_.get();
   // Readable too: commit_written() hashes what parallel streams wrote.
@@ -384,7 +396,6 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
     up.staging_name_.clear();
     return last_error();
   }
-  out = std::move(up);
   return {};
 }
 
@@ -392,7 +403,7 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
                                       bool executable, Resume resume, Upload& out, FolderCache* cache,
                                       const hash::Digest& source) const {
   Upload up;
-  if (auto ec = begin_upload(name, size, up, cache)) return ec;
+  if (auto ec = prepare_upload(name, size, up, cache, /*streamed=*/false)) return ec;
   const std::string key = partial_key(name, size, mtime_ns, executable, source);
   {
     std::lock_guard lock(partial_mu_);
@@ -407,12 +418,10 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
     ::unlinkat(partial_fd_.get(), state.c_str(), 0);
     release_partial(key);
     drop_partials_named(name);
+    if (auto ec = create_staging(up)) return ec;
     out = std::move(up);
     return {};
   }
-  // From here on `up` is the resumable upload; its plain staging file goes.
-  up.abort();
-  up.store_ = this;
   up.key_ = key;  // release_partial on every way out
   UniqueFd data(::openat(partial_fd_.get(), part.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   UniqueFd rec(::openat(partial_fd_.get(), state.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
@@ -426,15 +435,8 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   if (!found) {
     // Earlier versions of this name (another size or mtime) will not be resumed now.
     drop_partials_named(name);
-    r = PartialRecord{};
-    r.name = std::string(name);
-    r.size = size;
-    r.has_mtime = mtime_ns.has_value();
-    r.mtime_ns = mtime_ns.value_or(0);
-    r.executable = executable;
+    r = new_record(std::string(name), size, mtime_ns, executable);
     up.hasher_ = hash::Sha256();
-    r.good = r.before = *up.hasher_.state();
-    r.created_ns = r.updated_ns = wall_clock_ns();
     if (::ftruncate(rec.get(), 0) != 0) return last_error();
     if (auto ec = save_record(rec.get(), r)) return ec;
   }
@@ -539,14 +541,6 @@ std::vector<PartialInfo> Storage::list_partials() const {
   });
   std::sort(out.begin(), out.end(), [](const PartialInfo& a, const PartialInfo& b) { return a.name < b.name; });
   return out;
-}
-
-std::uint64_t Storage::partial_bytes() const {
-  std::uint64_t total = 0;
-  for_each_partial([&](const std::string&, const PartialRecord*, const struct stat* part) {
-    if (part != nullptr) total += static_cast<std::uint64_t>(part->st_blocks) * 512;
-  });
-  return total;
 }
 
 std::error_code Storage::free_bytes(std::uint64_t& out) const {

@@ -222,8 +222,6 @@ class Storage {
   std::size_t expire_partials(std::chrono::seconds ttl) const;
   // The partial uploads kept, sorted by name.
   std::vector<PartialInfo> list_partials() const;
-  // Bytes the partial uploads hold on disk.
-  std::uint64_t partial_bytes() const;
 
   // Bytes an unprivileged writer may still use on the root's filesystem.
   std::error_code free_bytes(std::uint64_t& out) const;
@@ -273,6 +271,11 @@ class Storage {
   // prefix) among processes sharing the root.
   std::string next_staging_name() const;
   std::size_t clean_staging() const;
+  // begin_upload's checks (name, parent folders, not a folder unless `streamed`), filling in
+  // `up` without a staging file yet; create_staging() then makes its plain staging file.
+  std::error_code prepare_upload(std::string_view name, std::uint64_t size, Upload& up, FolderCache* cache,
+                                 bool streamed) const;
+  std::error_code create_staging(Upload& up) const;
   // Ends a resumable upload's claim on its partial (Upload's destructor).
   void release_partial(const std::string& key) const;
   // Removes the partials of `name` (any size, mtime, mode) that no connection is sending.
