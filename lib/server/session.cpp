@@ -540,25 +540,33 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   co_return std::error_code{};
 }
 
-asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
-  const auto start = std::chrono::steady_clock::now();
-  storage::ReadFile file;
+asio::awaitable<std::optional<std::error_code>> Session::open_for_download(const char* op, const Frame& req,
+                                                                           std::chrono::steady_clock::time_point start,
+                                                                           storage::ReadFile& file,
+                                                                           protocol::Digest& digest) {
   if (auto ec = server_.storage().open_file(req.name, file, &folders_)) {
     auto [st, msg] = describe(ec, req.name);
-    log_transfer("get", req.name, 0, start, protocol::to_string(st));
+    log_transfer(op, req.name, 0, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));
   }
-  // The header carries the digest: from the digest cache when the file is as it was
+  // The digest goes out before the body: from the digest cache when the file is as it was
   // stored, else by reading it once first. Both reads use the same open descriptor, so a
   // rename over the name meanwhile does not mix versions.
-  const auto buf = chunk(file.size);
-  Frame reply;
   bool cached = false;
-  if (auto ec = server_.storage().digest(file, buf, reply.digest, cached)) {
-    log_transfer("get", req.name, 0, start, "storage: " + ec.message());
+  if (auto ec = server_.storage().digest(file, chunk(file.size), digest, cached)) {
+    log_transfer(op, req.name, 0, start, "storage: " + ec.message());
     co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) + ": " +
                                                         ec.message());
   }
+  co_return std::nullopt;
+}
+
+asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
+  const auto start = std::chrono::steady_clock::now();
+  storage::ReadFile file;
+  Frame reply;
+  if (auto refused = co_await open_for_download("get", req, start, file, reply.digest)) co_return *refused;
+  const auto buf = chunk(file.size);
   reply.type = MsgType::kFile;
   reply.flags = protocol::kFlagHasMtime | (file.executable ? protocol::kFlagExecutable : 0);
   reply.size = file.size;
@@ -574,39 +582,21 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
   }
   const std::uint64_t resumed_at = off;
   const std::string resumed = resumed_at > 0 ? " (resumed at byte " + std::to_string(resumed_at) + ")" : "";
-  bool header_out = false;
   if (file.size > kSmallBody && stream_->can_send_file()) {
     // Plain TCP: the body goes from the page cache to the socket without a copy through
     // this process (the digest is known already, so nothing here needs to see the bytes).
+    // Once the header is out, dropping the connection is the only honest way left to fail
+    // (the client sees a truncated transfer).
     queue(reply);
-    header_out = true;
-    if (auto ec = co_await flush()) {
-      log_transfer("get", req.name, 0, start, "aborted: " + ec.message());
-      co_return ec;
-    }
-    while (off < file.size) {
-      arm(server_.options().body_timeout, "send");
-      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(file.size - off, kSendFileStep));
-      auto [ec, sent] = co_await stream_->send_file(file.fd.get(), off, want);
-      if (ec == asio::error::operation_not_supported) break;  // this file system: copy the rest below
-      // The header is out: on any failure, dropping the connection is the only honest way
-      // left to fail (the client sees a truncated transfer).
-      if (!ec && sent == 0) {
-        log_transfer("get", req.name, off, start, "storage: the file shrank while it was sent");
-        co_return std::make_error_code(std::errc::io_error);
-      }
-      if (ec) {
-        log_transfer("get", req.name, off, start, "aborted: " + ec.message());
-        co_return ec;
-      }
-      off += sent;
-    }
-    if (off == file.size) {
-      log_transfer("get", req.name, file.size - resumed_at, start, "ok" + resumed);
-      co_return std::error_code{};
-    }
+    std::uint64_t sent = 0;
+    const auto ec = co_await write_file_range(file.fd.get(), off, file.size, sent);
+    const bool file_side = ec == std::errc::io_error;  // shrank, or could not be read
+    log_transfer("get", req.name, sent, start,
+                 !ec ? "ok" + resumed : (file_side ? "storage: " : "aborted: ") + ec.message());
+    co_return ec;
   }
-  if (!header_out && off == file.size && off > 0) {
+  bool header_out = false;
+  if (off == file.size && off > 0) {
     // Resumed with every byte already on the client's side: just the header.
     if (auto ec = co_await send(reply)) co_return ec;
     header_out = true;
@@ -839,10 +829,12 @@ bool range_fits(const Frame& req, std::uint64_t size) {
 
 }  // namespace
 
-asio::awaitable<std::error_code> Session::write_file_range(int fd, std::uint64_t off, std::uint64_t end) {
+asio::awaitable<std::error_code> Session::write_file_range(int fd, std::uint64_t off, std::uint64_t end,
+                                                           std::uint64_t& sent_total) {
+  sent_total = 0;
   if (auto ec = co_await flush()) co_return ec;
   if (stream_->can_send_file()) {
-    // Plain TCP: from the page cache to the socket, as handle_get does for large files.
+    // Plain TCP: from the page cache to the socket.
     while (off < end) {
       arm(server_.options().body_timeout, "send");
       const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(end - off, kSendFileStep));
@@ -851,6 +843,7 @@ asio::awaitable<std::error_code> Session::write_file_range(int fd, std::uint64_t
       if (!ec && sent == 0) co_return std::make_error_code(std::errc::io_error);  // shrank under us
       if (ec) co_return ec;
       off += sent;
+      sent_total += sent;
     }
   }
   while (off < end) {
@@ -862,6 +855,7 @@ asio::awaitable<std::error_code> Session::write_file_range(int fd, std::uint64_t
     if (!ec) ec = co_await write_all(buf.first(got));
     if (ec) co_return ec;
     off += got;
+    sent_total += got;
   }
   co_return std::error_code{};
 }
@@ -869,20 +863,10 @@ asio::awaitable<std::error_code> Session::write_file_range(int fd, std::uint64_t
 asio::awaitable<std::error_code> Session::handle_get_range(const Frame& req) {
   const auto start = std::chrono::steady_clock::now();
   storage::ReadFile file;
-  if (auto ec = server_.storage().open_file(req.name, file, &folders_)) {
-    auto [st, msg] = describe(ec, req.name);
-    log_transfer("get-range", req.name, 0, start, protocol::to_string(st));
-    co_return co_await send_error(st, std::move(msg));
-  }
   // The client asks for ranges of the version it saw in its STAT: a file replaced since
   // must not be mixed into it. The digest cache makes this check cheap.
   Frame reply;
-  bool cached = false;
-  if (auto ec = server_.storage().digest(file, chunk(file.size), reply.digest, cached)) {
-    log_transfer("get-range", req.name, 0, start, "storage: " + ec.message());
-    co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) + ": " +
-                                                        ec.message());
-  }
+  if (auto refused = co_await open_for_download("get-range", req, start, file, reply.digest)) co_return *refused;
   const std::string q = storage::quote_name(req.name);
   std::optional<std::string> refusal;
   if (!hash::equal_constant_time(reply.digest, req.digest)) {
@@ -903,7 +887,8 @@ asio::awaitable<std::error_code> Session::handle_get_range(const Frame& req) {
   queue(reply);
   const auto off = static_cast<std::uint64_t>(req.mtime_ns);
   // Once the header is out, a failure can only drop the connection (as for kGet).
-  const auto ec = co_await write_file_range(file.fd.get(), off, off + req.size);
+  std::uint64_t sent = 0;
+  const auto ec = co_await write_file_range(file.fd.get(), off, off + req.size, sent);
   log_transfer("get-range", req.name, req.size, start, ec ? "aborted: " + ec.message() : "ok");
   co_return ec;
 }

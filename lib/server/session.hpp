@@ -99,9 +99,16 @@ class Session : public std::enable_shared_from_this<Session> {
   // This connection's hold on upload `id`: the one it has, else a new one (nullptr when
   // the upload is not open).
   Lease* lease_for(const std::string& id);
-  // Writes [off, end) of `fd` to the client: sendfile(2) on plain TCP, else read and write.
-  // Everything queued goes out first.
-  asio::awaitable<std::error_code> write_file_range(int fd, std::uint64_t off, std::uint64_t end);
+  // Writes [off, end) of `fd` to the client: sendfile(2) on plain TCP (where the file
+  // system cannot, the rest is copied), else read and write. Everything queued goes out
+  // first. `sent` counts the file's bytes written.
+  asio::awaitable<std::error_code> write_file_range(int fd, std::uint64_t off, std::uint64_t end, std::uint64_t& sent);
+  // Opens req.name for a download (kGet, kGetRange) and takes its SHA-256. On failure the
+  // request is answered with an ERROR, logged as `op`, and the error to end it with is
+  // returned; nullopt when `file` and `digest` are ready.
+  asio::awaitable<std::optional<std::error_code>> open_for_download(const char* op, const protocol::Frame& req,
+                                                                    std::chrono::steady_clock::time_point start,
+                                                                    storage::ReadFile& file, protocol::Digest& digest);
   asio::awaitable<std::error_code> handle_hello();
   asio::awaitable<std::error_code> handle_auth(const protocol::Frame& req);
   // Logs, waits auth_delay, answers kUnauthorized; the caller then closes the connection.
