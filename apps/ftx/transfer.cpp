@@ -339,7 +339,8 @@ int run_put(const PutOptions& opts) {
     auto c = connect(opts.client, *address);
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
     const auto r = opts.parallel > 1
-                       ? c->put_parallel(opts.local, remote, opts.parallel, bar_progress(bar))
+                       ? c->put_parallel(opts.local, remote, opts.parallel, bar_progress(bar),
+                                         client::TransferOptions{!opts.no_resume})
                        : c->put(opts.local, remote, bar_progress(bar), client::TransferOptions{!opts.no_resume});
     bar.finish();
     if (opts.client.json) {

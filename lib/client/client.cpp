@@ -8,6 +8,7 @@
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
 #include <atomic>
+#include <charconv>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -1120,13 +1121,21 @@ void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& o
 
 namespace {
 
-// Files are cut into ranges of this size: large enough that a range's header and reply
-// cost nothing next to its body, small enough that every connection gets many of them (a
-// 100 MiB file makes 25), so the slowest connection does not hold up the end for long.
-constexpr std::uint64_t kRangeBytes = 4ull << 20;
-// Requests each connection keeps in flight: the next range is asked for (or sent) before
-// the current one is answered, so the link never idles for a round trip between ranges.
-constexpr std::size_t kInFlight = 2;
+// Files are cut into ranges of one chunk (1 MiB): the unit each side verifies and records,
+// so an interrupted transfer loses at most the range each connection was in the middle of
+// (a resume sends everything else only once). Files over 256 GiB get larger ranges, powers
+// of two up to 64 MiB, so that a download's resume bitmap stays within its 32 KiB.
+constexpr std::uint64_t kMaxRangeBytes = 64ull << 20;
+constexpr std::uint64_t kMaxRecordedRanges = 32 * 1024 * 8;
+std::uint64_t range_bytes_for(std::uint64_t size) {
+  std::uint64_t range = protocol::kChunkSize;
+  while (range < kMaxRangeBytes && (size + range - 1) / range > kMaxRecordedRanges) range *= 2;
+  return range;
+}
+// Bytes each connection keeps in flight (at least two ranges): the next ranges are asked
+// for (or sent) before the current one is answered, so the link never idles for a round
+// trip between ranges. 8 MiB per connection covers 160 Mbit/s per stream at 400 ms RTT.
+constexpr std::uint64_t kInFlightBytes = 8ull << 20;
 
 // The whole file's SHA-256, read in chunks through `buf`.
 protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf) {
@@ -1145,7 +1154,11 @@ protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::pa
 // What the threads of one parallel transfer share.
 struct Client::Parallel {
   Parallel(std::uint64_t size_in, const ProgressFn& progress_in)
-      : size(size_in), ranges((size_in + kRangeBytes - 1) / kRangeBytes), progress(progress_in) {}
+      : size(size_in),
+        range(range_bytes_for(size_in)),
+        ranges((size_in + range - 1) / range),
+        in_flight(static_cast<std::size_t>(std::max<std::uint64_t>(2, kInFlightBytes / range))),
+        progress(progress_in) {}
 
   // The next range to move, or nullopt when all are handed out or the transfer failed.
   // Ranges a resumed download holds already are skipped.
@@ -1164,8 +1177,8 @@ struct Client::Parallel {
     const std::lock_guard lock(mu);
     on_range_done(i);
   }
-  std::uint64_t offset(std::uint64_t i) const { return i * kRangeBytes; }
-  std::uint64_t length(std::uint64_t i) const { return std::min(kRangeBytes, size - offset(i)); }
+  std::uint64_t offset(std::uint64_t i) const { return i * range; }
+  std::uint64_t length(std::uint64_t i) const { return std::min(range, size - offset(i)); }
 
   // Bytes moved; the callback is called under the lock, so it sees one caller at a time
   // and a `done` that only grows.
@@ -1186,7 +1199,9 @@ struct Client::Parallel {
   }
 
   const std::uint64_t size;
+  const std::uint64_t range;      // bytes per range (the last one may be shorter)
   const std::uint64_t ranges;
+  const std::size_t in_flight;    // requests each connection keeps outstanding
   const ProgressFn& progress;
   std::string context;        // "put NAME" / "get NAME", for messages
   std::string name;           // get: the remote name; put: the upload's id
@@ -1194,7 +1209,7 @@ struct Client::Parallel {
   int fd = -1;                // put: the source; get: the staging file
   std::filesystem::path local;
 
-  std::vector<bool> held;  // get, resumed: ranges already on disk (read-only once threads run)
+  std::vector<bool> held;  // resumed: ranges the receiver holds already (read-only once threads run)
   std::function<void(std::uint64_t)> on_range_done;  // called under mu
 
   std::atomic<std::uint64_t> next{0};
@@ -1250,7 +1265,7 @@ void Client::get_ranges(Parallel& p, std::deque<std::uint64_t> sent, std::option
       sent.push_back(*i);
     }
   };
-  top_up(kInFlight);
+  top_up(p.in_flight);
   // Once the transfer failed elsewhere, no new range is asked for, but the answers to those
   // asked for are still read: this connection stays in step.
   while (!sent.empty()) {
@@ -1262,7 +1277,7 @@ void Client::get_ranges(Parallel& p, std::deque<std::uint64_t> sent, std::option
         reply.digest != p.digest) {
       throw Error(Failure::kProtocol, address_ + " sent a range that was not asked for");
     }
-    top_up(kInFlight - 1);  // asked for before this body is read: the server has it at once
+    top_up(p.in_flight - 1);  // asked for before this body is read: the server has it at once
     std::uint64_t pos = p.offset(i);
     run(co_read_body(reply.size,
                      [&](std::span<const std::uint8_t> data) {
@@ -1283,7 +1298,7 @@ void Client::put_ranges(Parallel& p) {
     bool again;  // sent a second time, after the server found it damaged
   };
   std::deque<Sent> sent;
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min(kRangeBytes, p.size)));
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min(p.range, p.size)));
   const auto send_range = [&](std::uint64_t i, bool again) {
     // Read, hashed and sent from memory: the range's SHA-256 goes in its header.
     const auto body = std::span(buf.data(), static_cast<std::size_t>(p.length(i)));
@@ -1299,7 +1314,7 @@ void Client::put_ranges(Parallel& p) {
     sent.push_back({i, again});
   };
   const auto top_up = [&] {
-    while (sent.size() < kInFlight) {
+    while (sent.size() < p.in_flight) {
       const auto i = p.take();
       if (!i) return;
       send_range(*i, false);
@@ -1327,36 +1342,150 @@ void Client::put_ranges(Parallel& p) {
   }
 }
 
+namespace {
+
+// What a resumed upload's OPENED name says after the id (docs/protocol.md): a sample of the
+// bytes the server holds, " sample=OFF+LEN:SHA256", then " BEGIN-END" per interval it holds.
+struct Kept {
+  std::uint64_t sample_offset = 0;
+  std::uint64_t sample_length = 0;  // 0: no sample (nothing held)
+  protocol::Digest sample{};
+  std::vector<bool> held;  // the ranges lying wholly inside an interval
+};
+
+bool parse_number(std::string_view text, std::uint64_t& out) {
+  return !text.empty() && std::from_chars(text.data(), text.data() + text.size(), out).ptr == text.data() + text.size();
+}
+
+// False when a part is not what the protocol says (or lies outside the file).
+bool parse_kept(std::string_view text, std::uint64_t size, std::uint64_t range, Kept& out) {
+  const std::uint64_t ranges = (size + range - 1) / range;
+  out.held.assign(ranges, false);
+  while (!text.empty()) {
+    if (text.front() != ' ') return false;
+    text.remove_prefix(1);
+    const auto token = text.substr(0, text.find(' '));
+    text.remove_prefix(token.size());
+    if (token.starts_with("sample=")) {
+      const auto plus = token.find('+');
+      const auto colon = token.find(':');
+      if (plus == std::string_view::npos || colon == std::string_view::npos || colon < plus ||
+          !parse_number(token.substr(7, plus - 7), out.sample_offset) ||
+          !parse_number(token.substr(plus + 1, colon - plus - 1), out.sample_length) ||
+          !hash::from_hex(token.substr(colon + 1), out.sample) || out.sample_length == 0 ||
+          out.sample_length > protocol::kChunkSize || out.sample_offset > size ||
+          out.sample_length > size - out.sample_offset) {
+        return false;
+      }
+      continue;
+    }
+    const auto dash = token.find('-');
+    std::uint64_t b = 0, e = 0;
+    if (dash == std::string_view::npos || !parse_number(token.substr(0, dash), b) ||
+        !parse_number(token.substr(dash + 1), e) || b >= e || e > size) {
+      return false;
+    }
+    for (std::uint64_t i = (b + range - 1) / range; i < ranges && std::min((i + 1) * range, size) <= e; ++i) {
+      out.held[i] = true;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 Result Client::put_parallel(const std::filesystem::path& local, const std::string& remote, unsigned streams,
-                            const ProgressFn& progress) {
+                            const ProgressFn& progress, const TransferOptions& opts) {
   check_remote_name(remote);
   const Source src = open_source(local);
-  if (streams <= 1 || src.size <= kWholeFileBytes) return put(local, remote, progress);
-  // The whole file's SHA-256 first (the server checks the file against it before publishing
-  // it); each range is then read once more, by the thread that sends it.
+  if (streams <= 1 || src.size <= kWholeFileBytes) return put(local, remote, progress, opts);
+  Parallel p(src.size, progress);
+  p.context = "put " + storage::quote_name(remote);
+  p.fd = src.fd.get();
+  p.local = local;
   std::vector<std::uint8_t> buf(protocol::kChunkSize);
   Frame open;
   open.type = MsgType::kPutOpen;
   open.flags = protocol::kFlagHasMtime | (src.executable ? protocol::kFlagExecutable : 0);
   open.size = src.size;
   open.mtime_ns = src.mtime_ns;
-  open.digest = hash_file(src.fd.get(), src.size, local, buf);
   open.name = remote;
-  Parallel p(src.size, progress);
-  p.context = "put " + storage::quote_name(remote);
-  p.digest = open.digest;
-  p.fd = src.fd.get();
-  p.local = local;
-  send(open);
-  const Frame opened = read_frame();
-  if (opened.type != MsgType::kOpened) fail_from_reply(opened, p.context);
-  p.name = opened.name;
-  // As many connections as asked for, as the server allows, and as there are ranges.
-  const auto n = static_cast<unsigned>(std::min<std::uint64_t>({streams, std::max<std::uint64_t>(opened.size, 1),
-                                                                  p.ranges}));
-  if (progress) progress(0, src.size);
+  Frame opened;
+  const auto exchange = [&] {
+    send(open);
+    opened = read_frame();
+    if (opened.type != MsgType::kOpened) fail_from_reply(opened, p.context);
+  };
+  std::optional<protocol::Digest> whole;  // the file's SHA-256, once this client has read it all
+  if (opts.resume) {
+    // First ask whether the server keeps an upload of this very file (its source id, as a
+    // resumable PUT's): then it knows the whole file's SHA-256 from the attempt that began
+    // it, and neither the file nor the ranges the server holds are read again.
+    open.flags |= protocol::kFlagResume;
+    open.digest = source_id(src, local);
+    exchange();
+    if (opened.name.empty()) {  // nothing kept: hash, and open one the next attempt can continue
+      whole = hash_file(src.fd.get(), src.size, local, buf);
+      open.name = remote + std::string(1, '\0') + hash::to_hex(*whole);
+      exchange();
+    }
+  } else {
+    // The whole file's SHA-256 first (the server checks the file against it before
+    // publishing it); each range is then read once more, by the thread that sends it.
+    whole = hash_file(src.fd.get(), src.size, local, buf);
+    open.digest = *whole;
+    exchange();
+  }
+  // A resumed upload's OPENED lists what the server holds after the id. Those ranges are
+  // skipped when they still come from this file: certain when the SHA-256 the upload began
+  // with is the file's now, else when the sample the server sends hashes the same here (a
+  // file edited in place with its size and mtime restored fails this).
+  const auto take_kept = [&](bool check_sample) {
+    const auto space = opened.name.find(' ');
+    if ((opened.flags & protocol::kFlagResume) == 0 || space == std::string::npos) return true;
+    Kept kept;
+    if (!parse_kept(std::string_view(opened.name).substr(space), src.size, p.range, kept)) {
+      throw Error(Failure::kProtocol, address_ + " described the bytes it holds in a way this client cannot read");
+    }
+    if (check_sample) {
+      std::vector<std::uint8_t> sample(static_cast<std::size_t>(kept.sample_length));
+      if (auto e = read_chunk(src.fd.get(), local, sample, kept.sample_offset)) throw std::move(*e);
+      if (kept.sample_length == 0 || hash::sha256(sample) != kept.sample) return false;
+    }
+    p.held = std::move(kept.held);
+    return true;
+  };
+  if (!take_kept(/*check_sample=*/!whole)) {
+    // Changed: start over from the file as it is now. The open with its new SHA-256 makes
+    // the server drop what it kept (and this connection's hold on it).
+    whole = hash_file(src.fd.get(), src.size, local, buf);
+    open.name = remote + std::string(1, '\0') + hash::to_hex(*whole);
+    exchange();
+    take_kept(/*check_sample=*/false);
+  }
+  const bool resumed = (opened.flags & protocol::kFlagResume) != 0;
+  p.name = opened.name.substr(0, opened.name.find(' '));
+  if (resumed) {
+    if (whole && opened.digest != *whole) {
+      throw Error(Failure::kProtocol, address_ + " offered to continue an upload of another file");
+    }
+    p.digest = opened.digest;  // what this client announced when the upload began
+  } else if (whole && p.name.size() == opened.name.size()) {
+    p.digest = *whole;
+  } else {
+    throw Error(Failure::kProtocol, address_ + " answered PUT_OPEN with something this client did not ask for");
+  }
+  for (std::uint64_t i = 0; i < p.held.size(); ++i) {
+    if (p.held[i]) p.done += p.length(i);  // progress starts where the resume does
+  }
+  const std::uint64_t skipped = p.done;
+  // As many connections as asked for, as the server allows, and as there are ranges to send.
+  const std::uint64_t to_send = p.ranges - static_cast<std::uint64_t>(std::count(p.held.begin(), p.held.end(), true));
+  const auto n = static_cast<unsigned>(std::max<std::uint64_t>(
+      1, std::min<std::uint64_t>({streams, std::max<std::uint64_t>(opened.size, 1), to_send})));
+  if (progress) progress(p.done, src.size);
   const auto work = [&p](Client& c) { c.put_ranges(p); };
-  run_parallel(p, n, work, work);
+  if (to_send > 0) run_parallel(p, n, work, work);
 
   Frame commit;
   commit.type = MsgType::kPutCommit;
@@ -1364,16 +1493,25 @@ Result Client::put_parallel(const std::filesystem::path& local, const std::strin
   send(commit);
   const Frame done = read_frame();
   if (done.type != MsgType::kDone) {
+    if (done.status == Status::kIntegrity && skipped > 0) {
+      // The bytes the server kept and the ones read now do not make the file the upload
+      // began with: it changed in place (size and mtime kept) outside the sample. The
+      // server dropped the upload; a new attempt starts from the file as it is now.
+      throw Error(Failure::kIntegrity, local.string() + " changed since the interrupted upload of " +
+                                           storage::quote_name(remote) +
+                                           " began (its size and mtime did not); the server dropped that upload, "
+                                           "run the command again to send the file anew");
+    }
     if (done.status == Status::kIntegrity) {
       throw Error(Failure::kIntegrity, printable(done.name) + " (did " + local.string() +
                                            " change while it was being sent? try again)");
     }
     fail_from_reply(done, p.context);
   }
-  if (done.digest != open.digest || done.size != src.size) {
+  if (done.digest != p.digest || done.size != src.size) {
     throw Error(Failure::kProtocol, address_ + " acknowledged a different file than the one sent");
   }
-  return {src.size, open.digest, local, src.executable};
+  return {src.size, p.digest, local, src.executable};
 }
 
 Result Client::get_parallel(const std::string& remote, const std::filesystem::path& local, unsigned streams,
@@ -1390,23 +1528,23 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   // verified prefix (get), which covers the ranges that lie wholly inside it.
   std::vector<bool> held;
   const storage::PartialRecord* found = staged->is_resumable() ? staged->found() : nullptr;
+  const std::uint64_t range = range_bytes_for(info.size);
   const bool same_version = found != nullptr && found->name == remote && found->size == info.size &&
-                            found->digest == *info.digest &&
-                            (found->range_size == kRangeBytes || found->range_size == 0);
-  const std::uint64_t ranges = (info.size + kRangeBytes - 1) / kRangeBytes;
+                            found->digest == *info.digest && (found->range_size == range || found->range_size == 0);
+  const std::uint64_t ranges = (info.size + range - 1) / range;
   storage::PartialRecord record;
   if (same_version) {
     record = *found;
     held.assign(ranges, false);
     for (std::uint64_t i = 0; i < ranges; ++i) {
-      held[i] = found->range_size == kRangeBytes ? storage::has_range(*found, i)
-                                                 : std::min((i + 1) * kRangeBytes, info.size) <= found->good.bytes;
+      held[i] = found->range_size == range ? storage::has_range(*found, i)
+                                           : std::min((i + 1) * range, info.size) <= found->good.bytes;
       if (held[i]) storage::mark_range(record, i);
     }
   } else {
     record = storage::new_record(remote, info.size, info.mtime_ns, info.executable, *info.digest);
   }
-  record.range_size = static_cast<std::uint32_t>(kRangeBytes);
+  record.range_size = static_cast<std::uint32_t>(range);
   record.good = record.before = *hash::Sha256().state();  // this kind is described by its ranges
   record.updated_ns = storage::wall_clock_ns();
   if (staged->is_resumable()) {

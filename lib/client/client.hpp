@@ -143,16 +143,22 @@ class Client {
   // Parallel streams (docs/protocol.md, "Parallel streams"): one file over `streams` TCP
   // connections at once, for long, lossy links where one stream crawls. This connection
   // does the exchanges that begin and end the transfer; streams - 1 more are opened with the
-  // same address, token, TLS options and timeout, and each carries ranges of the file, two
+  // same address, token, TLS options and timeout, and each carries ranges of the file, 8 MiB of
   // requests in flight at a time. The server may allow fewer connections (it says how many);
   // then fewer are used. Everything is verified as with put/get: the server publishes an
   // upload only after the whole file's SHA-256 matched, and a download replaces `local` only
   // after the staging file hashed to the SHA-256 the server's STAT announced (a file changed
-  // on the server meanwhile fails with kRejected). put_parallel does not resume. With streams <= 1, a file
-  // of 1 MiB or less, or standard output as the target, these are just put() and get().
+  // on the server meanwhile fails with kRejected). With streams <= 1, a file of 1 MiB or
+  // less, or standard output as the target, these are just put() and get().
   // `progress` is called from one thread at a time, never with a smaller `done` than before.
+  // put_parallel resumes (TransferOptions): the server keeps an interrupted upload with the
+  // ranges that arrived verified and the SHA-256 the first attempt announced, and a later
+  // put -P of the same file (machine, path, inode, size, mtime; a sample of the kept bytes
+  // hashing the same) sends only the other ranges, without reading the file whole again.
+  // A file changed in place outside the sample fails the final check: kIntegrity, and the
+  // server drops the upload (the next attempt starts over).
   Result put_parallel(const std::filesystem::path& local, const std::string& remote, unsigned streams,
-                      const ProgressFn& progress = {});
+                      const ProgressFn& progress = {}, const TransferOptions& opts = {});
   // get_parallel resumes (TransferOptions): the ranges an interrupted get -P (or the prefix
   // an interrupted get) left in .<name>.ftx-partial are not fetched again, if the server's
   // file is still that version. The whole file is hashed from disk before commit either way.

@@ -404,7 +404,7 @@ std::optional<std::pair<Status, std::string>> Session::check_new_name(const std:
   return std::nullopt;
 }
 
-std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Frame& req) const {
+std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Frame& req, bool space) const {
   const auto& o = server_.options();
   const std::string q = storage::quote_name(req.name);
   if (o.read_only) return {{Status::kForbidden, "server is read-only; uploads are refused"}};
@@ -414,7 +414,7 @@ std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Fr
   }
   if (auto bad = check_new_name(req.name)) return bad;
   std::uint64_t free = 0;
-  if (!server_.storage().free_bytes(free) && (free < o.min_free_bytes || free - o.min_free_bytes < req.size)) {
+  if (space && !server_.storage().free_bytes(free) && (free < o.min_free_bytes || free - o.min_free_bytes < req.size)) {
     return {{Status::kNoSpace, "not enough free space on the server for " + q + " (" + std::to_string(req.size) +
                                    " bytes, " + std::to_string(free > o.min_free_bytes ? free - o.min_free_bytes : 0) +
                                    " available)"}};
@@ -893,14 +893,59 @@ asio::awaitable<std::error_code> Session::handle_get_range(const Frame& req) {
   co_return ec;
 }
 
-asio::awaitable<std::error_code> Session::handle_put_open(const Frame& req) {
+asio::awaitable<std::error_code> Session::handle_put_open(const Frame& wire) {
   const auto start = std::chrono::steady_clock::now();
-  auto refusal = check_put_limits(req);
+  // A resumable open (docs/protocol.md, "put with parallel streams"): the digest field holds
+  // the client's source id, and the name is NAME, or NAME '\0' <the whole file's SHA-256 in
+  // hex>; without the SHA-256 it only asks to continue a kept upload.
+  const bool resumable = (wire.flags & protocol::kFlagResume) != 0;
+  Frame req = wire;
+  std::optional<protocol::Digest> whole;
+  if (resumable) {
+    if (const auto nul = wire.name.find('\0'); nul != std::string::npos) {
+      req.name = wire.name.substr(0, nul);
+      protocol::Digest d{};
+      if (!hash::from_hex(std::string_view(wire.name).substr(nul + 1), d)) {
+        log_transfer("put-open", req.name, 0, start, protocol::to_string(Status::kBadRequest));
+        co_return co_await send_error(Status::kBadRequest, "PUT_OPEN: the SHA-256 after the name is not 64 hex digits");
+      }
+      whole = d;
+    }
+  } else {
+    whole = wire.digest;
+  }
+  // An open replaces whatever this connection had begun of the same name: above all the
+  // kept upload a look-up just offered and the client declined (its file changed), which
+  // must be let go before the open with the new SHA-256 can take its place.
+  std::erase_if(leases_, [&](const Lease& l) { return l.upload().over() || l.upload().spec().name == req.name; });
+  auto refusal = check_put_limits(req, /*space=*/whole.has_value());
   storage::Upload up;
+  bool nothing_kept = false;
   if (!refusal) {
-    auto ec = server_.storage().begin_upload(req.name, req.size, up, &folders_);
-    // The whole size at once: ranges then land anywhere, and a full disk shows now.
-    if (!ec) ec = up.preallocate();
+    const auto mtime = (req.flags & protocol::kFlagHasMtime) != 0 ? std::optional(req.mtime_ns) : std::nullopt;
+    const bool executable = (req.flags & protocol::kFlagExecutable) != 0;
+    std::error_code ec;
+    if (resumable) {
+      // As for a resumable PUT: a retry may find its old connections still letting go.
+      for (int tries = 0;; ++tries) {
+        ec = server_.storage().begin_parallel_upload(req.name, req.size, mtime, executable, wire.digest, whole, up,
+                                                     &folders_);
+        if (ec != storage::errc::partial_busy) break;
+        if (tries == kPartialBusyTries) {
+          ec = whole ? server_.storage().begin_upload(req.name, req.size, up, &folders_) : storage::errc::no_partial;
+          if (!ec) ec = up.preallocate();
+          break;
+        }
+        asio::steady_timer wait(co_await asio::this_coro::executor, kPartialBusyWait);
+        co_await wait.async_wait(kTuple);
+      }
+      nothing_kept = ec == storage::errc::no_partial;
+      if (nothing_kept) ec.clear();
+    } else {
+      ec = server_.storage().begin_upload(req.name, req.size, up, &folders_);
+      // The whole size at once: ranges then land anywhere, and a full disk shows now.
+      if (!ec) ec = up.preallocate();
+    }
     if (ec) refusal = describe(ec, req.name);
   }
   if (refusal) {
@@ -908,19 +953,54 @@ asio::awaitable<std::error_code> Session::handle_put_open(const Frame& req) {
     log_transfer("put-open", req.name, 0, start, protocol::to_string(refusal->first));
     co_return co_await send_error(refusal->first, std::move(refusal->second));
   }
+  Frame opened;
+  opened.type = MsgType::kOpened;
+  opened.size = server_.parallel_.cap();
+  if (nothing_kept) {
+    // No upload made: the client hashes its file and opens again with the SHA-256.
+    log_transfer("put-open", req.name, 0, start, "ok (nothing kept to resume)");
+    co_return co_await send(opened);
+  }
   ParallelSpec spec;
   spec.name = req.name;
   spec.size = req.size;
   if ((req.flags & protocol::kFlagHasMtime) != 0) spec.mtime_ns = req.mtime_ns;
   spec.executable = (req.flags & protocol::kFlagExecutable) != 0;
-  spec.digest = req.digest;
-  std::erase_if(leases_, [](const Lease& l) { return l.upload().over(); });
+  const storage::PartialRecord* rec = up.record();
+  spec.digest = rec != nullptr ? rec->digest : *whole;
+  // What a kept upload holds: " sample=OFF+LEN:SHA256" (the last MiB or less of its longest
+  // interval, hashed from the staging file now, so the client can check that its file still
+  // has those bytes), then " BEGIN-END" per interval, the longest first, as many as fit in a
+  // name (those left out are only sent again).
+  std::string held;
+  if (rec != nullptr && !rec->held.empty()) {
+    auto intervals = rec->held;
+    std::stable_sort(intervals.begin(), intervals.end(),
+                     [](const auto& a, const auto& b) { return a.second - a.first > b.second - b.first; });
+    const auto [b0, e0] = intervals.front();
+    const std::uint64_t len = std::min<std::uint64_t>(e0 - b0, protocol::kChunkSize);
+    const auto buf = chunk(len).first(static_cast<std::size_t>(len));
+    if (auto ec = up.read_at(e0 - len, buf)) {
+      auto [st, msg] = describe(ec, req.name);
+      log_transfer("put-open", req.name, 0, start, protocol::to_string(st));
+      co_return co_await send_error(st, std::move(msg));
+    }
+    held = " sample=" + std::to_string(e0 - len) + "+" + std::to_string(len) + ":" + hash::to_hex(hash::sha256(buf));
+    for (const auto& [b, e] : intervals) {
+      const std::string one = " " + std::to_string(b) + "-" + std::to_string(e);
+      if (32 + held.size() + one.size() > protocol::kMaxNameBytes) break;
+      held += one;
+    }
+  }
+  const std::uint64_t kept = rec != nullptr ? storage::good_bytes(*rec) : 0;
   leases_.push_back(server_.parallel_.open(std::move(up), std::move(spec)));
-  Frame opened;
-  opened.type = MsgType::kOpened;
-  opened.name = leases_.back().upload().id();
-  opened.size = server_.parallel_.cap();
-  log_transfer("put-open", req.name, 0, start, "ok");
+  opened.name = leases_.back().upload().id() + held;
+  if (rec != nullptr) {
+    opened.flags = protocol::kFlagResume;
+    opened.digest = leases_.back().upload().spec().digest;
+  }
+  log_transfer("put-open", req.name, 0, start,
+               kept > 0 ? "ok (resumed: " + std::to_string(kept) + " bytes kept)" : std::string("ok"));
   co_return co_await send(opened);
 }
 

@@ -116,7 +116,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Checks a name about to be created (upload, mkdir, mv target) against --max-name/--max-depth.
   std::optional<std::pair<protocol::Status, std::string>> check_new_name(const std::string& name) const;
   // Checks a kPut against the server's limits before anything is allocated or read.
-  std::optional<std::pair<protocol::Status, std::string>> check_put_limits(const protocol::Frame& req) const;
+  // `space`: also check free space (not for a look-up that can only continue an upload whose
+  // staging file already holds its whole size).
+  std::optional<std::pair<protocol::Status, std::string>> check_put_limits(const protocol::Frame& req,
+                                                                            bool space = true) const;
 
   // Maps a storage error to its wire status and a message for the client.
   static std::pair<protocol::Status, std::string> describe(const std::error_code& ec, const std::string& name);

@@ -31,7 +31,12 @@ void RangeSet::add(std::uint64_t begin, std::uint64_t end) {
 // ---------------------------------------------------------------- ParallelUpload
 
 ParallelUpload::ParallelUpload(std::string id, storage::Upload upload, ParallelSpec spec)
-    : id_(std::move(id)), spec_(std::move(spec)), upload_(std::move(upload)) {}
+    : id_(std::move(id)), spec_(std::move(spec)), upload_(std::move(upload)) {
+  // A resumed upload starts with what its earlier attempts delivered.
+  if (const auto* rec = upload_.record()) {
+    for (const auto& [b, e] : rec->held) received_.add(b, e);
+  }
+}
 
 bool ParallelUpload::over() const {
   std::lock_guard lock(mu_);
@@ -48,7 +53,9 @@ bool ParallelUpload::begin_range() {
 void ParallelUpload::end_range(std::uint64_t offset, std::uint64_t length, bool verified) {
   std::lock_guard lock(mu_);
   --writing_;
-  if (verified) received_.add(offset, offset + length);
+  if (!verified) return;
+  received_.add(offset, offset + length);
+  upload_.record_range(offset, offset + length);  // a resumable one remembers it
 }
 
 ParallelUpload::CommitResult ParallelUpload::commit(std::error_code& ec, std::uint64_t& missing) {

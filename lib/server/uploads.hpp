@@ -10,10 +10,12 @@
 //
 // Lifetime: every connection that opened an upload or sent it a range holds a Lease on
 // it. The upload ends when it is committed, or when the last Lease goes (the last of those
-// connections closed) without a commit: then it is abandoned, its id is forgotten and its
-// staging file removed (when the last in-flight range on it is done). So nothing lingers
-// longer than the connections that use it, and those are bounded by the idle timeout. A
-// server that dies loses it with the other staging files, removed at the next start.
+// connections closed) without a commit: then it is abandoned and its id is forgotten. A
+// plain upload's staging file is removed then (when the last in-flight range on it is
+// done), so it lingers no longer than the connections that use it, bounded by the idle
+// timeout; a server that dies loses it with the other staging files. A resumable one
+// (storage::Storage::begin_parallel_upload) is kept instead, with the intervals that arrived
+// verified, until a later PUT_OPEN continues it or --partial-ttl expires it.
 //
 // Thread-safety: everything here may be used from the sessions' threads at once.
 

@@ -20,6 +20,7 @@ class StorageCategory final : public std::error_category {
       case errc::not_durable: return "stored, but its folder could not be synced";
       case errc::bad_record: return "resume record is missing or damaged";
       case errc::partial_busy: return "an upload of the same file is in progress";
+      case errc::no_partial: return "no unfinished upload of this file is kept";
     }
     return "unknown storage error";
   }

@@ -27,6 +27,7 @@ enum class errc {
   not_durable,      // published, but the folder's fsync failed: may not survive a crash
   bad_record,       // a resume record is missing, torn, or of another layout
   partial_busy,     // a resumable upload of the same file is in progress on another connection
+  no_partial,       // no kept upload of that file to continue (begin_parallel_upload)
 };
 
 const std::error_category& storage_category() noexcept;

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <cstring>
 #include <fstream>
 
@@ -13,10 +15,10 @@ namespace ftx::storage {
 namespace {
 
 constexpr std::uint32_t kMagic = 0x52585446;  // "FTXR" read as little-endian
-constexpr std::uint32_t kLayout = 3;
+constexpr std::uint32_t kLayout = 4;  // 4: held intervals
 // 2^50 bytes in ranges of 4 MiB or more: 32 KiB of bitmap at most.
 constexpr std::size_t kMaxRanges = 32 * 1024;
-constexpr std::size_t kMaxRecord = 64 + 4 * 8 + 4 * 32 + kMaxRanges + 4 + 64 + 4096 + 32;
+constexpr std::size_t kMaxRecord = 64 + 4 * 8 + 4 * 32 + kMaxRanges + 4 + kMaxHeld * 16 + 4 + 64 + 4096 + 32;
 
 class Writer {
  public:
@@ -100,6 +102,8 @@ std::vector<std::uint8_t> encode(const PartialRecord& r) {
   w.put(r.range_size);
   w.put(static_cast<std::uint32_t>(r.ranges.size()));
   w.put_bytes(r.ranges);
+  w.put(static_cast<std::uint32_t>(r.held.size()));
+  for (const auto& [b, e] : r.held) w.put(b), w.put(e);
   const std::string& boot = boot_id();
   w.put(static_cast<std::uint32_t>(boot.size()));
   w.put_bytes(std::span(reinterpret_cast<const std::uint8_t*>(boot.data()), boot.size()));
@@ -124,6 +128,17 @@ bool decode(std::span<const std::uint8_t> bytes, PartialRecord& out) {
   if (!rd.get(r.range_size) || !rd.get(ranges_len) || ranges_len > kMaxRanges) return false;
   r.ranges.resize(ranges_len);
   if (!rd.get_bytes(r.ranges)) return false;
+  std::uint32_t held_len = 0;
+  if (!rd.get(held_len) || held_len > kMaxHeld) return false;
+  r.held.resize(held_len);
+  std::uint64_t prev_end = 0;
+  for (auto& [b, e] : r.held) {
+    // Sorted, disjoint, inside the file: what add_held makes (anything else is not ours).
+    if (!rd.get(b) || !rd.get(e) || b >= e || e > r.size || (&b != &r.held.front().first && b <= prev_end)) {
+      return false;
+    }
+    prev_end = e;
+  }
   std::uint32_t boot_len = 0;
   if (!rd.get(boot_len) || boot_len > 64) return false;
   r.boot_id.resize(boot_len);
@@ -172,6 +187,32 @@ bool has_range(const PartialRecord& r, std::uint64_t i) {
 void mark_range(PartialRecord& r, std::uint64_t i) {
   if (i / 8 >= r.ranges.size()) r.ranges.resize(i / 8 + 1, 0);
   r.ranges[i / 8] = static_cast<std::uint8_t>(r.ranges[i / 8] | (1u << (i % 8)));
+}
+
+void add_held(PartialRecord& r, std::uint64_t begin, std::uint64_t end) {
+  if (begin >= end) return;
+  auto& h = r.held;
+  // The first interval that ends at or after `begin` and the first that starts after `end`:
+  // everything between them overlaps or touches [begin, end) and merges into it.
+  auto lo = std::lower_bound(h.begin(), h.end(), begin, [](const auto& iv, std::uint64_t b) { return iv.second < b; });
+  auto hi = std::upper_bound(lo, h.end(), end, [](std::uint64_t e, const auto& iv) { return e < iv.first; });
+  if (lo != hi) {
+    begin = std::min(begin, lo->first);
+    end = std::max(end, std::prev(hi)->second);
+  }
+  lo = h.erase(lo, hi);
+  h.insert(lo, {begin, end});
+  while (h.size() > kMaxHeld) {
+    // Forgetting bytes only costs sending them again; the shortest costs least.
+    h.erase(std::min_element(h.begin(), h.end(),
+                             [](const auto& a, const auto& b) { return a.second - a.first < b.second - b.first; }));
+  }
+}
+
+std::uint64_t good_bytes(const PartialRecord& r) {
+  std::uint64_t n = r.good.bytes;
+  for (const auto& [b, e] : r.held) n += e - b;
+  return n;
 }
 
 std::int64_t wall_clock_ns() {

@@ -13,6 +13,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <system_error>
 #include <vector>
 
@@ -36,6 +37,11 @@ struct PartialRecord {
   // 0 and empty for the sequential kind, which `good` describes.
   std::uint32_t range_size = 0;
   std::vector<std::uint8_t> ranges;
+  // The server's uploads over parallel streams (ftx put -P) keep the byte intervals
+  // [begin, end) that arrived verified instead, sorted, disjoint and not touching (the
+  // client's range size is its own choice). At most kMaxHeld; `digest` is then the whole
+  // file's SHA-256 the client announced.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> held;
   // The kernel's boot id when the record was written (encode() stamps it). The record says
   // which bytes were *written*, not that they reached the disk; a machine crash can lose
   // them while the record survives, so a record from another boot is never resumed
@@ -54,8 +60,9 @@ PartialRecord new_record(std::string name, std::uint64_t size, std::optional<std
 std::vector<std::uint8_t> encode(const PartialRecord& r);
 bool decode(std::span<const std::uint8_t> bytes, PartialRecord& out);
 
-// Writes the record at offset 0 of `fd` in one pwrite (a record never shrinks: its name is
-// fixed). Reads one back; errc::bad_record when it is missing, torn or of another layout.
+// Writes the record at offset 0 of `fd` in one pwrite. A shorter record than the last
+// (merged intervals) leaves old bytes after its checksum, which decode() never reads. Reads
+// one back; errc::bad_record when it is missing, torn or of another layout.
 std::error_code save_record(int fd, const PartialRecord& r);
 std::error_code load_record(int fd, PartialRecord& out);
 
@@ -66,6 +73,14 @@ void advance(PartialRecord& r, const hash::State& after);
 // Whether range i is marked in r.ranges; marks it.
 bool has_range(const PartialRecord& r, std::uint64_t i);
 void mark_range(PartialRecord& r, std::uint64_t i);
+
+// The most intervals a record keeps (add_held drops the shortest beyond it: those bytes
+// are then sent again, never trusted unverified).
+inline constexpr std::size_t kMaxHeld = 1024;
+// Adds [begin, end) to r.held, merging it with the intervals it overlaps or touches.
+void add_held(PartialRecord& r, std::uint64_t begin, std::uint64_t end);
+// Bytes the record says are good: the verified prefix, plus the held intervals.
+std::uint64_t good_bytes(const PartialRecord& r);
 
 // Whether `r` was written since this machine last booted (its data is then as recorded).
 bool current_boot(const PartialRecord& r);

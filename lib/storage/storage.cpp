@@ -19,15 +19,18 @@ namespace {
 constexpr int kDirFlags = O_DIRECTORY | O_NOFOLLOW | O_RDONLY | O_CLOEXEC;
 constexpr const char* kPartialDir = "partial";
 
-// A partial upload's key: the same file (name, size, mtime, executable bit) gets the same key,
-// so the next attempt to upload it finds what the last one left.
+// A partial upload's key: the same file (name, size, mtime, executable bit, the client's
+// source id) gets the same key, so the next attempt to upload it finds what the last one
+// left. Sequential and parallel uploads of one file get different keys: their records
+// describe the data differently (a prefix and its hash state; verified intervals).
 std::string partial_key(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime, bool exec,
-                        const hash::Digest& source) {
+                        const hash::Digest& source, bool parallel = false) {
   hash::Sha256 h;
   h.update(source);
   h.update(name);
   const std::string tail = std::string(1, '\0') + std::to_string(size) + "/" +
-                           (mtime ? std::to_string(*mtime) : std::string("-")) + "/" + (exec ? "x" : "-");
+                           (mtime ? std::to_string(*mtime) : std::string("-")) + "/" + (exec ? "x" : "-") +
+                           (parallel ? "/P" : "");
   h.update(tail);
   return hash::to_hex(h.finish()).substr(0, 32);
 }
@@ -171,7 +174,7 @@ void Upload::abort() {
 }
 
 void Upload::release() {
-  if (resumable_ && !staging_name_.empty() && record_.good.bytes > 0) {
+  if (resumable_ && !staging_name_.empty() && good_bytes(record_) > 0) {
     // Kept for a later resume: the record already says how far the data is good (bytes
     // written after the last checkpoint are cut off when it resumes). One that holds no
     // whole chunk is not worth keeping.
@@ -233,6 +236,20 @@ std::error_code Upload::preallocate() {
 std::error_code Upload::write_at(std::uint64_t offset, std::span<const std::uint8_t> data) const {
   if (offset > size_ || data.size() > size_ - offset) return errc::size_mismatch;
   return pwrite_all(fd_.get(), data, offset);
+}
+
+std::error_code Upload::read_at(std::uint64_t offset, std::span<std::uint8_t> buf) const {
+  std::size_t got = 0;
+  if (auto ec = pread_full(fd_.get(), buf, offset, got)) return ec;
+  return got == buf.size() ? std::error_code{} : errc::size_mismatch;
+}
+
+void Upload::record_range(std::uint64_t begin, std::uint64_t end) {
+  if (!resumable_) return;
+  add_held(record_, begin, end);
+  record_.updated_ns = wall_clock_ns();
+  // Best effort, as checkpoint(): a record not saved only makes a resume send more.
+  save_record(state_fd_.get(), record_);
 }
 
 std::error_code Upload::commit_written(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
@@ -456,6 +473,56 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   return {};
 }
 
+std::error_code Storage::begin_parallel_upload(std::string_view name, std::uint64_t size,
+                                               std::optional<std::int64_t> mtime_ns, bool executable,
+                                               const hash::Digest& source, const std::optional<hash::Digest>& digest,
+                                               Upload& out, FolderCache* cache) const {
+  Upload up;
+  if (auto ec = prepare_upload(name, size, up, cache, /*streamed=*/false)) return ec;
+  const std::string key = partial_key(name, size, mtime_ns, executable, source, /*parallel=*/true);
+  {
+    std::lock_guard lock(partial_mu_);
+    if (active_partials_.count(key) != 0) return errc::partial_busy;
+    active_partials_.insert(key);
+  }
+  up.key_ = key;  // release_partial on every way out
+  const std::string part = key + ".part";
+  const std::string state = key + ".state";
+  const int create = digest ? O_CREAT : 0;  // a look-up makes nothing
+  UniqueFd data(::openat(partial_fd_.get(), part.c_str(), O_RDWR | create | O_CLOEXEC, 0644));
+  UniqueFd rec(::openat(partial_fd_.get(), state.c_str(), O_RDWR | create | O_CLOEXEC, 0600));
+  if ((!data || !rec) && !digest && errno == ENOENT) return errc::no_partial;
+  if (!data || !rec) return last_error();
+  PartialRecord r;
+  struct stat st {};
+  // The data file keeps its preallocated size; the held intervals say which bytes count.
+  const bool found = !load_record(rec.get(), r) && current_boot(r) && ::fstat(data.get(), &st) == 0 &&
+                     r.name == name && r.size == size && r.has_mtime == mtime_ns.has_value() &&
+                     r.mtime_ns == mtime_ns.value_or(0) && r.executable == executable && r.range_size == 0 &&
+                     static_cast<std::uint64_t>(st.st_size) == size && (!digest || r.digest == *digest);
+  if (!found && !digest) {
+    // What lies under this key cannot be continued (another boot, a torn record): gone.
+    ::unlinkat(partial_fd_.get(), part.c_str(), 0);
+    ::unlinkat(partial_fd_.get(), state.c_str(), 0);
+    return errc::no_partial;
+  }
+  up.staging_name_ = part;
+  up.staging_dir_ = partial_fd_.get();
+  up.resumable_ = true;
+  up.fd_ = std::move(data);
+  up.state_fd_ = std::move(rec);
+  if (!found) {
+    drop_partials_named(name);  // older versions of this name will not be continued now
+    r = new_record(std::string(name), size, mtime_ns, executable, *digest);
+    if (::ftruncate(up.fd_.get(), 0) != 0 || ::ftruncate(up.state_fd_.get(), 0) != 0) return last_error();
+    if (auto ec = save_record(up.state_fd_.get(), r)) return ec;
+    if (auto ec = up.preallocate()) return ec;  // `up` removes both files on the way out
+  }
+  up.record_ = std::move(r);
+  out = std::move(up);
+  return {};
+}
+
 void Storage::drop_partials_named(std::string_view name) const {
   for_each_partial([&](const std::string& key, const PartialRecord* r, const struct stat*) {
     if (r == nullptr || r->name != name) return;
@@ -533,7 +600,7 @@ std::vector<PartialInfo> Storage::list_partials() const {
     PartialInfo p;
     p.name = r->name;
     p.size = r->size;
-    p.received = r->good.bytes;
+    p.received = good_bytes(*r);
     p.updated_ns = r->updated_ns;
     std::lock_guard lock(partial_mu_);
     p.active = active_partials_.count(key) != 0;

@@ -143,10 +143,14 @@ class Upload {
   // preallocate() gives the staging file its whole size first; write_at() then stores a
   // range at its offset (safe from several threads at once, as long as nothing else runs on
   // this Upload meanwhile); commit_written() hashes the staging file from disk, start to
-  // end, and publishes it like commit() when that SHA-256 is `expected`. Not for resumable
-  // uploads.
+  // end, and publishes it like commit() when that SHA-256 is `expected`. A resumable one
+  // (Storage::begin_parallel_upload) records each range that arrived verified with
+  // record_range() (not thread-safe: one call at a time, under the caller's lock).
   std::error_code preallocate();
   std::error_code write_at(std::uint64_t offset, std::span<const std::uint8_t> data) const;
+  void record_range(std::uint64_t begin, std::uint64_t end);
+  // Reads back staged bytes [offset, offset + buf.size()) (a resumed upload's sample).
+  std::error_code read_at(std::uint64_t offset, std::span<std::uint8_t> buf) const;
   std::error_code commit_written(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
                                  bool executable = false);
 
@@ -216,6 +220,20 @@ class Storage {
   std::error_code begin_upload(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime_ns,
                                bool executable, Resume resume, Upload& out, FolderCache* cache = nullptr,
                                const hash::Digest& source = {}) const;
+
+  // A resumable upload over parallel streams (ftx put -P): its bytes arrive in ranges, in
+  // any order, and a kept one holds the intervals that arrived verified (record()->held)
+  // and the whole file's SHA-256 the first attempt announced (record()->digest). The file is
+  // the same one when name, size, mtime, executable bit and `source` match, as for
+  // begin_upload; the two kinds never continue each other.
+  //   digest given: continues a kept upload of that file with that SHA-256, else drops the
+  //     name's other partials and starts one (preallocated to `size`).
+  //   digest nullopt: only continues a kept one; errc::no_partial when there is none.
+  // errc::partial_busy while another connection sends it.
+  std::error_code begin_parallel_upload(std::string_view name, std::uint64_t size, std::optional<std::int64_t> mtime_ns,
+                                        bool executable, const hash::Digest& source,
+                                        const std::optional<hash::Digest>& digest, Upload& out,
+                                        FolderCache* cache = nullptr) const;
 
   // Removes partial uploads (and stray files in the partial/ folder) that made no progress
   // for `ttl`, except those being sent right now. Returns how many were removed.
