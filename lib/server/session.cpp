@@ -942,7 +942,10 @@ asio::awaitable<std::error_code> Session::handle_put_open(const Frame& wire) {
       nothing_kept = ec == storage::errc::no_partial;
       if (nothing_kept) ec.clear();
     } else {
-      ec = server_.storage().begin_upload(req.name, req.size, up, &folders_);
+      // Not resumable: nothing is kept if it is interrupted, and what earlier attempts at
+      // this name kept is dropped (--no-resume means start over).
+      ec = server_.storage().begin_upload(req.name, req.size, mtime, executable, storage::Resume::kNo, up,
+                                          &folders_);
       // The whole size at once: ranges then land anywhere, and a full disk shows now.
       if (!ec) ec = up.preallocate();
     }

@@ -149,10 +149,12 @@ TEST_F(Resume, AResumedParallelGetFetchesOnlyTheRangesItLacks) {
   write_file(dir_ / "src", data_);
   client::Client(address()).put(dir_ / "src", "big");
   const auto target = dir_ / "got";
+  std::uint64_t written = 0;  // bytes on disk when the download broke off
   {
     client::Client c(address());
     EXPECT_THROW(c.get_parallel("big", target, 4,
                                 [&](std::uint64_t done, std::uint64_t) {
+                                  written = done;
                                   if (done >= 24 * kChunk) throw Interrupted{};
                                 }),
                  Interrupted);
@@ -167,6 +169,10 @@ TEST_F(Resume, AResumedParallelGetFetchesOnlyTheRangesItLacks) {
     if (storage::has_range(r, i)) held += std::min<std::uint64_t>(r.range_size, data_.size() - i * r.range_size);
   }
   ASSERT_GE(held, 8 * kChunk);
+  // Of what it had written, the download lost at most the range (one chunk) each of its 4
+  // connections was in the middle of.
+  EXPECT_EQ(r.range_size, kChunk);
+  EXPECT_GE(held + 4 * kChunk, written);
 
   client::Client c(address());
   std::vector<std::uint64_t> seen;
@@ -183,6 +189,137 @@ TEST_F(Resume, AResumedParallelGetFetchesOnlyTheRangesItLacks) {
   EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
   EXPECT_EQ(seen.back(), data_.size());
   for (const auto& n : list_dir(dir_.path())) EXPECT_EQ(n.find(".ftx-"), std::string::npos) << "left: " << n;
+}
+
+class ParallelResume : public Resume {
+ protected:
+  // Starts a put -P of `local` over 4 connections and breaks it off once `at` bytes were
+  // sent; returns the bytes the server kept once it let go of the upload.
+  std::uint64_t interrupted_put_parallel(const std::filesystem::path& local, const std::string& remote,
+                                         std::uint64_t at) {
+    {
+      client::Client c(address());
+      EXPECT_THROW(c.put_parallel(local, remote, 4,
+                                  [&](std::uint64_t done, std::uint64_t) {
+                                    if (done >= at) throw Interrupted{};
+                                  }),
+                   Interrupted);
+    }
+    return settled_partial(remote);
+  }
+
+  // The record the server keeps for the only partial upload.
+  storage::PartialRecord kept_record() {
+    storage::PartialRecord r;
+    for (const auto& e : std::filesystem::directory_iterator(root() / ".ftx-staging" / "partial")) {
+      if (e.path().extension() != ".state") continue;
+      storage::UniqueFd fd(::open(e.path().c_str(), O_RDONLY));
+      EXPECT_FALSE(storage::load_record(fd.get(), r));
+    }
+    return r;
+  }
+};
+
+TEST_F(ParallelResume, AResumedParallelPutSendsOnlyTheRangesTheServerLacks) {
+  write_file(dir_ / "big", data_);
+  const auto kept = interrupted_put_parallel(dir_ / "big", "big", 24 * kChunk);
+  ASSERT_GE(kept, 8 * kChunk);
+  ASSERT_LT(kept, data_.size());
+  const std::uint64_t rest = data_.size() - kept;
+
+  client::Client c(address());
+  std::vector<std::uint64_t> seen;
+  const auto before = io_now();
+  const auto r = c.put_parallel(dir_ / "big", "big", 4, [&](std::uint64_t done, std::uint64_t) { seen.push_back(done); });
+  const auto after = io_now();
+  EXPECT_EQ(r.digest, hash::sha256(data_)) << "the SHA-256 the first attempt announced, checked at commit";
+  EXPECT_EQ(read_file(root() / "big"), data_);
+  EXPECT_TRUE(server_->storage().list_partials().empty());
+  // Client: the missing ranges read once, and the sample (at most a chunk); the file is
+  // not hashed again. Server: the sample read to hash it, the missing ranges written once,
+  // the staging file read once at commit. Starting over would read 3 x 48 MiB, write 48.
+  EXPECT_LE(after.rchar - before.rchar, rest + 2 * kChunk + data_.size() + 256 * 1024);
+  EXPECT_LE(after.wchar - before.wchar, rest + 256 * 1024);
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.front(), kept) << "progress starts where the resume does";
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  EXPECT_EQ(seen.back(), data_.size());
+}
+
+TEST_F(ParallelResume, AParallelPutWhoseSampleChangedStartsOver) {
+  write_file(dir_ / "big", data_);
+  struct stat st {};
+  ASSERT_EQ(::stat((dir_ / "big").c_str(), &st), 0);
+  ASSERT_GT(interrupted_put_parallel(dir_ / "big", "big", 24 * kChunk), 0u);
+  // Every chunk edited, size and mtime kept: the sample the server offers cannot match.
+  for (std::size_t i = 0; i < data_.size(); i += kChunk) data_[i + 100] ^= 0xFF;
+  write_file(dir_ / "big", data_);
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (dir_ / "big").c_str(), times, 0), 0);
+
+  std::vector<std::uint64_t> seen;
+  const auto r = client::Client(address()).put_parallel(dir_ / "big", "big", 4,
+                                                        [&](std::uint64_t done, std::uint64_t) { seen.push_back(done); });
+  EXPECT_EQ(seen.front(), 0u) << "started over";
+  EXPECT_EQ(r.digest, hash::sha256(data_));
+  EXPECT_EQ(read_file(root() / "big"), data_);
+  EXPECT_TRUE(server_->storage().list_partials().empty());
+}
+
+TEST_F(ParallelResume, AChangeOutsideTheSampleFailsTheCommitAndTheNextAttemptStartsOver) {
+  write_file(dir_ / "big", data_);
+  struct stat st {};
+  ASSERT_EQ(::stat((dir_ / "big").c_str(), &st), 0);
+  ASSERT_GT(interrupted_put_parallel(dir_ / "big", "big", 24 * kChunk), 0u);
+  // A byte the server does not hold: it is sent now, from the changed file, and the file
+  // the server then has is neither version.
+  const auto rec = kept_record();
+  ASSERT_FALSE(rec.held.empty());
+  ASSERT_LT(rec.held.back().second, data_.size()) << "the last range was never sent";
+  data_.back() ^= 0xFF;
+  write_file(dir_ / "big", data_);
+  const struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (dir_ / "big").c_str(), times, 0), 0);
+
+  try {
+    client::Client(address()).put_parallel(dir_ / "big", "big", 4);
+    ADD_FAILURE() << "a stitched file was accepted";
+  } catch (const client::Error& e) {
+    EXPECT_EQ(e.kind(), client::Failure::kIntegrity) << e.what();
+    EXPECT_NE(std::string(e.what()).find("changed since the interrupted upload"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(root() / "big")) << "nothing stitched is published";
+  EXPECT_TRUE(server_->storage().list_partials().empty()) << "the server dropped the upload";
+  const auto r = client::Client(address()).put_parallel(dir_ / "big", "big", 4);
+  EXPECT_EQ(r.digest, hash::sha256(data_));
+  EXPECT_EQ(read_file(root() / "big"), data_);
+}
+
+TEST_F(ParallelResume, NoResumeStartsOverDropsWhatWasKeptAndKeepsNothing) {
+  write_file(dir_ / "big", data_);
+  ASSERT_GT(interrupted_put_parallel(dir_ / "big", "big", 24 * kChunk), 0u);
+  std::vector<std::uint64_t> seen;
+  client::Client(address()).put_parallel(dir_ / "big", "big", 4,
+                                         [&](std::uint64_t done, std::uint64_t) { seen.push_back(done); },
+                                         client::TransferOptions{false});
+  EXPECT_EQ(seen.front(), 0u) << "started over";
+  EXPECT_EQ(read_file(root() / "big"), data_);
+  EXPECT_TRUE(server_->storage().list_partials().empty()) << "the kept upload was dropped";
+
+  {
+    client::Client c(address());
+    EXPECT_THROW(c.put_parallel(dir_ / "big", "again", 4,
+                                [&](std::uint64_t done, std::uint64_t) {
+                                  if (done >= 24 * kChunk) throw Interrupted{};
+                                },
+                                client::TransferOptions{false}),
+                 Interrupted);
+  }
+  for (int i = 0; i < 500 && server_->parallel_uploads().open_uploads() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(server_->parallel_uploads().open_uploads(), 0u);
+  EXPECT_TRUE(server_->storage().list_partials().empty()) << "--no-resume keeps nothing";
 }
 
 TEST(ResumableStaging, ASecondDownloadToTheSameTargetLeavesTheFirstOnesFilesAlone) {

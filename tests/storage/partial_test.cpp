@@ -84,6 +84,52 @@ TEST(PartialRecord, SavedAndLoadedThroughAFile) {
   EXPECT_EQ(out, r);
 }
 
+TEST(PartialRecord, HeldIntervalsMergeWhenTheyOverlapOrTouch) {
+  PartialRecord r;
+  r.size = 100;
+  add_held(r, 10, 20);
+  add_held(r, 40, 50);
+  add_held(r, 30, 35);
+  using V = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+  EXPECT_EQ(r.held, (V{{10, 20}, {30, 35}, {40, 50}}));
+  add_held(r, 20, 30);  // touches both neighbours
+  EXPECT_EQ(r.held, (V{{10, 35}, {40, 50}}));
+  add_held(r, 0, 12);
+  add_held(r, 45, 60);
+  add_held(r, 12, 14);  // inside
+  EXPECT_EQ(r.held, (V{{0, 35}, {40, 60}}));
+  EXPECT_EQ(good_bytes(r), 55u);
+  PartialRecord back;
+  ASSERT_TRUE(decode(encode(r), back));
+  EXPECT_EQ(back.held, r.held);
+}
+
+TEST(PartialRecord, BeyondItsLimitARecordForgetsTheShortestIntervals) {
+  PartialRecord r;
+  r.size = 10 * kMaxHeld;
+  for (std::uint64_t i = 0; i < kMaxHeld; ++i) add_held(r, 10 * i, 10 * i + 2);
+  add_held(r, 10 * kMaxHeld - 5, 10 * kMaxHeld);  // one more, longer: a short one goes
+  ASSERT_EQ(r.held.size(), kMaxHeld);
+  EXPECT_EQ(r.held.back(), std::make_pair(10 * kMaxHeld - 5, 10 * kMaxHeld));
+  EXPECT_TRUE(std::is_sorted(r.held.begin(), r.held.end()));
+  PartialRecord back;
+  EXPECT_TRUE(decode(encode(r), back));
+}
+
+TEST(PartialRecord, IntervalsOutsideTheFileOrOutOfOrderAreRefused) {
+  PartialRecord out;
+  PartialRecord r;
+  r.size = 100;
+  r.held = {{0, 101}};
+  EXPECT_FALSE(decode(encode(r), out)) << "past the end";
+  r.held = {{50, 60}, {10, 20}};
+  EXPECT_FALSE(decode(encode(r), out)) << "not sorted";
+  r.held = {{10, 20}, {20, 30}};
+  EXPECT_FALSE(decode(encode(r), out)) << "touching: add_held would have merged them";
+  r.held = {{10, 10}};
+  EXPECT_FALSE(decode(encode(r), out)) << "empty";
+}
+
 class ResumableUpload : public ::testing::Test {
  protected:
   std::filesystem::path root() const { return dir_ / "root"; }
@@ -187,6 +233,93 @@ TEST_F(ResumableUpload, IdlePartialsExpireAndStrayFilesGoWithThem) {
   EXPECT_EQ(s.expire_partials(std::chrono::seconds(0)), 1u);
   EXPECT_TRUE(s.list_partials().empty());
   EXPECT_TRUE(test::staging_files(staging()).empty());
+}
+
+// Parallel uploads (put -P): kept with their verified intervals, continued by the same
+// source only, and never mixed up with a sequential upload of the same file.
+TEST_F(ResumableUpload, AParallelUploadIsKeptWithItsIntervalsAndContinuedByTheSameSource) {
+  const auto source = hash::sha256("machine/path/inode");
+  const auto whole = hash::sha256(data_);
+  const std::uint64_t c = protocol::kChunkSize;
+  {
+    Storage s(root());
+    Upload up;
+    EXPECT_EQ(s.begin_parallel_upload("f.bin", data_.size(), mtime_, false, source, std::nullopt, up),
+              errc::no_partial)
+        << "a look-up makes nothing";
+    EXPECT_TRUE(test::staging_files(staging()).empty());
+    ASSERT_FALSE(s.begin_parallel_upload("f.bin", data_.size(), mtime_, false, source, whole, up));
+    ASSERT_NE(up.record(), nullptr);
+    EXPECT_TRUE(up.record()->held.empty());
+    for (const std::uint64_t off : {std::uint64_t{0}, 3 * c}) {
+      ASSERT_FALSE(up.write_at(off, std::span(data_).subspan(off, c)));
+      up.record_range(off, off + c);
+    }
+    ASSERT_FALSE(up.write_at(c, std::span(data_).subspan(c, c)));  // written, never verified: not recorded
+  }  // the last connection went: kept
+  Storage again(root());
+  ASSERT_EQ(again.list_partials().size(), 1u);
+  EXPECT_EQ(again.list_partials()[0].received, 2 * c);
+
+  Upload other;
+  EXPECT_EQ(again.begin_parallel_upload("f.bin", data_.size(), mtime_, false, hash::sha256("another machine"),
+                                        std::nullopt, other),
+            errc::no_partial)
+      << "another source";
+
+  Upload up;
+  ASSERT_FALSE(again.begin_parallel_upload("f.bin", data_.size(), mtime_, false, source, std::nullopt, up));
+  ASSERT_NE(up.record(), nullptr);
+  using V = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+  EXPECT_EQ(up.record()->held, (V{{0, c}, {3 * c, 4 * c}}));
+  EXPECT_EQ(up.record()->digest, whole) << "the SHA-256 the first attempt announced";
+  std::vector<std::uint8_t> back(c);
+  ASSERT_FALSE(up.read_at(3 * c, back));
+  EXPECT_TRUE(std::equal(back.begin(), back.end(), data_.begin() + 3 * c));
+  for (std::uint64_t off = c; off < data_.size(); off += c) {
+    if (off == 3 * c) continue;
+    const auto n = std::min<std::uint64_t>(c, data_.size() - off);
+    ASSERT_FALSE(up.write_at(off, std::span(data_).subspan(off, n)));
+    up.record_range(off, off + n);
+  }
+  ASSERT_FALSE(up.commit_written(whole, mtime_));
+  EXPECT_EQ(test::read_file(root() / "f.bin"), data_);
+  EXPECT_TRUE(test::staging_files(staging()).empty()) << "data and record gone";
+}
+
+TEST_F(ResumableUpload, ASequentialUploadOfTheSameFileStartsOverAndDropsAParallelOne) {
+  const auto source = hash::sha256("machine/path/inode");
+  Storage s(root());
+  {
+    Upload up;
+    ASSERT_FALSE(s.begin_parallel_upload("f.bin", data_.size(), mtime_, false, source, hash::sha256(data_), up));
+    ASSERT_FALSE(up.write_at(0, std::span(data_).first(protocol::kChunkSize)));
+    up.record_range(0, protocol::kChunkSize);
+  }
+  ASSERT_EQ(s.list_partials().size(), 1u);
+  Upload plain;
+  ASSERT_FALSE(s.begin_upload("f.bin", data_.size(), mtime_, false, Resume::kYes, plain, nullptr, source));
+  EXPECT_EQ(plain.written(), 0u) << "intervals are no prefix with a hash state: not continued";
+  plain.abort();
+  EXPECT_TRUE(s.list_partials().empty()) << "a new upload of the name drops what older ones kept";
+}
+
+TEST_F(ResumableUpload, AParallelUploadWithAnotherDigestStartsOver) {
+  const auto source = hash::sha256("machine/path/inode");
+  Storage s(root());
+  {
+    Upload up;
+    ASSERT_FALSE(s.begin_parallel_upload("f.bin", data_.size(), mtime_, false, source, hash::sha256("v1"), up));
+    ASSERT_FALSE(up.write_at(0, std::span(data_).first(protocol::kChunkSize)));
+    up.record_range(0, protocol::kChunkSize);
+  }
+  Upload up;
+  ASSERT_FALSE(s.begin_parallel_upload("f.bin", data_.size(), mtime_, false, source, hash::sha256("v2"), up));
+  EXPECT_TRUE(up.record()->held.empty()) << "the bytes of another version are not offered";
+  EXPECT_EQ(up.record()->digest, hash::sha256("v2"));
+  Upload second;
+  EXPECT_EQ(s.begin_parallel_upload("f.bin", data_.size(), mtime_, false, source, std::nullopt, second),
+            errc::partial_busy);
 }
 
 }  // namespace
