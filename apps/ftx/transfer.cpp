@@ -275,7 +275,8 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
                 "start over: drop what an interrupted upload of this file left on the server, and leave nothing "
                 "to resume should this one be interrupted (default: files over 1 MiB resume)");
   add_parallel_option(*cmd, opts.parallel,
-                      "The server publishes the file once its whole SHA-256 matched; it does not resume.");
+                      "The server publishes the file once its whole SHA-256 matched; an interrupted one resumes "
+                      "with the ranges the server lacks.");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
