@@ -1134,8 +1134,11 @@ std::uint64_t range_bytes_for(std::uint64_t size) {
 }
 // Bytes each connection keeps in flight (at least two ranges): the next ranges are asked
 // for (or sent) before the current one is answered, so the link never idles for a round
-// trip between ranges. 8 MiB per connection covers 160 Mbit/s per stream at 400 ms RTT.
-constexpr std::uint64_t kInFlightBytes = 8ull << 20;
+// trip between ranges. 4 MiB covers one stream's 400 Mbit/s at 80 ms round trip. No more:
+// what a connection has taken, it must finish, and at the end of a transfer the slowest
+// connection's queue is the tail everyone waits for (8 MiB cost a quarter of the rate on a
+// lossy link under reno; docs/benchmarks.md).
+constexpr std::uint64_t kInFlightBytes = 4ull << 20;
 
 // The whole file's SHA-256, read in chunks through `buf`.
 protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf) {

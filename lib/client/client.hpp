@@ -143,7 +143,7 @@ class Client {
   // Parallel streams (docs/protocol.md, "Parallel streams"): one file over `streams` TCP
   // connections at once, for long, lossy links where one stream crawls. This connection
   // does the exchanges that begin and end the transfer; streams - 1 more are opened with the
-  // same address, token, TLS options and timeout, and each carries ranges of the file, 8 MiB of
+  // same address, token, TLS options and timeout, and each carries ranges of the file, 4 MiB of
   // requests in flight at a time. The server may allow fewer connections (it says how many);
   // then fewer are used. Everything is verified as with put/get: the server publishes an
   // upload only after the whole file's SHA-256 matched, and a download replaces `local` only

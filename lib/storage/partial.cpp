@@ -16,7 +16,7 @@ namespace {
 
 constexpr std::uint32_t kMagic = 0x52585446;  // "FTXR" read as little-endian
 constexpr std::uint32_t kLayout = 4;  // 4: held intervals
-// 2^50 bytes in ranges of 4 MiB or more: 32 KiB of bitmap at most.
+// 32 KiB of bitmap: 262 144 ranges (the client sizes ranges to fit, up to 16 TiB).
 constexpr std::size_t kMaxRanges = 32 * 1024;
 constexpr std::size_t kMaxRecord = 64 + 4 * 8 + 4 * 32 + kMaxRanges + 4 + kMaxHeld * 16 + 4 + 64 + 4096 + 32;
 

@@ -637,6 +637,7 @@ std::error_code Storage::open_in(const DirFd& dir, const std::string& leaf, Read
   out.mtime_ns = mtime_ns(st);
   out.executable = is_executable(st);
   out.inode = st.st_ino;
+  out.device = st.st_dev;
   return {};
 }
 
@@ -656,6 +657,15 @@ std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> bu
     cached = true;
     return {};
   }
+  const DigestKey key{file.device, file.inode, file.size, file.mtime_ns};
+  {
+    std::lock_guard lock(digest_mu_);
+    if (const auto it = memory_digests_.find(key); it != memory_digests_.end()) {
+      out = it->second;
+      cached = true;
+      return {};
+    }
+  }
   cached = false;
   hash::Sha256 hasher;
   for (std::uint64_t off = 0; off < file.size;) {
@@ -672,6 +682,12 @@ std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> bu
   if (::fstat(file.fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == file.size &&
       mtime_ns(st) == file.mtime_ns) {
     write_digest_record(file.fd.get(), out);
+    std::lock_guard lock(digest_mu_);
+    if (memory_digests_.emplace(key, out).second) memory_order_.push_back(key);
+    if (memory_order_.size() > kMemoryDigests) {
+      memory_digests_.erase(memory_order_.front());
+      memory_order_.pop_front();
+    }
   }
   return {};
 }

@@ -14,6 +14,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
+#include <map>
 #include <mutex>
 #include <set>
 #include <cstdint>
@@ -48,6 +50,7 @@ struct ReadFile {
   std::int64_t mtime_ns = 0;
   bool executable = false;
   std::uint64_t inode = 0;
+  std::uint64_t device = 0;
 };
 
 // What list() returns besides plain files.
@@ -249,8 +252,11 @@ class Storage {
 
   // The SHA-256 of an open file. Taken from the digest cache (an extended attribute
   // written at upload, valid only while size, mtime and inode still match) when it can be,
-  // else computed by reading the file once and cached for next time. `buf` is scratch
-  // space for that read. `cached` says which happened.
+  // else computed by reading the file once and cached for next time. Where the attribute
+  // cannot be written (a filesystem without user xattrs, a file the server may not tag),
+  // the digest is also remembered in memory, under the same conditions, for the files
+  // hashed last (kMemoryDigests): a get -P asks for it once per range. `buf` is scratch
+  // space for that read. `cached` says whether no hashing was needed.
   std::error_code digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out,
                          bool& cached) const;
 
@@ -306,6 +312,16 @@ class Storage {
   UniqueFd root_fd_;
   UniqueFd staging_fd_;
   UniqueFd partial_fd_;  // <staging>/partial: resumable uploads, key.part + key.state
+  // The in-memory digest cache (digest()): what a file was when hashed, and its SHA-256.
+  struct DigestKey {
+    std::uint64_t device = 0, inode = 0, size = 0;
+    std::int64_t mtime_ns = 0;
+    auto operator<=>(const DigestKey&) const = default;
+  };
+  static constexpr std::size_t kMemoryDigests = 1024;
+  mutable std::mutex digest_mu_;
+  mutable std::map<DigestKey, hash::Digest> memory_digests_;
+  mutable std::deque<DigestKey> memory_order_;  // oldest first: the first to go
   mutable std::mutex partial_mu_;
   mutable std::set<std::string> active_partials_;  // keys a connection is sending now
   std::size_t leftovers_removed_ = 0;

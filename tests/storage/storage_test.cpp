@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 
 #include "hash/sha256.hpp"
 #include "support/test_support.hpp"
@@ -209,6 +210,31 @@ TEST_F(StorageTest, CommitAppliesTheGivenMtime) {
 TEST_F(StorageTest, RootThatIsAFileIsRefused) {
   write_file(dir_ / "plain", "x");
   EXPECT_THROW(Storage s(dir_ / "plain"), std::system_error);
+}
+
+TEST_F(StorageTest, DigestsAreRememberedInMemoryWhereNoAttributeCanBeKept) {
+  Storage s(root());
+  write_file(root() / "placed.bin", std::string(300'000, 'x'));  // placed by hand: no digest yet
+  std::vector<std::uint8_t> buf(64 * 1024);
+  const auto digest_of = [&](bool& cached) {
+    ReadFile f;
+    EXPECT_FALSE(s.open_file("placed.bin", f));
+    hash::Digest d{};
+    EXPECT_FALSE(s.digest(f, buf, d, cached));
+    return d;
+  };
+  bool cached = true;
+  EXPECT_EQ(digest_of(cached), hash::sha256(std::string(300'000, 'x')));
+  EXPECT_FALSE(cached) << "hashed the first time";
+  // As on a filesystem without user xattrs: the attribute is gone, the memory keeps it.
+  ASSERT_EQ(::removexattr((root() / "placed.bin").c_str(), "user.ftx.sha256"), 0);
+  digest_of(cached);
+  EXPECT_TRUE(cached) << "not hashed again";
+  // Changed (new size and mtime): hashed afresh, never the remembered digest.
+  write_file(root() / "placed.bin", std::string(300'001, 'y'));
+  ASSERT_EQ(::removexattr((root() / "placed.bin").c_str(), "user.ftx.sha256") == 0 || errno == ENODATA, true);
+  EXPECT_EQ(digest_of(cached), hash::sha256(std::string(300'001, 'y')));
+  EXPECT_FALSE(cached);
 }
 
 }  // namespace
