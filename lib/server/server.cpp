@@ -30,6 +30,7 @@ Server::Server(ServerOptions opts)
     : opts_(std::move(opts)), storage_(opts_.root), parallel_(std::clamp(opts_.max_streams, 1u, 64u)) {
   threads_ = opts_.threads != 0 ? opts_.threads : std::max(1u, std::thread::hardware_concurrency());
   io_ = std::make_unique<asio::io_context>(static_cast<int>(threads_));
+  blocking_.emplace(std::max(2u, threads_));
   strand_.emplace(asio::make_strand(*io_));
   acceptor_.emplace(*strand_);
 
@@ -51,6 +52,10 @@ Server::Server(ServerOptions opts)
 Server::~Server() {
   stopping_ = true;
   if (io_) io_->stop();
+  // A job that began finishes (it posts its result to the stopped io_context, where it is
+  // dropped); one that did not is abandoned.
+  blocking_->stop();
+  blocking_->join();
   wait();
   // Tear down in dependency order: I/O objects before their io_context, and the io_context
   // (whose destruction destroys pending session coroutines, removing their staging files)

@@ -138,6 +138,11 @@ class Server {
   std::optional<asio::steady_timer> drain_timer_;
   std::optional<asio::steady_timer> expire_timer_;
   std::vector<std::thread> pool_;
+  // Work that blocks for long (hashing a whole file: a put -P commit, the digest of a file
+  // not in the digest cache) runs here, not on the I/O threads, whose other connections
+  // would stall meanwhile (Session::offload). Stopped and joined in ~Server before the
+  // io_context and the storage its jobs use go.
+  std::optional<asio::thread_pool> blocking_;
   unsigned threads_ = 1;
   std::uint16_t port_ = 0;
 };

@@ -118,6 +118,17 @@ void Session::shutdown() {
   });
 }
 
+// Not a coroutine itself, so the job goes straight into co_spawn's own state. Callers pass
+// a named job, not a lambda written inside the co_await: g++ 12 destroyed such a temporary
+// twice (a double free seen here).
+template <typename Fn>
+asio::awaitable<std::invoke_result_t<Fn&>> Session::offload(Fn fn) {
+  using R = std::invoke_result_t<Fn&>;
+  return asio::co_spawn(
+      server_.blocking_->get_executor(), [fn = std::move(fn)]() mutable -> asio::awaitable<R> { co_return fn(); },
+      asio::use_awaitable);
+}
+
 std::span<std::uint8_t> Session::chunk(std::uint64_t n) {
   const auto want = static_cast<std::size_t>(std::clamp<std::uint64_t>(n, 1, protocol::kChunkSize));
   if (chunk_capacity_ < want) {
@@ -550,10 +561,30 @@ asio::awaitable<std::optional<std::error_code>> Session::open_for_download(const
     co_return co_await send_error(st, std::move(msg));
   }
   // The digest goes out before the body: from the digest cache when the file is as it was
-  // stored, else by reading it once first. Both reads use the same open descriptor, so a
-  // rename over the name meanwhile does not mix versions.
-  bool cached = false;
-  if (auto ec = server_.storage().digest(file, chunk(file.size), digest, cached)) {
+  // stored, else by reading it once first -- on the blocking pool, through a duplicate of
+  // the same open descriptor, so a rename over the name meanwhile does not mix versions.
+  std::error_code digest_ec;
+  if (!server_.storage().cached_digest(file, digest)) {
+    storage::ReadFile copy;
+    copy.fd.reset(::dup(file.fd.get()));
+    copy.size = file.size;
+    copy.mtime_ns = file.mtime_ns;
+    copy.inode = file.inode;
+    copy.device = file.device;
+    if (!copy.fd) {
+      digest_ec = storage::last_error();
+    } else {
+      auto job = [&store = server_.storage(), copy = std::make_shared<storage::ReadFile>(std::move(copy))] {
+        std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(copy->size, 1, protocol::kChunkSize)));
+        std::pair<std::error_code, protocol::Digest> out;
+        bool cached = false;
+        out.first = store.digest(*copy, buf, out.second, cached);
+        return out;
+      };
+      std::tie(digest_ec, digest) = co_await offload(std::move(job));
+    }
+  }
+  if (auto ec = digest_ec) {
     log_transfer(op, req.name, 0, start, "storage: " + ec.message());
     co_return co_await send_error(Status::kStorage, "server could not read " + storage::quote_name(req.name) + ": " +
                                                         ec.message());
@@ -670,7 +701,19 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   storage::ListOptions lo;
   lo.digests = (req.flags & protocol::kFlagDigest) != 0;
   lo.folders = (req.flags & protocol::kFlagFolder) != 0;
-  if (auto ec = server_.storage().list(req.name, files, lo)) {
+  std::error_code list_ec;
+  if (lo.digests) {
+    // Digests not cached are computed by reading the files: on the blocking pool.
+    auto job = [&store = server_.storage(), name = req.name, lo] {
+      std::pair<std::error_code, std::vector<storage::FileInfo>> out;
+      out.first = store.list(name, out.second, lo);
+      return out;
+    };
+    std::tie(list_ec, files) = co_await offload(std::move(job));
+  } else {
+    list_ec = server_.storage().list(req.name, files, lo);
+  }
+  if (auto ec = list_ec) {
     auto [st, msg] = describe(ec, req.name);
     if (ec == std::errc::no_such_file_or_directory) msg = "no such folder " + storage::quote_name(req.name);
     if (ec == std::errc::not_a_directory) msg = storage::quote_name(req.name) + " is not a folder";
@@ -712,8 +755,14 @@ Frame Session::entry_of(const storage::FileInfo& f) {
 
 asio::awaitable<std::error_code> Session::handle_stat(const Frame& req) {
   const auto start = std::chrono::steady_clock::now();
-  storage::FileInfo info;
-  if (auto ec = server_.storage().stat(req.name, info)) {
+  // The SHA-256 may have to be computed by reading the file: on the blocking pool.
+  auto job = [&store = server_.storage(), name = req.name] {
+    std::pair<std::error_code, storage::FileInfo> out;
+    out.first = store.stat(name, out.second);
+    return out;
+  };
+  auto [stat_ec, info] = co_await offload(std::move(job));
+  if (auto ec = stat_ec) {
     auto [st, msg] = describe(ec, req.name);
     log_transfer("stat", req.name, 0, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));
@@ -1106,9 +1155,21 @@ asio::awaitable<std::error_code> Session::handle_put_commit(const Frame& req) {
   }
   ParallelUpload& up = lease->upload();
   const ParallelSpec spec = up.spec();
-  std::error_code ec;
-  std::uint64_t missing = 0;
-  const auto result = up.commit(ec, missing);
+  // The commit hashes the whole staging file: on the blocking pool, holding the upload.
+  struct Outcome {
+    ParallelUpload::CommitResult result = ParallelUpload::CommitResult::kGone;
+    std::error_code ec;
+    std::uint64_t missing = 0;
+  };
+  auto job = [shared = lease->shared()] {
+    Outcome o;
+    o.result = shared->commit(o.ec, o.missing);
+    return o;
+  };
+  const Outcome outcome = co_await offload(std::move(job));
+  const auto result = outcome.result;
+  const auto ec = outcome.ec;
+  const auto missing = outcome.missing;
   if (result == ParallelUpload::CommitResult::kDone || result == ParallelUpload::CommitResult::kFailed) {
     server_.parallel_.forget(up.id());
   }

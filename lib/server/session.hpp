@@ -132,6 +132,12 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<void> send_final_error(protocol::Status st, std::string message);
   // A body buffer of at least min(n, kChunkSize) bytes, kept between requests.
   std::span<std::uint8_t> chunk(std::uint64_t n);
+  // Runs `fn` on the server's pool for blocking work and resumes on this connection's
+  // executor with its result (fn's exceptions are rethrown here). `fn` must own or share
+  // everything it touches: should the server stop meanwhile, this coroutine is destroyed
+  // without waiting for it.
+  template <typename Fn>
+  asio::awaitable<std::invoke_result_t<Fn&>> offload(Fn fn);
   // Sets in_'s capacity; only while it holds no unread bytes.
   void resize_in(std::size_t capacity);
 

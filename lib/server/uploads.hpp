@@ -116,6 +116,8 @@ class Lease {
   Lease& operator=(const Lease&) = delete;
 
   ParallelUpload& upload() const { return *upload_; }
+  // The upload itself, for work that may outlive this hold (a commit on another thread).
+  std::shared_ptr<ParallelUpload> shared() const { return upload_; }
   // This connection carries ranges from now on: false when `cap` connections already do.
   bool carry();
 

@@ -650,23 +650,23 @@ std::error_code Storage::lookup(std::string_view name, DirFd& dir, std::string& 
   return {};
 }
 
-std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out,
-                                bool& cached) const {
+bool Storage::cached_digest(const ReadFile& file, hash::Digest& out) const {
   if (auto d = read_digest_record(file.fd.get(), file.size, file.mtime_ns, file.inode)) {
     out = *d;
-    cached = true;
-    return {};
+    return true;
   }
+  std::lock_guard lock(digest_mu_);
+  const auto it = memory_digests_.find(DigestKey{file.device, file.inode, file.size, file.mtime_ns});
+  if (it == memory_digests_.end()) return false;
+  out = it->second;
+  return true;
+}
+
+std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out,
+                                bool& cached) const {
+  cached = cached_digest(file, out);
+  if (cached) return {};
   const DigestKey key{file.device, file.inode, file.size, file.mtime_ns};
-  {
-    std::lock_guard lock(digest_mu_);
-    if (const auto it = memory_digests_.find(key); it != memory_digests_.end()) {
-      out = it->second;
-      cached = true;
-      return {};
-    }
-  }
-  cached = false;
   hash::Sha256 hasher;
   for (std::uint64_t off = 0; off < file.size;) {
     std::size_t got = 0;

@@ -259,6 +259,8 @@ class Storage {
   // space for that read. `cached` says whether no hashing was needed.
   std::error_code digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out,
                          bool& cached) const;
+  // digest() without hashing: true (and `out` set) when a cache has it.
+  bool cached_digest(const ReadFile& file, hash::Digest& out) const;
 
   // Every regular file below `folder` ("" = the root), sorted by name; `folder` naming a
   // file lists just that file. Symlinks, special files, names check_name would refuse and

@@ -17,7 +17,7 @@ using protocol::Frame;
 using protocol::MsgType;
 using protocol::Status;
 
-// Not a multiple of the client's 4 MiB ranges: the last range is a short one.
+// Not a multiple of the client's 1 MiB ranges: the last range is a short one.
 constexpr std::size_t kBigFile = 37 * (std::size_t{1} << 20) + 12'345;
 constexpr std::int64_t kMtime = 1'700'000'000'123'456'789;
 
@@ -322,6 +322,43 @@ TEST_F(ParallelTest, GetOfAFileReplacedMidwayFailsCleanly) {
   }
   EXPECT_TRUE(replaced);
   EXPECT_TRUE(list_dir(out).empty()) << "neither the target nor a staging file";
+}
+
+// Hashing a whole file (a put -P commit) runs on the server's blocking pool: with one I/O
+// thread, another connection is still answered while it runs.
+class OneThreadTest : public ServerTest {
+  void configure(server::ServerOptions& o) override { o.threads = 1; }
+};
+
+TEST_F(OneThreadTest, ACommitHashingItsFileDoesNotStallOtherConnections) {
+  const auto body = random_bytes(96 << 20, 31);  // ~0.1 s of hashing at commit
+  RawPeer uploader(server_->port());
+  RawPeer other(server_->port());
+  ASSERT_TRUE(pings(other));
+  const std::string id = open_upload(uploader, "big.bin", body);
+  constexpr std::size_t kPiece = 8 << 20;
+  for (std::size_t off = 0; off < body.size(); off += kPiece) {
+    const auto piece = std::span(body).subspan(off, std::min(kPiece, body.size() - off));
+    ASSERT_EQ(send_range(uploader, put_range(id, off, piece), piece).type, MsgType::kDone);
+  }
+  uploader.send_frame(frame(MsgType::kPutCommit, id));
+  std::atomic<bool> committed{false};
+  Frame done;
+  std::thread waiter([&] {
+    done = uploader.read_frame();
+    committed = true;
+  });
+  // Pings answered while the commit is under way. Hashed on the I/O thread, none would be
+  // but those that slipped in before the hash began.
+  int answered = 0;
+  while (!committed.load() && answered < 1000) {
+    if (pings(other)) ++answered;
+  }
+  waiter.join();
+  EXPECT_EQ(done.type, MsgType::kDone) << done.name;
+  // Here: 1000 (the cap) with the pool; 2 with the hash on the I/O thread.
+  EXPECT_GE(answered, 20) << "the other connection waited for the hash";
+  EXPECT_EQ(read_file(root() / "big.bin"), body);
 }
 
 }  // namespace
