@@ -159,7 +159,8 @@ StagedFile::StagedFile(StagedFile&& o) noexcept
       record_fd_(std::move(o.record_fd_)),
       record_(std::move(o.record_)),
       found_(o.found_),
-      cleanup_slot_(std::exchange(o.cleanup_slot_, nullptr)) {}
+      cleanup_slot_(std::exchange(o.cleanup_slot_, nullptr)),
+      record_cleanup_slot_(std::exchange(o.record_cleanup_slot_, nullptr)) {}
 
 std::optional<StagedFile> StagedFile::resumable(const std::filesystem::path& target) {
   StagedFile f;
@@ -206,7 +207,19 @@ std::optional<StagedFile> StagedFile::resumable(const std::filesystem::path& tar
   f.found_ = !storage::load_record(f.record_fd_.get(), f.record_) && storage::current_boot(f.record_) &&
              ::fstat(f.fd_.get(), &st) == 0 &&
              static_cast<std::uint64_t>(st.st_size) >= f.record_.good.bytes;
+  f.guard_while_empty(!f.found_);
   return f;
+}
+
+void StagedFile::guard_while_empty(bool empty) {
+  if (empty && cleanup_slot_ == nullptr) {
+    cleanup_slot_ = arm_cleanup(staging_);
+    record_cleanup_slot_ = arm_cleanup(record_path_);
+  } else if (!empty) {
+    disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
+    disarm_cleanup(static_cast<Slot*>(record_cleanup_slot_));
+    cleanup_slot_ = record_cleanup_slot_ = nullptr;
+  }
 }
 
 void StagedFile::discard_resumable(const std::filesystem::path& target) {
@@ -228,6 +241,7 @@ std::error_code StagedFile::continue_found() {
 std::error_code StagedFile::keep_found(storage::PartialRecord r) {
   record_ = std::move(r);
   found_ = false;
+  guard_while_empty(std::none_of(record_.ranges.begin(), record_.ranges.end(), [](std::uint8_t b) { return b != 0; }));
   if (::ftruncate(record_fd_.get(), 0) != 0) return storage::last_error();
   return storage::save_record(record_fd_.get(), record_);
 }
@@ -235,6 +249,7 @@ std::error_code StagedFile::keep_found(storage::PartialRecord r) {
 std::error_code StagedFile::start(storage::PartialRecord fresh) {
   record_ = std::move(fresh);
   found_ = false;
+  guard_while_empty(true);
   if (::ftruncate(fd_.get(), 0) != 0 || ::lseek(fd_.get(), 0, SEEK_SET) < 0) return storage::last_error();
   if (::ftruncate(record_fd_.get(), 0) != 0) return storage::last_error();
   return storage::save_record(record_fd_.get(), record_);
@@ -243,20 +258,21 @@ std::error_code StagedFile::start(storage::PartialRecord fresh) {
 void StagedFile::checkpoint(const hash::State& after) {
   storage::advance(record_, after);
   storage::save_record(record_fd_.get(), record_);  // best effort: a resume then starts earlier
+  guard_while_empty(false);  // holds a chunk now: Ctrl-C keeps it
 }
 
 void StagedFile::range_done(std::uint64_t i) {
   storage::mark_range(record_, i);
   record_.updated_ns = storage::wall_clock_ns();
   storage::save_record(record_fd_.get(), record_);  // best effort: a resume then fetches it again
+  guard_while_empty(false);
 }
 
 void StagedFile::discard() {
   if (committed_) return;
   ::unlink(staging_.c_str());
   if (resumable_) ::unlink(record_path_.c_str());
-  disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
-  cleanup_slot_ = nullptr;
+  guard_while_empty(false);
   committed_ = true;
   fd_.reset();
   record_fd_.reset();
@@ -293,7 +309,7 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
   if (::rename(staging_.c_str(), target_.c_str()) != 0) return storage::last_error();
   if (resumable_) ::unlink(record_path_.c_str());
   committed_ = true;
-  disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
+  guard_while_empty(false);
   fd_.reset();
   sync_folder(target_.has_parent_path() ? target_.parent_path() : std::filesystem::path("."));
   return {};

@@ -76,10 +76,15 @@ class StagedFile {
   storage::PartialRecord record_;
   bool found_ = false;
   void* cleanup_slot_ = nullptr;  // this file's entry in the signal handler's table
+  // Resumable only: while it holds nothing worth resuming, Ctrl-C removes it and its record
+  // too (two more entries in that table); armed by guard_while_empty(true).
+  void* record_cleanup_slot_ = nullptr;
+  void guard_while_empty(bool empty);
 };
 
 // Makes SIGINT, SIGTERM and SIGHUP remove the staging file in progress before the process
-// dies, so Ctrl-C during `ftx get` leaves nothing behind. Call once from main.
+// dies, so Ctrl-C during `ftx get` leaves nothing behind -- but for a resumable download
+// that holds a chunk or more, which is kept for the next attempt. Call once from main.
 void install_interrupt_cleanup();
 
 }  // namespace ftx::client

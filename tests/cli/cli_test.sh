@@ -157,6 +157,26 @@ expect_exit 7 "$FTX" put "$T/down"
 expect_exit 7 "$FTX" get big.bin "$T/no-such-folder/x"
 check "nothing escaped the root" test ! -e "$T/escape"
 
+# ---- Ctrl-C while a get waits for its first byte leaves no hidden resume files behind
+# (the server here is a listener that accepts and never answers; it ends by itself)
+python3 -c '
+import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); time.sleep(20)' >"$T/silent.port" &
+SILENT=$!
+for _ in $(seq 500); do [ -s "$T/silent.port" ] && break; sleep 0.01; done
+mkdir "$T/intr"
+"$FTX" get some.bin "$T/intr/some.bin" --server "127.0.0.1:$(cat "$T/silent.port")" 2>/dev/null &
+CLIENT=$!
+for _ in $(seq 1000); do [ -e "$T/intr/.some.bin.ftx-partial.rec" ] && break; sleep 0.01; done
+check "the get staged its resumable files before asking" test -e "$T/intr/.some.bin.ftx-partial.rec"
+kill -INT "$CLIENT"
+rc=0; wait "$CLIENT" || rc=$?
+check "Ctrl-C ended the get (exit $rc)" test "$rc" = 130
+check "Ctrl-C before the first chunk left nothing beside the target" test -z "$(ls -A "$T/intr")"
+kill "$SILENT" 2>/dev/null; wait "$SILENT" 2>/dev/null
+
 # ---- the server logged one line per transfer and stops cleanly on SIGTERM
 grep -qE 'put "big.bin" bytes=3000000 ms=[0-9.]+ result=ok' "$T/serve.log" && ok || bad "no transfer log line"
 grep -qE 'get "no-such-file" bytes=0 ms=[0-9.]+ result=not-found' "$T/serve.log" && ok || bad "no failure log line"
