@@ -1018,6 +1018,7 @@ asio::awaitable<std::error_code> Session::handle_put_open(const Frame& wire) {
   spec.size = req.size;
   if ((req.flags & protocol::kFlagHasMtime) != 0) spec.mtime_ns = req.mtime_ns;
   spec.executable = (req.flags & protocol::kFlagExecutable) != 0;
+  spec.owner = stream_->peer_subject();
   const storage::PartialRecord* rec = up.record();
   spec.digest = rec != nullptr ? rec->digest : *whole;
   // What a kept upload holds: " sample=OFF+LEN:SHA256" (the last MiB or less of its longest
@@ -1060,7 +1061,7 @@ Lease* Session::lease_for(const std::string& id) {
   for (auto& l : leases_) {
     if (l.upload().id() == id) return &l;
   }
-  auto joined = server_.parallel_.join(id);
+  auto joined = server_.parallel_.join(id, stream_->peer_subject());
   if (!joined) return nullptr;
   // Uploads this connection helped with that are over need no hold any more.
   std::erase_if(leases_, [](const Lease& l) { return l.upload().over(); });

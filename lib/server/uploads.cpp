@@ -137,12 +137,12 @@ Lease ParallelUploads::open(storage::Upload upload, ParallelSpec spec) {
   return Lease(*this, std::move(up));
 }
 
-std::optional<Lease> ParallelUploads::join(const std::string& id) {
+std::optional<Lease> ParallelUploads::join(const std::string& id, const std::string& owner) {
   std::shared_ptr<ParallelUpload> up;
   {
     std::lock_guard lock(mu_);
     const auto it = uploads_.find(id);
-    if (it == uploads_.end()) return std::nullopt;
+    if (it == uploads_.end() || it->second->spec().owner != owner) return std::nullopt;
     up = it->second;
   }
   {

@@ -54,6 +54,9 @@ struct ParallelSpec {
   std::optional<std::int64_t> mtime_ns;
   bool executable = false;
   protocol::Digest digest{};  // the whole file's SHA-256
+  // Who opened it: the subject of the client's TLS certificate with mutual TLS, else "".
+  // Only connections of the same owner may join it (ParallelUploads::join).
+  std::string owner;
 };
 
 class ParallelUpload {
@@ -138,9 +141,10 @@ class ParallelUploads {
 
   // Registers a new upload under a fresh random id, held by the returned Lease.
   Lease open(storage::Upload upload, ParallelSpec spec);
-  // A hold on the upload `id`, for a connection that has none yet; nullopt when no such
-  // upload is open (never was, committed, or abandoned).
-  std::optional<Lease> join(const std::string& id);
+  // A hold on the upload `id`, for a connection of `owner` that has none yet; nullopt when
+  // no such upload is open (never was, committed, or abandoned) or another owner opened it
+  // (with mutual TLS, a client that learnt another's id cannot write into its upload).
+  std::optional<Lease> join(const std::string& id, const std::string& owner);
   // Forgets `id` (after its commit).
   void forget(const std::string& id);
 

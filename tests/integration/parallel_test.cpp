@@ -71,6 +71,19 @@ bool pings(RawPeer& peer) {
   return peer.read_frame().type == MsgType::kPong;
 }
 
+TEST(ParallelRegistry, OnlyConnectionsOfTheSameOwnerJoinAnUpload) {
+  server::ParallelUploads uploads(8);
+  server::ParallelSpec spec;
+  spec.name = "f";
+  spec.owner = "CN=alice";
+  auto lease = uploads.open(storage::Upload{}, spec);
+  const std::string id = lease.upload().id();
+  EXPECT_FALSE(uploads.join(id, "CN=bob")) << "another client certificate";
+  EXPECT_FALSE(uploads.join(id, "")) << "no client certificate";
+  EXPECT_TRUE(uploads.join(id, "CN=alice"));
+  EXPECT_FALSE(uploads.join("0123456789abcdef0123456789abcdef", "CN=alice")) << "no such upload";
+}
+
 TEST(ParallelRanges, OverlappingAndRepeatedRangesCountOnce) {
   server::RangeSet r;
   r.add(0, 10);
