@@ -1140,17 +1140,27 @@ std::uint64_t range_bytes_for(std::uint64_t size) {
 // lossy link under reno; docs/benchmarks.md).
 constexpr std::uint64_t kInFlightBytes = 4ull << 20;
 
-// The whole file's SHA-256, read in chunks through `buf`.
-protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf) {
+// The whole file's SHA-256, read in chunks through `buf`. `between` (optional) is called
+// after each chunk.
+protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf,
+                           const std::function<void()>& between = {}) {
   hash::Sha256 sha;
   for (std::uint64_t off = 0; off < size;) {
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
     if (auto e = read_chunk(fd, path, std::span(buf.data(), want), off)) throw std::move(*e);
     sha.update(std::span<const std::uint8_t>(buf.data(), want));
     off += want;
+    if (between) between();
   }
   return sha.finish();
 }
+
+// A connection kept waiting while the client reads a large file for its SHA-256 (minutes
+// for hundreds of GiB) would pass the server's --idle-timeout: it is pinged this often.
+constexpr auto kKeepAlive = std::chrono::seconds(30);
+// How fast a server is assumed to hash a file it holds at least (a put -P commit reads the
+// whole staging file before it answers): the client waits that long beyond its timeout.
+constexpr std::uint64_t kSlowestHashBytesPerSecond = 50'000'000;
 
 }  // namespace
 
@@ -1420,6 +1430,14 @@ Result Client::put_parallel(const std::filesystem::path& local, const std::strin
     if (opened.type != MsgType::kOpened) fail_from_reply(opened, p.context);
   };
   std::optional<protocol::Digest> whole;  // the file's SHA-256, once this client has read it all
+  const auto hash_source = [&] {
+    auto last = std::chrono::steady_clock::now();
+    return hash_file(src.fd.get(), src.size, local, buf, [&] {
+      if (std::chrono::steady_clock::now() - last < kKeepAlive) return;
+      ping();
+      last = std::chrono::steady_clock::now();
+    });
+  };
   if (opts.resume) {
     // First ask whether the server keeps an upload of this very file (its source id, as a
     // resumable PUT's): then it knows the whole file's SHA-256 from the attempt that began
@@ -1428,14 +1446,14 @@ Result Client::put_parallel(const std::filesystem::path& local, const std::strin
     open.digest = source_id(src, local);
     exchange();
     if (opened.name.empty()) {  // nothing kept: hash, and open one the next attempt can continue
-      whole = hash_file(src.fd.get(), src.size, local, buf);
+      whole = hash_source();
       open.name = remote + std::string(1, '\0') + hash::to_hex(*whole);
       exchange();
     }
   } else {
     // The whole file's SHA-256 first (the server checks the file against it before
     // publishing it); each range is then read once more, by the thread that sends it.
-    whole = hash_file(src.fd.get(), src.size, local, buf);
+    whole = hash_source();
     open.digest = *whole;
     exchange();
   }
@@ -1461,7 +1479,7 @@ Result Client::put_parallel(const std::filesystem::path& local, const std::strin
   if (!take_kept(/*check_sample=*/!whole)) {
     // Changed: start over from the file as it is now. The open with its new SHA-256 makes
     // the server drop what it kept (and this connection's hold on it).
-    whole = hash_file(src.fd.get(), src.size, local, buf);
+    whole = hash_source();
     open.name = remote + std::string(1, '\0') + hash::to_hex(*whole);
     exchange();
     take_kept(/*check_sample=*/false);
@@ -1494,7 +1512,17 @@ Result Client::put_parallel(const std::filesystem::path& local, const std::strin
   commit.type = MsgType::kPutCommit;
   commit.name = p.name;
   send(commit);
-  const Frame done = read_frame();
+  // The server reads the whole file to hash it before it answers.
+  const auto saved_timeout = io_timeout_;
+  io_timeout_ += std::chrono::milliseconds(src.size / (kSlowestHashBytesPerSecond / 1000));
+  Frame done;
+  try {
+    done = read_frame();
+  } catch (...) {
+    io_timeout_ = saved_timeout;
+    throw;
+  }
+  io_timeout_ = saved_timeout;
   if (done.type != MsgType::kDone) {
     if (done.status == Status::kIntegrity && skipped > 0) {
       // The bytes the server kept and the ones read now do not make the file the upload
