@@ -21,7 +21,7 @@
 #   FTX (build/ftx), NETSIM (build/netsim), DELAY_MS (25, one way), LOSS (0.001), RATE_MBIT
 #   (0: no bottleneck but the CPU), RUNS (3), SIZE_MB (64), IPERF_TIME (10 s), STREAMS (8: the
 #   parallel row), IPERF_BYTES (0; 1: iperf3 moves SIZE_MB MiB instead of running IPERF_TIME
-#   s), PREFIX (ftxbn: namespaces ftxbna and ftxbnb), CC (the namespaces' TCP
+#   s), STREAM_COUNTS ("1 $STREAMS"), PREFIX (ftxbn: namespaces ftxbna and ftxbnb), CC (the namespaces' TCP
 #   congestion control, e.g. reno; default: the root namespace's). SMOKE=1: RUNS=1, SIZE_MB=8,
 #   IPERF_TIME=2 unless set, well under a minute (for CI). iperf3, jq and ping are installed
 #   with apt-get when missing. A benchmark, not a test: it asserts only that every copy is
@@ -35,6 +35,9 @@ fi
 DELAY_MS=${DELAY_MS:-25} LOSS=${LOSS:-0.001} RATE_MBIT=${RATE_MBIT:-0}
 RUNS=${RUNS:-3} SIZE_MB=${SIZE_MB:-64} IPERF_TIME=${IPERF_TIME:-10} STREAMS=${STREAMS:-8}
 IPERF_BYTES=${IPERF_BYTES:-0}
+# The stream counts measured: one, and the parallel row (STREAM_COUNTS=8 skips the slow
+# one-stream rows when only the parallel comparison is wanted).
+STREAM_COUNTS=${STREAM_COUNTS:-1 $STREAMS}
 PREFIX=${PREFIX:-ftxbn}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 FTX=$(realpath -m "${FTX:-$REPO/build/ftx}")
@@ -218,7 +221,7 @@ listening "$FTX_SERVER" "$PORT" || { say "ftx serve did not start: $(last_line "
 
 for dir in up down; do
   [ "$dir" = down ] && ensure_stored
-  for streams in 1 "$STREAMS"; do
+  for streams in $STREAM_COUNTS; do
     say "$dir, $streams stream(s):"
     row iperf3 "$streams" "$dir"
     row ftx "$streams" "$dir"
@@ -236,7 +239,7 @@ netsim_down
 
 printf '%-7s %7s %-4s %9s %10s %11s\n' tool streams dir "Mbit/s" ftx/iperf3 "netsim cpu"
 for dir in up down; do
-  for streams in 1 "$STREAMS"; do
+  for streams in $STREAM_COUNTS; do
     for tool in iperf3 ftx; do
       rate=${RESULT[$tool,$streams,$dir]:-failed} cpu=${CPU[$tool,$streams,$dir]:-}
       ratio=
