@@ -11,17 +11,17 @@
 # iperf3's at the same stream count and direction; netsim cpu = its share of one core during
 # the runs (near 100 %: the emulator, not the path, was the limit). iperf3 runs for IPERF_TIME
 # seconds, ftx for as long as its file takes, slow start included: with a small file that
-# costs ftx more than iperf3; a long iperf3 run on a lossy link under loss-based congestion
-# control is also flattered by its first seconds (slow start overshoots before the first
-# losses), which a long ftx transfer averages away. IPERF_BYTES=1 compares like with like:
-# iperf3 moves SIZE_MB MiB too (-n), paying the same slow start. Both use the namespaces' default congestion control, which a new
+# costs ftx more than iperf3. Under loss-based congestion control a short iperf3 run is also
+# flattered by its first seconds (slow start overshoots before the first losses), which a
+# long ftx transfer averages away: compare steady states with IPERF_TIME near the time ftx
+# takes (docs/benchmarks.md). Both use the namespaces' default congestion control, which a new
 # namespace takes from the root namespace (reported below the table).
 #
 # Usage: sudo bench/netsim.sh  (root: it creates namespaces; nothing is built)
 #   FTX (build/ftx), NETSIM (build/netsim), DELAY_MS (25, one way), LOSS (0.001), RATE_MBIT
 #   (0: no bottleneck but the CPU), RUNS (3), SIZE_MB (64), IPERF_TIME (10 s), STREAMS (8: the
-#   parallel row), IPERF_BYTES (0; 1: iperf3 moves SIZE_MB MiB instead of running IPERF_TIME
-#   s), STREAM_COUNTS ("1 $STREAMS"), PREFIX (ftxbn: namespaces ftxbna and ftxbnb), CC (the namespaces' TCP
+#   parallel row), STREAM_COUNTS ("1 $STREAMS"), PREFIX (ftxbn: namespaces ftxbna and
+#   ftxbnb), CC (the namespaces' TCP
 #   congestion control, e.g. reno; default: the root namespace's). SMOKE=1: RUNS=1, SIZE_MB=8,
 #   IPERF_TIME=2 unless set, well under a minute (for CI). iperf3, jq and ping are installed
 #   with apt-get when missing. A benchmark, not a test: it asserts only that every copy is
@@ -34,7 +34,6 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 DELAY_MS=${DELAY_MS:-25} LOSS=${LOSS:-0.001} RATE_MBIT=${RATE_MBIT:-0}
 RUNS=${RUNS:-3} SIZE_MB=${SIZE_MB:-64} IPERF_TIME=${IPERF_TIME:-10} STREAMS=${STREAMS:-8}
-IPERF_BYTES=${IPERF_BYTES:-0}
 # The stream counts measured: one, and the parallel row (STREAM_COUNTS=8 skips the slow
 # one-stream rows when only the parallel comparison is wanted).
 STREAM_COUNTS=${STREAM_COUNTS:-1 $STREAMS}
@@ -64,9 +63,7 @@ PORT=7021
 IPERF_PORT=5201
 FTX_TIMEOUT=${FTX_TIMEOUT:-$((30 + SIZE_MB * 2))}  # per transfer: 4 Mbit/s at least
 # Everything this script starts ends by this time at the latest (netsim's --duration-s).
-# iperf3's limit: IPERF_TIME, or with IPERF_BYTES=1 as long as an ftx transfer may take.
-IPERF_LIMIT=$([ "$IPERF_BYTES" = 1 ] && echo "$FTX_TIMEOUT" || echo $((IPERF_TIME + 20)))
-BUDGET=$((60 + RUNS * 4 * (IPERF_LIMIT + 10 + FTX_TIMEOUT)))
+BUDGET=$((60 + RUNS * 4 * (IPERF_TIME + 20 + FTX_TIMEOUT)))
 
 W=$(mktemp -d /dev/shm/ftx-netsim.XXXX)
 SERVERS=()
@@ -126,9 +123,7 @@ measure_end() {  # prints "SECONDS NETSIM_CPU_PERCENT"
 iperf3_run() {
   local streams=$1 reverse=() out=$W/iperf.json timing mbit
   [ "$2" = down ] && reverse=(-R)
-  local amount=(-t "$IPERF_TIME")
-  [ "$IPERF_BYTES" = 1 ] && amount=(-n "${SIZE_MB}M")
-  start_in_b $((IPERF_LIMIT + 10)) "$W/iperf-server.log" iperf3 -s -1 -B "$NETSIM_ADDR_B" -p "$IPERF_PORT"
+  start_in_b $((IPERF_TIME + 30)) "$W/iperf-server.log" iperf3 -s -1 -B "$NETSIM_ADDR_B" -p "$IPERF_PORT"
   local server=$LAST_PID
   if ! listening "$server" "$IPERF_PORT"; then
     say "iperf3 server: $(last_line "$W/iperf-server.log")"
@@ -136,8 +131,8 @@ iperf3_run() {
     return 0
   fi
   measure_start
-  if timeout "$IPERF_LIMIT" ip netns exec "$NETSIM_NS_A" iperf3 -J -c "$NETSIM_ADDR_B" \
-    -p "$IPERF_PORT" -P "$streams" "${amount[@]}" "${reverse[@]}" >"$out" 2>"$W/iperf.err"; then
+  if timeout $((IPERF_TIME + 20)) ip netns exec "$NETSIM_NS_A" iperf3 -J -c "$NETSIM_ADDR_B" \
+    -p "$IPERF_PORT" -P "$streams" -t "$IPERF_TIME" "${reverse[@]}" >"$out" 2>"$W/iperf.err"; then
     timing=$(measure_end)
     mbit=$(jq -r '.end.sum_received.bits_per_second / 1e6 * 10 | round / 10' "$out")
     echo "$mbit ${timing#* }"
@@ -253,7 +248,7 @@ for dir in up down; do
   done
 done
 echo "link: ${DELAY_MS} ms each way, loss $LOSS, rate ${RATE_MBIT} Mbit/s (0: unlimited); tcp $cc;" \
-  "median of $RUNS run(s); iperf3 $([ "$IPERF_BYTES" = 1 ] && echo "${SIZE_MB} MiB" || echo "${IPERF_TIME} s"); ftx ${SIZE_MB} MiB file; $(nproc) cores;" \
+  "median of $RUNS run(s); iperf3 ${IPERF_TIME} s; ftx ${SIZE_MB} MiB file; $(nproc) cores;" \
   "packets dropped in the TUN devices' queues (the CPU, not netsim's link, was the bottleneck; RATE_MBIT below it avoids that): $drops"
 netsim_counters | sed 's/^netsim: /  netsim /'
 # STRICT=1 (CI's smoke): a failed or wrong copy, or a failed iperf3 run, fails the script.
