@@ -155,8 +155,10 @@ class Client {
   // ranges that arrived verified and the SHA-256 the first attempt announced, and a later
   // put -P of the same file (machine, path, inode, size, mtime; a sample of the kept bytes
   // hashing the same) sends only the other ranges, without reading the file whole again.
-  // A file changed in place outside the sample fails the final check: kIntegrity, and the
-  // server drops the upload (the next attempt starts over).
+  // A file changed in place outside the sample: a change in bytes the server holds is not
+  // seen (the server publishes the file as the first attempt read it, which its SHA-256
+  // proves); one in bytes sent now fails the final check: kIntegrity, and the server drops
+  // the upload (the next attempt starts over).
   Result put_parallel(const std::filesystem::path& local, const std::string& remote, unsigned streams,
                       const ProgressFn& progress = {}, const TransferOptions& opts = {});
   // get_parallel resumes (TransferOptions): the ranges an interrupted get -P (or the prefix

@@ -212,10 +212,11 @@ std::optional<StagedFile> StagedFile::resumable(const std::filesystem::path& tar
 }
 
 void StagedFile::guard_while_empty(bool empty) {
-  if (empty && cleanup_slot_ == nullptr) {
-    cleanup_slot_ = arm_cleanup(staging_);
-    record_cleanup_slot_ = arm_cleanup(record_path_);
-  } else if (!empty) {
+  if (empty) {
+    // Each on its own: with the table full one may be armed and not the other.
+    if (cleanup_slot_ == nullptr) cleanup_slot_ = arm_cleanup(staging_);
+    if (record_cleanup_slot_ == nullptr) record_cleanup_slot_ = arm_cleanup(record_path_);
+  } else {
     disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
     disarm_cleanup(static_cast<Slot*>(record_cleanup_slot_));
     cleanup_slot_ = record_cleanup_slot_ = nullptr;

@@ -52,10 +52,6 @@ Server::Server(ServerOptions opts)
 Server::~Server() {
   stopping_ = true;
   if (io_) io_->stop();
-  // A job that began finishes (it posts its result to the stopped io_context, where it is
-  // dropped); one that did not is abandoned.
-  blocking_->stop();
-  blocking_->join();
   wait();
   // Tear down in dependency order: I/O objects before their io_context, and the io_context
   // (whose destruction destroys pending session coroutines, removing their staging files)
@@ -64,6 +60,13 @@ Server::~Server() {
     std::lock_guard lock(mutex_);
     destroying_ = true;
   }
+  // The blocking pool goes first, while the io_context lives: a job that began finishes (it
+  // posts its result to the stopped io_context, where it is dropped); one still queued is
+  // abandoned, and destroying it destroys the session coroutine waiting for it, whose socket
+  // and timers belong to that io_context. No I/O thread runs now to queue another.
+  blocking_->stop();
+  blocking_->join();
+  blocking_.reset();
   drain_timer_.reset();
   expire_timer_.reset();
   signals_.reset();

@@ -1,5 +1,7 @@
 #include "server/session.hpp"
 
+#include <fcntl.h>
+
 #include <spdlog/spdlog.h>
 
 
@@ -124,6 +126,9 @@ void Session::shutdown() {
 template <typename Fn>
 asio::awaitable<std::invoke_result_t<Fn&>> Session::offload(Fn fn) {
   using R = std::invoke_result_t<Fn&>;
+  // The job's time is not the client's: no header or send deadline runs out meanwhile (the
+  // reply that follows arms its own).
+  if (!closing_) arm(std::chrono::hours(24 * 365), "blocking work");
   return asio::co_spawn(
       server_.blocking_->get_executor(), [fn = std::move(fn)]() mutable -> asio::awaitable<R> { co_return fn(); },
       asio::use_awaitable);
@@ -566,11 +571,12 @@ asio::awaitable<std::optional<std::error_code>> Session::open_for_download(const
   std::error_code digest_ec;
   if (!server_.storage().cached_digest(file, digest)) {
     storage::ReadFile copy;
-    copy.fd.reset(::dup(file.fd.get()));
+    copy.fd.reset(::fcntl(file.fd.get(), F_DUPFD_CLOEXEC, 0));
     copy.size = file.size;
     copy.mtime_ns = file.mtime_ns;
     copy.inode = file.inode;
     copy.device = file.device;
+    copy.ctime_ns = file.ctime_ns;
     if (!copy.fd) {
       digest_ec = storage::last_error();
     } else {
@@ -701,17 +707,19 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   storage::ListOptions lo;
   lo.digests = (req.flags & protocol::kFlagDigest) != 0;
   lo.folders = (req.flags & protocol::kFlagFolder) != 0;
-  std::error_code list_ec;
-  if (lo.digests) {
-    // Digests not cached are computed by reading the files: on the blocking pool.
+  // Digests come from the cache; any missing are computed by reading the files, on the
+  // blocking pool.
+  storage::ListOptions cached_only = lo;
+  cached_only.hash_missing = false;
+  std::error_code list_ec = server_.storage().list(req.name, files, cached_only);
+  const bool missing = std::any_of(files.begin(), files.end(), [](const auto& f) { return !f.folder && !f.digest; });
+  if (!list_ec && lo.digests && missing) {
     auto job = [&store = server_.storage(), name = req.name, lo] {
       std::pair<std::error_code, std::vector<storage::FileInfo>> out;
       out.first = store.list(name, out.second, lo);
       return out;
     };
     std::tie(list_ec, files) = co_await offload(std::move(job));
-  } else {
-    list_ec = server_.storage().list(req.name, files, lo);
   }
   if (auto ec = list_ec) {
     auto [st, msg] = describe(ec, req.name);
@@ -755,13 +763,17 @@ Frame Session::entry_of(const storage::FileInfo& f) {
 
 asio::awaitable<std::error_code> Session::handle_stat(const Frame& req) {
   const auto start = std::chrono::steady_clock::now();
-  // The SHA-256 may have to be computed by reading the file: on the blocking pool.
-  auto job = [&store = server_.storage(), name = req.name] {
-    std::pair<std::error_code, storage::FileInfo> out;
-    out.first = store.stat(name, out.second);
-    return out;
-  };
-  auto [stat_ec, info] = co_await offload(std::move(job));
+  // The SHA-256 from the cache, else computed by reading the file: on the blocking pool.
+  storage::FileInfo info;
+  auto stat_ec = server_.storage().stat(req.name, info, /*hash_missing=*/false);
+  if (!stat_ec && !info.folder && !info.digest) {
+    auto job = [&store = server_.storage(), name = req.name] {
+      std::pair<std::error_code, storage::FileInfo> out;
+      out.first = store.stat(name, out.second);
+      return out;
+    };
+    std::tie(stat_ec, info) = co_await offload(std::move(job));
+  }
   if (auto ec = stat_ec) {
     auto [st, msg] = describe(ec, req.name);
     log_transfer("stat", req.name, 0, start, protocol::to_string(st));
@@ -975,9 +987,15 @@ asio::awaitable<std::error_code> Session::handle_put_open(const Frame& wire) {
     const bool executable = (req.flags & protocol::kFlagExecutable) != 0;
     std::error_code ec;
     if (resumable) {
+      // With mutual TLS the client's certificate is part of the file's identity: another
+      // client that learnt the source id cannot take over the upload.
+      const std::string owner = stream_->peer_subject();
+      const protocol::Digest source =
+          owner.empty() ? wire.digest
+                        : hash::sha256(std::string(wire.digest.begin(), wire.digest.end()) + owner);
       // As for a resumable PUT: a retry may find its old connections still letting go.
       for (int tries = 0;; ++tries) {
-        ec = server_.storage().begin_parallel_upload(req.name, req.size, mtime, executable, wire.digest, whole, up,
+        ec = server_.storage().begin_parallel_upload(req.name, req.size, mtime, executable, source, whole, up,
                                                      &folders_);
         if (ec != storage::errc::partial_busy) break;
         if (tries == kPartialBusyTries) {

@@ -56,6 +56,12 @@ std::error_code preallocate(int fd, std::uint64_t size) {
   return {};
 }
 
+void punch_hole(int fd, std::uint64_t begin, std::uint64_t end) {
+  if (begin >= end) return;
+  ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(begin),
+              static_cast<off_t>(end - begin));
+}
+
 std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got) {
   got = 0;
   while (got < buf.size()) {

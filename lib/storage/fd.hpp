@@ -54,6 +54,10 @@ std::error_code pwrite_all(int fd, std::span<const std::uint8_t> data, std::uint
 // full disk; where the filesystem cannot reserve, just sets the length (ftruncate).
 std::error_code preallocate(int fd, std::uint64_t size);
 
+// Gives back the blocks of [begin, end) (reads then return zeros; the length stays). Best
+// effort: where the filesystem cannot punch holes, nothing happens.
+void punch_hole(int fd, std::uint64_t begin, std::uint64_t end);
+
 // Reads until `buf` is full or EOF, from `offset` without moving the file offset.
 std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got);
 

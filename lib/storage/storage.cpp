@@ -174,10 +174,21 @@ void Upload::abort() {
 }
 
 void Upload::release() {
-  if (resumable_ && !staging_name_.empty() && good_bytes(record_) > 0) {
+  if (resumable_ && !staging_name_.empty() && good_bytes(record_) >= protocol::kChunkSize) {
     // Kept for a later resume: the record already says how far the data is good (bytes
     // written after the last checkpoint are cut off when it resumes). One that holds no
     // whole chunk is not worth keeping.
+    if (!record_.held.empty()) {
+      // A parallel upload's file was preallocated to its whole size: kept, it occupies only
+      // the bytes that arrived verified (a client cannot reserve a file's size on the
+      // server's disk until --partial-ttl by sending one range). A resume preallocates again.
+      std::uint64_t at = 0;
+      for (const auto& [b, e] : record_.held) {
+        punch_hole(fd_.get(), at, b);
+        at = e;
+      }
+      punch_hole(fd_.get(), at, size_);
+    }
     staging_name_.clear();
     fd_.reset();
     state_fd_.reset();
@@ -511,7 +522,11 @@ std::error_code Storage::begin_parallel_upload(std::string_view name, std::uint6
   up.resumable_ = true;
   up.fd_ = std::move(data);
   up.state_fd_ = std::move(rec);
-  if (!found) {
+  if (found) {
+    // Kept, it gave back the space of the bytes it lacks (release): take it again.
+    up.size_ = size;
+    if (auto ec = up.preallocate()) return ec;
+  } else {
     drop_partials_named(name);  // older versions of this name will not be continued now
     r = new_record(std::string(name), size, mtime_ns, executable, *digest);
     if (::ftruncate(up.fd_.get(), 0) != 0 || ::ftruncate(up.state_fd_.get(), 0) != 0) return last_error();
@@ -638,6 +653,7 @@ std::error_code Storage::open_in(const DirFd& dir, const std::string& leaf, Read
   out.executable = is_executable(st);
   out.inode = st.st_ino;
   out.device = st.st_dev;
+  out.ctime_ns = static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
   return {};
 }
 
@@ -656,7 +672,7 @@ bool Storage::cached_digest(const ReadFile& file, hash::Digest& out) const {
     return true;
   }
   std::lock_guard lock(digest_mu_);
-  const auto it = memory_digests_.find(DigestKey{file.device, file.inode, file.size, file.mtime_ns});
+  const auto it = memory_digests_.find(DigestKey{file.device, file.inode, file.size, file.mtime_ns, file.ctime_ns});
   if (it == memory_digests_.end()) return false;
   out = it->second;
   return true;
@@ -666,7 +682,7 @@ std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> bu
                                 bool& cached) const {
   cached = cached_digest(file, out);
   if (cached) return {};
-  const DigestKey key{file.device, file.inode, file.size, file.mtime_ns};
+  const DigestKey key{file.device, file.inode, file.size, file.mtime_ns, file.ctime_ns};
   hash::Sha256 hasher;
   for (std::uint64_t off = 0; off < file.size;) {
     std::size_t got = 0;
@@ -683,7 +699,7 @@ std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> bu
       mtime_ns(st) == file.mtime_ns) {
     write_digest_record(file.fd.get(), out);
     std::lock_guard lock(digest_mu_);
-    if (memory_digests_.emplace(key, out).second) memory_order_.push_back(key);
+    if (memory_digests_.insert_or_assign(key, out).second) memory_order_.push_back(key);
     if (memory_order_.size() > kMemoryDigests) {
       memory_digests_.erase(memory_order_.front());
       memory_order_.pop_front();
@@ -728,7 +744,7 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
       if (buf.empty()) buf.resize(1 << 20);
       hash::Digest d{};
       bool cached = false;
-      if (!digest(file, buf, d, cached)) f.digest = d;
+      if (opts.hash_missing ? !digest(file, buf, d, cached) : cached_digest(file, d)) f.digest = d;
       f.size = file.size;  // describe the version that was hashed
       f.mtime_ns = file.mtime_ns;
     }
@@ -736,7 +752,7 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
   return {};
 }
 
-std::error_code Storage::stat(std::string_view name, FileInfo& out) const {
+std::error_code Storage::stat(std::string_view name, FileInfo& out, bool hash_missing) const {
   DirFd parent;
   std::string leaf;
   struct stat st {};
@@ -747,12 +763,18 @@ std::error_code Storage::stat(std::string_view name, FileInfo& out) const {
   }
   ReadFile file;
   if (auto ec = open_in(parent, leaf, file)) return ec;
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(file.size, 1, 1 << 20)));
   hash::Digest d{};
-  bool cached = false;
-  if (auto ec = digest(file, buf, d, cached)) return ec;
+  std::optional<hash::Digest> known;
+  if (cached_digest(file, d)) {
+    known = d;
+  } else if (hash_missing) {
+    std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(file.size, 1, 1 << 20)));
+    bool cached = false;
+    if (auto ec = digest(file, buf, d, cached)) return ec;
+    known = d;
+  }
   // Describe the version that was opened and hashed.
-  out = FileInfo{std::string(name), file.size, file.mtime_ns, false, file.executable, d};
+  out = FileInfo{std::string(name), file.size, file.mtime_ns, false, file.executable, known};
   return {};
 }
 

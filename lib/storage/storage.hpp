@@ -51,12 +51,14 @@ struct ReadFile {
   bool executable = false;
   std::uint64_t inode = 0;
   std::uint64_t device = 0;
+  std::int64_t ctime_ns = 0;  // status change: any write or metadata change moves it
 };
 
 // What list() returns besides plain files.
 struct ListOptions {
   bool folders = false;  // include folders (FileInfo::folder), e.g. to recreate empty ones
   bool digests = false;  // fill FileInfo::digest (from the digest cache, else by hashing)
+  bool hash_missing = true;  // with digests: false leaves out digests the cache lacks (no hashing)
 };
 
 // Where a successful move() put the file, and whether it replaced one.
@@ -268,7 +270,8 @@ class Storage {
   std::error_code list(std::string_view folder, std::vector<FileInfo>& out, const ListOptions& opts = {}) const;
 
   // One file or folder, with the file's SHA-256.
-  std::error_code stat(std::string_view name, FileInfo& out) const;
+  // `hash_missing` false: a digest the cache lacks is left out instead of computed.
+  std::error_code stat(std::string_view name, FileInfo& out, bool hash_missing = true) const;
 
   // Removes a file, or an empty folder (ENOTEMPTY otherwise), and syncs its folder.
   std::error_code remove(std::string_view name) const;
@@ -315,9 +318,11 @@ class Storage {
   UniqueFd staging_fd_;
   UniqueFd partial_fd_;  // <staging>/partial: resumable uploads, key.part + key.state
   // The in-memory digest cache (digest()): what a file was when hashed, and its SHA-256.
+  // The ctime too, which unlike the mtime no client can set back: an inode freed and reused
+  // for a file of the same size and mtime is not taken for the old one.
   struct DigestKey {
     std::uint64_t device = 0, inode = 0, size = 0;
-    std::int64_t mtime_ns = 0;
+    std::int64_t mtime_ns = 0, ctime_ns = 0;
     auto operator<=>(const DigestKey&) const = default;
   };
   static constexpr std::size_t kMemoryDigests = 1024;

@@ -260,6 +260,17 @@ TEST_F(ResumableUpload, AParallelUploadIsKeptWithItsIntervalsAndContinuedByTheSa
   Storage again(root());
   ASSERT_EQ(again.list_partials().size(), 1u);
   EXPECT_EQ(again.list_partials()[0].received, 2 * c);
+  // Kept, it occupies the verified bytes only (the unverified chunk and the preallocated
+  // rest were given back), where the filesystem can punch holes.
+  const auto allocated = [&] {
+    std::uint64_t bytes = 0;
+    for (const auto& e : std::filesystem::directory_iterator(staging() / "partial")) {
+      struct stat st {};
+      if (e.path().extension() == ".part" && ::stat(e.path().c_str(), &st) == 0) bytes = st.st_blocks * 512ull;
+    }
+    return bytes;
+  };
+  EXPECT_LE(allocated(), 2 * c + 64 * 1024);
 
   Upload other;
   EXPECT_EQ(again.begin_parallel_upload("f.bin", data_.size(), mtime_, false, hash::sha256("another machine"),
@@ -272,6 +283,7 @@ TEST_F(ResumableUpload, AParallelUploadIsKeptWithItsIntervalsAndContinuedByTheSa
   ASSERT_NE(up.record(), nullptr);
   using V = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
   EXPECT_EQ(up.record()->held, (V{{0, c}, {3 * c, 4 * c}}));
+  EXPECT_GE(allocated(), data_.size()) << "continued, it takes its whole size again";
   EXPECT_EQ(up.record()->digest, whole) << "the SHA-256 the first attempt announced";
   std::vector<std::uint8_t> back(c);
   ASSERT_FALSE(up.read_at(3 * c, back));
@@ -302,6 +314,20 @@ TEST_F(ResumableUpload, ASequentialUploadOfTheSameFileStartsOverAndDropsAParalle
   EXPECT_EQ(plain.written(), 0u) << "intervals are no prefix with a hash state: not continued";
   plain.abort();
   EXPECT_TRUE(s.list_partials().empty()) << "a new upload of the name drops what older ones kept";
+}
+
+TEST_F(ResumableUpload, AParallelUploadHoldingLessThanAChunkIsNotKept) {
+  Storage s(root());
+  {
+    Upload up;
+    ASSERT_FALSE(s.begin_parallel_upload("f.bin", data_.size(), mtime_, false, hash::sha256("src"),
+                                         hash::sha256(data_), up));
+    const std::uint64_t last = 5 * protocol::kChunkSize;  // the 1000-byte tail range
+    ASSERT_FALSE(up.write_at(last, std::span(data_).subspan(last)));
+    up.record_range(last, data_.size());
+  }
+  EXPECT_TRUE(s.list_partials().empty());
+  EXPECT_TRUE(test::staging_files(staging()).empty());
 }
 
 TEST_F(ResumableUpload, AParallelUploadWithAnotherDigestStartsOver) {
