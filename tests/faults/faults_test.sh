@@ -79,6 +79,24 @@ kill_twice() {
   done
 }
 
+# kill_server_during "CONDITION ARGS" COMMAND...: runs the client COMMAND in the background,
+# waits until CONDITION holds, waits a random moment and SIGKILLs the server. Sets `rc` to
+# the client's exit status, or to "" when CONDITION never held (the client is then killed).
+kill_server_during() {
+  local cond=$1; shift
+  "$@" >/dev/null 2>&1 &
+  local client=$!
+  rc=""
+  # shellcheck disable=SC2086
+  if wait_until 30 $cond; then
+    random_pause
+    kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+    rc=0; wait "$client" || rc=$?
+  else
+    kill -9 "$client" 2>/dev/null; wait "$client" 2>/dev/null
+  fi
+}
+
 head -c 1G /dev/urandom >"$T/big.bin"  # large enough to be caught mid-flight
 SIZE=$(stat -c %s "$T/big.bin")
 
@@ -165,12 +183,8 @@ check "nothing left in the staging area after the resumed put -P" wait_until 10 
 "$FTX" rm victim >/dev/null || bad "rm victim"
 echo "old version" >"$T/old.txt"
 "$FTX" put "$T/old.txt" victim >/dev/null || bad "put old version again"
-"$FTX" put "$T/big.bin" victim >/dev/null 2>"$T/put-err" &
-CLIENT=$!
-if wait_until 30 staging_part_growing "$R"; then
-  random_pause
-  kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
-  rc=0; wait "$CLIENT" || rc=$?
+kill_server_during "staging_part_growing $R" "$FTX" put "$T/big.bin" victim
+if [ -n "$rc" ]; then
   if [ "$rc" = 0 ]; then
     echo "note: the put finished before the server was killed" >&2
   else
@@ -189,7 +203,7 @@ if wait_until 30 staging_part_growing "$R"; then
     check "the put resumed after a restart stored the file byte for byte" cmp -s "$T/after-restart" "$T/big.bin"
   fi
 else
-  kill -9 "$CLIENT" 2>/dev/null; bad "the upload never started (or finished before the server could be killed)"
+  bad "the upload never started (or finished before the server could be killed)"
 fi
 [ -n "$SERVER_PID" ] && { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""; }
 
@@ -214,12 +228,8 @@ kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
 PR=$T/pp-root
 start_server "$PR"
 base=0
-"$FTX" put -P 4 "$T/big.bin" victim-pp >/dev/null 2>&1 &
-CLIENT=$!
-if wait_until 30 ranges_past_base victim-pp; then
-  random_pause
-  kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
-  rc=0; wait "$CLIENT" || rc=$?
+kill_server_during "ranges_past_base victim-pp" "$FTX" put -P 4 "$T/big.bin" victim-pp
+if [ -n "$rc" ]; then
   if [ "$rc" = 0 ]; then
     echo "note: the put -P finished before the server was killed" >&2
   else
@@ -235,7 +245,7 @@ if wait_until 30 ranges_past_base victim-pp; then
       test "$received" -le $((SIZE + 4 * CHUNK))
   fi
 else
-  kill -9 "$CLIENT" 2>/dev/null; bad "the put -P never got a range through"
+  bad "the put -P never got a range through"
 fi
 [ -n "$SERVER_PID" ] && { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""; }
 
