@@ -82,30 +82,31 @@ std::optional<Error> read_chunk(int fd, const std::filesystem::path& local, std:
   return std::nullopt;
 }
 
-// read_chunk of the source, throwing its error.
-std::span<const std::uint8_t> read_source(const Source& src, const std::filesystem::path& local,
-                                          std::span<std::uint8_t> buf, std::uint64_t off) {
-  if (auto e = read_chunk(src.fd.get(), local, buf, off)) throw std::move(*e);
-  return buf;
+// The whole file's SHA-256, read in chunks through `buf` (which holds the last chunk
+// afterwards: all of a file that fits). `between` (optional) is called after each chunk.
+protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf,
+                           const std::function<void()>& between = {}) {
+  hash::Sha256 sha;
+  for (std::uint64_t off = 0; off < size;) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
+    if (auto e = read_chunk(fd, path, std::span(buf.data(), want), off)) throw std::move(*e);
+    sha.update(std::span<const std::uint8_t>(buf.data(), want));
+    off += want;
+    if (between) between();
+  }
+  return sha.finish();
 }
 
 // The kPut header for `src`, its digest computed by reading it through `buf`. When the
 // whole file fits in buf, buf holds it afterwards (the caller need not read it again).
 Frame put_header(const Source& src, const std::filesystem::path& local, const std::string& remote,
                  std::vector<std::uint8_t>& buf) {
-  hash::Sha256 hasher;
-  for (std::uint64_t off = 0; off < src.size;) {
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), src.size - off));
-    const auto data = read_source(src, local, std::span(buf.data(), want), off);
-    hasher.update(data);
-    off += data.size();
-  }
   Frame req;
   req.type = MsgType::kPut;
   req.flags = protocol::kFlagHasMtime | (src.executable ? protocol::kFlagExecutable : 0);
   req.size = src.size;
   req.mtime_ns = src.mtime_ns;
-  req.digest = hasher.finish();
+  req.digest = hash_file(src.fd.get(), src.size, local, buf);
   req.name = remote;
   return req;
 }
@@ -1136,24 +1137,9 @@ std::uint64_t range_bytes_for(std::uint64_t size) {
 // for (or sent) before the current one is answered, so the link never idles for a round
 // trip between ranges. 4 MiB covers one stream's 400 Mbit/s at 80 ms round trip. No more:
 // what a connection has taken, it must finish, and at the end of a transfer the slowest
-// connection's queue is the tail everyone waits for (8 MiB cost a quarter of the rate on a
-// lossy link under reno; docs/benchmarks.md).
+// connection's queue is the tail everyone waits for (8 MiB measured no faster on a lossy
+// link under reno; docs/benchmarks.md).
 constexpr std::uint64_t kInFlightBytes = 4ull << 20;
-
-// The whole file's SHA-256, read in chunks through `buf`. `between` (optional) is called
-// after each chunk.
-protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf,
-                           const std::function<void()>& between = {}) {
-  hash::Sha256 sha;
-  for (std::uint64_t off = 0; off < size;) {
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
-    if (auto e = read_chunk(fd, path, std::span(buf.data(), want), off)) throw std::move(*e);
-    sha.update(std::span<const std::uint8_t>(buf.data(), want));
-    off += want;
-    if (between) between();
-  }
-  return sha.finish();
-}
 
 // A connection kept waiting while the client reads a large file for its SHA-256 (minutes
 // for hundreds of GiB) would pass the server's --idle-timeout: it is pinged this often.
