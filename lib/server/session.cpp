@@ -1,7 +1,5 @@
 #include "server/session.hpp"
 
-#include <fcntl.h>
-
 #include <spdlog/spdlog.h>
 
 
@@ -570,21 +568,14 @@ asio::awaitable<std::optional<std::error_code>> Session::open_for_download(const
   // the same open descriptor, so a rename over the name meanwhile does not mix versions.
   std::error_code digest_ec;
   if (!server_.storage().cached_digest(file, digest)) {
-    storage::ReadFile copy;
-    copy.fd.reset(::fcntl(file.fd.get(), F_DUPFD_CLOEXEC, 0));
-    copy.size = file.size;
-    copy.mtime_ns = file.mtime_ns;
-    copy.inode = file.inode;
-    copy.device = file.device;
-    copy.ctime_ns = file.ctime_ns;
-    if (!copy.fd) {
+    auto copy = std::make_shared<storage::ReadFile>(file.duplicate());
+    if (!copy->fd) {
       digest_ec = storage::last_error();
     } else {
-      auto job = [&store = server_.storage(), copy = std::make_shared<storage::ReadFile>(std::move(copy))] {
+      auto job = [&store = server_.storage(), copy] {
         std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(copy->size, 1, protocol::kChunkSize)));
         std::pair<std::error_code, protocol::Digest> out;
-        bool cached = false;
-        out.first = store.digest(*copy, buf, out.second, cached);
+        out.first = store.compute_digest(*copy, buf, out.second);
         return out;
       };
       std::tie(digest_ec, digest) = co_await offload(std::move(job));
@@ -707,19 +698,19 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   storage::ListOptions lo;
   lo.digests = (req.flags & protocol::kFlagDigest) != 0;
   lo.folders = (req.flags & protocol::kFlagFolder) != 0;
-  // Digests come from the cache; any missing are computed by reading the files, on the
-  // blocking pool.
-  storage::ListOptions cached_only = lo;
-  cached_only.hash_missing = false;
-  std::error_code list_ec = server_.storage().list(req.name, files, cached_only);
+  // Digests come from the cache; the files it lacks are read and hashed on the blocking pool.
+  lo.hash_missing = false;
+  const auto list_ec = server_.storage().list(req.name, files, lo);
   const bool missing = std::any_of(files.begin(), files.end(), [](const auto& f) { return !f.folder && !f.digest; });
   if (!list_ec && lo.digests && missing) {
-    auto job = [&store = server_.storage(), name = req.name, lo] {
-      std::pair<std::error_code, std::vector<storage::FileInfo>> out;
-      out.first = store.list(name, out.second, lo);
-      return out;
+    auto job = [&store = server_.storage(), files = std::move(files)]() mutable {
+      for (auto& f : files) {
+        storage::FileInfo hashed;  // the version that was hashed (as list() describes it)
+        if (!f.folder && !f.digest && !store.stat(f.name, hashed) && !hashed.folder) f = std::move(hashed);
+      }
+      return std::move(files);
     };
-    std::tie(list_ec, files) = co_await offload(std::move(job));
+    files = co_await offload(std::move(job));
   }
   if (auto ec = list_ec) {
     auto [st, msg] = describe(ec, req.name);

@@ -81,6 +81,23 @@ void write_digest_record(int fd, const hash::Digest& digest) {
   ::fsetxattr(fd, kDigestAttr, &rec, sizeof rec, 0);
 }
 
+// The SHA-256 of the first `size` bytes of `fd`, read through `buf`; `shrank` is the error
+// when the file ends before them (it changed behind our back).
+std::error_code hash_fd(int fd, std::uint64_t size, std::span<std::uint8_t> buf, hash::Digest& out,
+                        std::error_code shrank) {
+  hash::Sha256 hasher;
+  for (std::uint64_t off = 0; off < size;) {
+    std::size_t got = 0;
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
+    if (auto ec = pread_full(fd, buf.first(want), off, got)) return ec;
+    if (got != want) return shrank;
+    hasher.update(std::span<const std::uint8_t>(buf.data(), got));
+    off += got;
+  }
+  out = hasher.finish();
+  return {};
+}
+
 bool is_executable(const struct stat& st) { return (st.st_mode & S_IXUSR) != 0; }
 
 // Calls fn(dirfd, entry_name, stat) for each entry of the folder `dirfd` except . and ..
@@ -133,6 +150,20 @@ void walk(int dirfd, const std::string& prefix, const ListOptions& opts, std::ve
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- ReadFile
+
+ReadFile ReadFile::duplicate() const {
+  ReadFile copy;
+  copy.fd.reset(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+  copy.size = size;
+  copy.mtime_ns = mtime_ns;
+  copy.executable = executable;
+  copy.inode = inode;
+  copy.device = device;
+  copy.ctime_ns = ctime_ns;
+  return copy;
+}
 
 // ---------------------------------------------------------------- Upload
 
@@ -270,17 +301,9 @@ std::error_code Upload::commit_written(const hash::Digest& expected, std::option
   // on disk, in order, proves the whole: a range written twice, or a client that sent
   // overlapping ranges, cannot slip through.
   std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(size_, 1, protocol::kChunkSize)));
-  hash::Sha256 hasher;
-  std::error_code ec;
-  for (std::uint64_t off = 0; off < size_ && !ec;) {
-    std::size_t got = 0;
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size_ - off));
-    ec = pread_full(fd_.get(), std::span(buf.data(), want), off, got);
-    if (!ec && got != want) ec = errc::size_mismatch;  // cut short behind our back
-    if (!ec) hasher.update(std::span<const std::uint8_t>(buf.data(), got));
-    off += got;
-  }
-  if (!ec && hasher.finish() != expected) ec = errc::digest_mismatch;
+  hash::Digest actual{};
+  std::error_code ec = hash_fd(fd_.get(), size_, buf, actual, errc::size_mismatch);
+  if (!ec && actual != expected) ec = errc::digest_mismatch;
   return publish(ec, expected, mtime_ns, executable);
 }
 
@@ -433,17 +456,12 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
   Upload up;
   if (auto ec = prepare_upload(name, size, up, cache, /*streamed=*/false)) return ec;
   const std::string key = partial_key(name, size, mtime_ns, executable, source);
-  {
-    std::lock_guard lock(partial_mu_);
-    // Someone is sending this very file now: this upload cannot share its partial.
-    if (active_partials_.count(key) != 0) return errc::partial_busy;
-    active_partials_.insert(key);
-  }
+  // Someone is sending this very file now: this upload cannot share its partial.
+  if (!claim_partial(key)) return errc::partial_busy;
   const std::string part = key + ".part";
   const std::string state = key + ".state";
   if (resume == Resume::kNo) {
-    ::unlinkat(partial_fd_.get(), part.c_str(), 0);
-    ::unlinkat(partial_fd_.get(), state.c_str(), 0);
+    remove_partial_files(key);
     release_partial(key);
     drop_partials_named(name);
     if (auto ec = create_staging(up)) return ec;
@@ -491,11 +509,7 @@ std::error_code Storage::begin_parallel_upload(std::string_view name, std::uint6
   Upload up;
   if (auto ec = prepare_upload(name, size, up, cache, /*streamed=*/false)) return ec;
   const std::string key = partial_key(name, size, mtime_ns, executable, source, /*parallel=*/true);
-  {
-    std::lock_guard lock(partial_mu_);
-    if (active_partials_.count(key) != 0) return errc::partial_busy;
-    active_partials_.insert(key);
-  }
+  if (!claim_partial(key)) return errc::partial_busy;
   up.key_ = key;  // release_partial on every way out
   const std::string part = key + ".part";
   const std::string state = key + ".state";
@@ -513,8 +527,7 @@ std::error_code Storage::begin_parallel_upload(std::string_view name, std::uint6
                      static_cast<std::uint64_t>(st.st_size) == size && (!digest || r.digest == *digest);
   if (!found && !digest) {
     // What lies under this key cannot be continued (another boot, a torn record): gone.
-    ::unlinkat(partial_fd_.get(), part.c_str(), 0);
-    ::unlinkat(partial_fd_.get(), state.c_str(), 0);
+    remove_partial_files(key);
     return errc::no_partial;
   }
   up.staging_name_ = part;
@@ -524,7 +537,6 @@ std::error_code Storage::begin_parallel_upload(std::string_view name, std::uint6
   up.state_fd_ = std::move(rec);
   if (found) {
     // Kept, it gave back the space of the bytes it lacks (release): take it again.
-    up.size_ = size;
     if (auto ec = up.preallocate()) return ec;
   } else {
     drop_partials_named(name);  // older versions of this name will not be continued now
@@ -541,15 +553,20 @@ std::error_code Storage::begin_parallel_upload(std::string_view name, std::uint6
 void Storage::drop_partials_named(std::string_view name) const {
   for_each_partial([&](const std::string& key, const PartialRecord* r, const struct stat*) {
     if (r == nullptr || r->name != name) return;
-    {
-      std::lock_guard lock(partial_mu_);
-      if (active_partials_.count(key) != 0) return;  // ours, or another connection's
-      active_partials_.insert(key);
-    }
-    ::unlinkat(partial_fd_.get(), (key + ".part").c_str(), 0);
-    ::unlinkat(partial_fd_.get(), (key + ".state").c_str(), 0);
+    if (!claim_partial(key)) return;  // ours, or another connection's
+    remove_partial_files(key);
     release_partial(key);
   });
+}
+
+bool Storage::claim_partial(const std::string& key) const {
+  std::lock_guard lock(partial_mu_);
+  return active_partials_.insert(key).second;
+}
+
+void Storage::remove_partial_files(const std::string& key) const {
+  ::unlinkat(partial_fd_.get(), (key + ".part").c_str(), 0);
+  ::unlinkat(partial_fd_.get(), (key + ".state").c_str(), 0);
 }
 
 void Storage::release_partial(const std::string& key) const {
@@ -600,8 +617,7 @@ std::size_t Storage::expire_partials(std::chrono::seconds ttl) const {
       release_partial(key);
       return;
     }
-    ::unlinkat(partial_fd_.get(), (key + ".part").c_str(), 0);
-    ::unlinkat(partial_fd_.get(), (key + ".state").c_str(), 0);
+    remove_partial_files(key);
     release_partial(key);
     ++removed;
   });
@@ -681,18 +697,12 @@ bool Storage::cached_digest(const ReadFile& file, hash::Digest& out) const {
 std::error_code Storage::digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out,
                                 bool& cached) const {
   cached = cached_digest(file, out);
-  if (cached) return {};
+  return cached ? std::error_code{} : compute_digest(file, buf, out);
+}
+
+std::error_code Storage::compute_digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out) const {
+  if (auto ec = hash_fd(file.fd.get(), file.size, buf, out, std::make_error_code(std::errc::io_error))) return ec;
   const DigestKey key{file.device, file.inode, file.size, file.mtime_ns, file.ctime_ns};
-  hash::Sha256 hasher;
-  for (std::uint64_t off = 0; off < file.size;) {
-    std::size_t got = 0;
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), file.size - off));
-    if (auto ec = pread_full(file.fd.get(), buf.first(want), off, got)) return ec;
-    if (got == 0) return std::make_error_code(std::errc::io_error);  // shrank under us
-    hasher.update(std::span<const std::uint8_t>(buf.data(), got));
-    off += got;
-  }
-  out = hasher.finish();
   // Cache only if the file did not change while it was read.
   struct stat st {};
   if (::fstat(file.fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == file.size &&
@@ -769,8 +779,7 @@ std::error_code Storage::stat(std::string_view name, FileInfo& out, bool hash_mi
     known = d;
   } else if (hash_missing) {
     std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(file.size, 1, 1 << 20)));
-    bool cached = false;
-    if (auto ec = digest(file, buf, d, cached)) return ec;
+    if (auto ec = compute_digest(file, buf, d)) return ec;
     known = d;
   }
   // Describe the version that was opened and hashed.

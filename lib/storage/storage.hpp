@@ -52,6 +52,10 @@ struct ReadFile {
   std::uint64_t inode = 0;
   std::uint64_t device = 0;
   std::int64_t ctime_ns = 0;  // status change: any write or metadata change moves it
+
+  // The same description over a second descriptor of the same open file (close-on-exec),
+  // for work that may outlive this one; its fd is empty when the dup failed (errno says why).
+  ReadFile duplicate() const;
 };
 
 // What list() returns besides plain files.
@@ -263,6 +267,8 @@ class Storage {
                          bool& cached) const;
   // digest() without hashing: true (and `out` set) when a cache has it.
   bool cached_digest(const ReadFile& file, hash::Digest& out) const;
+  // digest() without looking in the caches first: hashes the file and caches the result.
+  std::error_code compute_digest(const ReadFile& file, std::span<std::uint8_t> buf, hash::Digest& out) const;
 
   // Every regular file below `folder` ("" = the root), sorted by name; `folder` naming a
   // file lists just that file. Symlinks, special files, names check_name would refuse and
@@ -305,8 +311,12 @@ class Storage {
   std::error_code prepare_upload(std::string_view name, std::uint64_t size, Upload& up, FolderCache* cache,
                                  bool streamed) const;
   std::error_code create_staging(Upload& up) const;
-  // Ends a resumable upload's claim on its partial (Upload's destructor).
+  // Claims the partial `key` for this caller: false when a connection is sending it (or
+  // it is being removed). release_partial() ends the claim (Upload's destructor does).
+  bool claim_partial(const std::string& key) const;
   void release_partial(const std::string& key) const;
+  // Removes the partial's files (data and record); the caller holds the claim.
+  void remove_partial_files(const std::string& key) const;
   // Removes the partials of `name` (any size, mtime, mode) that no connection is sending.
   void drop_partials_named(std::string_view name) const;
 
