@@ -199,8 +199,10 @@ int run_serve(const ServeOptions& opts) {
   if (const auto n = srv->storage().leftovers_removed(); n > 0) {
     spdlog::info("removed {} unfinished upload(s) left by an earlier run", n);
   }
+  log::flush();  // scripts wait for the "serving" line
   srv->run();
   spdlog::info("stopped");
+  log::flush();
   return kOk;
 }
 

@@ -1,8 +1,14 @@
 // put and get: one file, or with -r a whole folder over one pipelined connection.
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <set>
 
@@ -10,6 +16,7 @@
 #include "apps/ftx/exit_codes.hpp"
 #include "apps/ftx/output.hpp"
 #include "hash/sha256.hpp"
+#include "storage/fd.hpp"
 #include "storage/names.hpp"
 
 namespace ftx::app {
@@ -77,37 +84,71 @@ struct LocalTree {
   std::uint64_t skipped = 0;
 };
 
-LocalTree scan_local(const fs::path& root, const std::string& remote_root) {
+// Walks `root` with readdir's file types, so a tree of small files costs no stat per entry
+// (three per file before: a tenth of the client's system calls); the upload stats each file
+// once when it opens it. `sizes`: also add up the files' sizes (for the progress bar), one
+// fstatat each.
+LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool sizes) {
   LocalTree t;
   std::set<std::string> folders;       // every folder, by remote name
   std::set<std::string> with_files;    // folders that have a file somewhere below
   folders.insert(remote_root);
-  std::error_code ec;
-  fs::recursive_directory_iterator it(root, fs::directory_options::none, ec), end;
-  if (ec) throw client::Error(client::Failure::kLocalIo, "cannot read folder " + root.string() + ": " + ec.message());
-  for (; it != end; it.increment(ec)) {
-    if (ec) throw client::Error(client::Failure::kLocalIo, "cannot read folder below " + root.string() + ": " + ec.message());
-    const auto& entry = *it;
-    const std::string rel = entry.path().lexically_relative(root).generic_string();
-    const std::string remote = remote_root.empty() ? rel : remote_root + "/" + rel;
-    const auto st = entry.symlink_status(ec);
-    if (ec) continue;
-    if (fs::is_symlink(st)) {
-      print_error("skipping symbolic link " + entry.path().string());
-      ++t.skipped;
-    } else if (fs::is_directory(st)) {
-      folders.insert(remote);
-    } else if (fs::is_regular_file(st)) {
-      t.files.push_back({entry.path(), remote});
-      t.bytes += entry.file_size(ec);
-      for (auto p = fs::path(remote).parent_path(); !p.empty(); p = p.parent_path()) {
-        if (!with_files.insert(p.generic_string()).second) break;
+  const auto remote_of = [&](const std::string& rel) { return remote_root.empty() ? rel : remote_root + "/" + rel; };
+  const auto fail = [&](const std::string& what, int err) {
+    throw client::Error(client::Failure::kLocalIo, "cannot read folder " + what + ": " + std::strerror(err));
+  };
+  struct Pending {
+    storage::UniqueFd fd;
+    std::string rel;  // "" for the root
+  };
+  std::vector<Pending> todo;
+  todo.push_back({storage::UniqueFd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)), ""});
+  if (!todo.back().fd) fail(root.string(), errno);
+  while (!todo.empty()) {
+    Pending cur = std::move(todo.back());
+    todo.pop_back();
+    const fs::path here = cur.rel.empty() ? root : root / cur.rel;
+    DIR* dir = ::fdopendir(cur.fd.get());
+    if (dir == nullptr) fail(here.string(), errno);
+    const int dfd = cur.fd.release();  // closedir closes it
+    errno = 0;
+    while (const dirent* e = ::readdir(dir)) {
+      const std::string_view leaf(e->d_name);
+      if (leaf == "." || leaf == "..") continue;
+      const std::string rel = cur.rel.empty() ? std::string(leaf) : cur.rel + "/" + std::string(leaf);
+      unsigned char type = e->d_type;
+      struct stat st {};
+      bool have_stat = false;
+      if (type == DT_UNKNOWN || (type == DT_REG && sizes)) {
+        if (::fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone meanwhile
+        have_stat = true;
+        type = S_ISREG(st.st_mode) ? DT_REG : S_ISDIR(st.st_mode) ? DT_DIR : S_ISLNK(st.st_mode) ? DT_LNK : DT_UNKNOWN;
       }
-      with_files.insert("");
-    } else {
-      print_error("skipping " + entry.path().string() + ": not a regular file or folder");
-      ++t.skipped;
+      if (type == DT_LNK) {
+        print_error("skipping symbolic link " + (here / e->d_name).string());
+        ++t.skipped;
+      } else if (type == DT_DIR) {
+        folders.insert(remote_of(rel));
+        storage::UniqueFd sub(::openat(dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!sub) fail((here / e->d_name).string(), errno);
+        todo.push_back({std::move(sub), rel});
+      } else if (type == DT_REG) {
+        const std::string remote = remote_of(rel);
+        t.files.push_back({root / rel, remote});
+        if (have_stat) t.bytes += static_cast<std::uint64_t>(st.st_size);
+        for (auto p = fs::path(remote).parent_path(); !p.empty(); p = p.parent_path()) {
+          if (!with_files.insert(p.generic_string()).second) break;
+        }
+        with_files.insert("");
+      } else {
+        print_error("skipping " + (here / e->d_name).string() + ": not a regular file or folder");
+        ++t.skipped;
+      }
+      errno = 0;
     }
+    const int err = errno;
+    ::closedir(dir);
+    if (err != 0) fail(here.string(), err);
   }
   std::sort(t.files.begin(), t.files.end(), [](const auto& a, const auto& b) { return a.remote < b.remote; });
   for (const auto& f : folders) {
@@ -121,11 +162,12 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
   Tally tally;
   LocalTree tree;
   const int rc = run_client_action(opts.client, "put", [&] {
-    tree = scan_local(opts.local, remote_root);
+    const bool bar_wanted = progress_wanted(opts.quiet, opts.client.json);
+    tree = scan_local(opts.local, remote_root, bar_wanted);
     auto c = connect(opts.client, address);
     // Empty folders first (puts create the others); parents before children, as sorted.
     for (const auto& folder : tree.empty_folders) c->make_folder(folder);
-    ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), tree.bytes, tree.files.size());
+    ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
     c->put_many(
         tree.files, client::BatchOptions{},
         [&](const client::BatchResult& r) {

@@ -651,7 +651,20 @@ asio::awaitable<std::uint64_t> Client::co_sendfile(int fd, std::uint64_t offset,
 
 void Client::send(const Frame& f) { run(co_send(f, out_), "sending"); }
 
-Frame Client::read_frame() { return run(co_read_frame(), "waiting for the server"); }
+Frame Client::read_frame() {
+  // A frame already in the buffer needs no trip through the event loop: a listing arrives
+  // thousands of entries at a time, and each trip was two epoll_wait(2) calls.
+  if (in_begin_ < in_end_) {
+    decoder_.reset();
+    const auto step = decoder_.put(std::span(in_.data() + in_begin_, in_end_ - in_begin_));
+    if (step.result == protocol::Decoder::Result::kFrame) {
+      in_begin_ += step.consumed;
+      return std::move(decoder_.frame());
+    }
+    // Incomplete (or bad): co_read_frame decodes the same bytes again and reads or reports.
+  }
+  return run(co_read_frame(), "waiting for the server");
+}
 
 Error Client::error_from_reply(const Frame& f, std::string_view context) const {
   const std::string msg = printable(f.name);
@@ -884,6 +897,7 @@ struct Client::Batch {
   };
   // A two-phase put's answer, passed from the receiver to the sender.
   enum class Ready { kWaiting, kGo, kRefused } ready = Ready::kWaiting;
+  bool sender_waiting_for_room = false;  // put_sender sleeps until the window has room
 
   const std::vector<BatchItem>& items;
   const BatchOptions& opts;
@@ -919,7 +933,9 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
         co_await co_write(pending);  // the server needs these before it can answer
         pending.clear();
       }
+      b.sender_waiting_for_room = true;
       co_await wait_for(b.wake_sender);
+      b.sender_waiting_for_room = false;
     }
     const auto& item = b.items[i];
     Batch::InFlight f;
@@ -938,7 +954,9 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
     b.bytes_in_flight += send_it ? src->size : 0;
     const Frame req = send_it ? f.request : Frame{};
     b.in_flight.push_back(std::move(f));
-    b.wake_receiver.cancel();
+    // Only a receiver that found nothing to wait for is asleep: a wake-up per file would be
+    // a trip through the event loop (an epoll_wait) per file.
+    if (b.in_flight.size() == 1) b.wake_receiver.cancel();
     if (!send_it) continue;
     if (req.size <= buf.size()) {
       // buf still holds the whole file from hashing it.
@@ -1013,7 +1031,12 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
       b.bytes_in_flight -= f.request.size;
     }
     b.in_flight.pop_front();
-    b.wake_sender.cancel();
+    // A sender waiting for room is woken once half the window is free, not once per answer
+    // (each wake-up is a trip through the event loop); a two-phase answer wakes it above.
+    if (b.sender_waiting_for_room && b.in_flight.size() <= b.opts.window_files / 2 &&
+        b.bytes_in_flight <= b.opts.window_bytes / 2) {
+      b.wake_sender.cancel();
+    }
     b.on_result(r);
   }
 }
@@ -1045,24 +1068,55 @@ asio::awaitable<void> Client::get_sender(Batch& b) {
 }
 
 asio::awaitable<void> Client::get_receiver(Batch& b) {
+  // Group commit: each file is fsynced and renamed into place as it arrives, but the folders
+  // they went to are fsynced once per kSyncEvery files (it was once per file), and their
+  // results are reported only after that, in order.
+  constexpr std::size_t kSyncEvery = 64;
+  std::vector<BatchResult> unsynced;
+  std::vector<std::filesystem::path> folders;
+  const auto settle = [&] {
+    for (const auto& f : folders) sync_folder(f);
+    folders.clear();
+    for (auto& r : unsynced) b.on_result(r);
+    unsynced.clear();
+  };
+  const auto report = [&](BatchResult r) {
+    if (!r.error) {
+      auto folder = r.result.local.has_parent_path() ? r.result.local.parent_path() : std::filesystem::path(".");
+      if (std::find(folders.begin(), folders.end(), folder) == folders.end()) folders.push_back(std::move(folder));
+    }
+    unsynced.push_back(std::move(r));
+    if (unsynced.size() >= kSyncEvery) settle();
+  };
+  try {
+    co_await get_receiver_loop(b, report);
+  } catch (...) {
+    settle();  // what arrived before the failure is in place: make it durable and say so
+    throw;
+  }
+  settle();
+}
+
+asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report) {
   for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
     while (b.in_flight.empty()) co_await wait_for(b.wake_receiver);
     Batch::InFlight f = std::move(b.in_flight.front());
     b.in_flight.pop_front();
-    b.wake_sender.cancel();
+    // The sender sleeps until half the window is answered: wake it then, not per file.
+    if (b.in_flight.size() <= b.opts.window_files / 2) b.wake_sender.cancel();
     BatchResult r;
     r.index = f.index;
     const auto& item = b.items[f.index];
     if (f.local) {
       r.error = std::move(f.local);
-      b.on_result(r);
+      report(std::move(r));
       continue;
     }
     const std::string context = "get " + storage::quote_name(item.remote);
     const Frame reply = co_await co_read_frame();
     if (reply.type == MsgType::kError) {
       r.error = error_from_reply(reply, context);
-      b.on_result(r);
+      report(std::move(r));
       continue;
     }
     if (reply.type != MsgType::kFile) fail_from_reply(reply, context);
@@ -1092,13 +1146,13 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
       } else if (auto ec = staged->commit((reply.flags & protocol::kFlagHasMtime) != 0
                                               ? std::optional(reply.mtime_ns)
                                               : std::nullopt,
-                                          executable)) {
+                                          executable, /*sync_folder=*/false)) {
         r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + ec.message());
       } else {
         r.result = {reply.size, digest, item.local, executable};
       }
     }
-    b.on_result(r);
+    report(std::move(r));
   }
 }
 

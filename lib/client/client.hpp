@@ -264,6 +264,8 @@ class Client {
   asio::awaitable<void> put_receiver(Batch& b);
   asio::awaitable<void> get_sender(Batch& b);
   asio::awaitable<void> get_receiver(Batch& b);
+  // get_receiver's loop: each file's result goes to `report` (which syncs folders in groups).
+  asio::awaitable<void> get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report);
   // Runs `op` to completion on io_, giving up (and closing the connection) when no
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>

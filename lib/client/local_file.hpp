@@ -60,8 +60,11 @@ class StagedFile {
   // fsyncs, applies `mtime_ns`, keeps the permission bits of the file it replaces (else the
   // umask's), sets or clears the execute bits when `executable` is given (execute where
   // read is allowed, as chmod +x would under the umask), renames over the target and
-  // fsyncs the folder.
-  std::error_code commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable = std::nullopt);
+  // fsyncs the folder -- unless `sync_folder` is false: then the caller calls
+  // client::sync_folder() for the target's folder before it reports the file saved (one
+  // fsync for a group of files).
+  std::error_code commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable = std::nullopt,
+                         bool sync_folder = true);
 
  private:
   StagedFile() = default;
@@ -81,6 +84,10 @@ class StagedFile {
   void* record_cleanup_slot_ = nullptr;
   void guard_while_empty(bool empty);
 };
+
+// fsyncs the folder `dir` (best effort: the files in it are durable already, this makes
+// their names so). Keeps the last folder's descriptor open. Thread-safe.
+void sync_folder(const std::filesystem::path& dir);
 
 // Makes SIGINT, SIGTERM and SIGHUP remove the staging file in progress before the process
 // dies, so Ctrl-C during `ftx get` leaves nothing behind -- but for a resumable download

@@ -19,7 +19,12 @@ namespace ftx::log {
 enum class Format { kText, kJson };
 
 // Installs the "ftx" logger on stderr as spdlog's default, in `format`. Call once, early.
+// When stderr is not a terminal, info lines are buffered: they reach stderr at the next
+// flush() (the server flushes before every reply it writes), with any warning or error,
+// or within a second. Thread-safe.
 void setup(Format format);
+// Writes the buffered lines now. Thread-safe; cheap when nothing is buffered.
+void flush();
 
 struct RequestRecord {
   std::string peer;    // address:port of the client

@@ -4,6 +4,7 @@
 
 #include <asio/experimental/as_tuple.hpp>
 
+#include "log/log.hpp"
 #include "protocol/codec.hpp"
 #include "server/session.hpp"
 
@@ -109,6 +110,7 @@ void Server::run() {
     if (ec) return;
     spdlog::info("signal {}: finishing transfers in flight (up to {} ms); signal again to stop at once", sig,
                  opts_.grace.count());
+    log::flush();
     stop();
     signals_->async_wait([this](const std::error_code& ec2, int) {
       if (ec2) return;
@@ -132,6 +134,7 @@ asio::awaitable<void> Server::expire_partials() {
     // A few directory entries and small reads: cheap enough for the strand.
     if (const auto n = storage_.expire_partials(ttl); n > 0) {
       spdlog::info("removed {} partial upload(s) idle for {} s or more", n, ttl.count());
+      log::flush();
     }
     expire_timer_->expires_after(period);
     auto [ec] = co_await expire_timer_->async_wait(kTuple);

@@ -40,6 +40,9 @@ constexpr std::size_t kSendFileStep = 64u << 20;
 constexpr auto kPartialBusyWait = std::chrono::milliseconds(50);
 constexpr int kPartialBusyTries = 60;
 
+// How long check_put_limits trusts a free-space answer (less what it accepted since).
+constexpr auto kFreeSpaceFresh = std::chrono::milliseconds(20);
+
 // Entries are batched into writes of about this size.
 constexpr std::size_t kListBatchBytes = 64 * 1024;
 
@@ -234,6 +237,7 @@ asio::awaitable<void> Session::run() {
       break;
     }
   }
+  settle();
   if (!out_.empty()) {
     // Answers already earned (e.g. uploads published before a stop) still go out.
     closing_ = true;
@@ -250,6 +254,7 @@ asio::awaitable<void> Session::run() {
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
   spdlog::debug("{} disconnected", peer_);
+  log::flush();  // how the last request ended (e.g. a client that vanished mid-body)
 }
 
 asio::awaitable<std::error_code> Session::read_frame() {
@@ -329,11 +334,36 @@ asio::awaitable<std::error_code> Session::send(const Frame& f) {
 }
 
 void Session::queue(const Frame& f, std::span<const std::uint8_t> body) {
+  settle();
   protocol::encode(f, out_);
   out_.insert(out_.end(), body.begin(), body.end());
 }
 
+void Session::settle() {
+  if (unsynced_.empty()) return;
+  auto batch = std::exchange(unsynced_, {});
+  // A streamed batch publishes dozens of files into one folder between two reads: one
+  // fsync of that folder makes all their renames durable (it was one fsync per file).
+  std::vector<std::pair<int, bool>> synced;  // folder descriptor, whether its fsync worked
+  for (auto& u : batch) {
+    auto it = std::find_if(synced.begin(), synced.end(), [&](const auto& p) { return p.first == u.folder.get(); });
+    if (it == synced.end()) it = synced.insert(synced.end(), {u.folder.get(), ::fsync(u.folder.get()) == 0});
+    if (it->second) {
+      log_transfer("put", u.name, u.done.size, u.start, "ok");
+      protocol::encode(u.done, out_);
+    } else {
+      auto [st, msg] = describe(storage::errc::not_durable, u.name);
+      log_transfer("put", u.name, u.done.size, u.start, protocol::to_string(st));
+      protocol::encode(protocol::make_error(st, std::move(msg)), out_);
+    }
+  }
+}
+
 asio::awaitable<std::error_code> Session::flush() {
+  settle();
+  // The log lines of the requests answered here go first: whoever reads the answer may look
+  // for them at once.
+  log::flush();
   if (out_.empty()) co_return std::error_code{};
   const auto ec = co_await write_all(out_);
   out_.clear();
@@ -427,12 +457,23 @@ std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Fr
                                     std::to_string(o.max_file_size)}};
   }
   if (auto bad = check_new_name(req.name)) return bad;
-  std::uint64_t free = 0;
-  if (space && !server_.storage().free_bytes(free) && (free < o.min_free_bytes || free - o.min_free_bytes < req.size)) {
+  if (!space) return std::nullopt;
+  const auto fits = [&](std::uint64_t free) { return free >= o.min_free_bytes && free - o.min_free_bytes >= req.size; };
+  // statfs(2) for every file of a pipelined batch was a tenth of its system calls. For a
+  // few milliseconds the last answer, less what this connection accepted since, stands in;
+  // a refusal is always decided on a fresh answer.
+  const auto now = std::chrono::steady_clock::now();
+  std::uint64_t free = free_estimate_;
+  if (now - free_checked_ > kFreeSpaceFresh || !fits(free)) {
+    if (server_.storage().free_bytes(free)) return std::nullopt;  // unknown: the writes will tell
+    free_checked_ = now;
+  }
+  if (!fits(free)) {
     return {{Status::kNoSpace, "not enough free space on the server for " + q + " (" + std::to_string(req.size) +
                                    " bytes, " + std::to_string(free > o.min_free_bytes ? free - o.min_free_bytes : 0) +
                                    " available)"}};
   }
+  free_estimate_ = free - req.size;
   return std::nullopt;
 }
 
@@ -534,8 +575,12 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
                  "aborted: " + ec.message() + (up.record() != nullptr ? "; kept for resume" : ""));
     co_return ec;  // `up` removes the staging file, or keeps a resumable one
   }
+  // A streamed upload leaves its folder's fsync to settle(), shared with the rest of its
+  // batch; its answer waits for it.
+  storage::DirFd unsynced;
   if (!store_ec) {
-    store_ec = up.commit(expected, has_mtime ? std::optional(req.mtime_ns) : std::nullopt, executable);
+    store_ec = up.commit(expected, has_mtime ? std::optional(req.mtime_ns) : std::nullopt, executable,
+                         streamed ? &unsynced : nullptr);
   }
   if (store_ec) {
     // Gone before the client hears "nothing was stored" (a failed write left it in place;
@@ -545,11 +590,15 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
     log_transfer("put", req.name, req.size - resumed_at, start, std::string(protocol::to_string(st)) + resumed);
     co_return co_await send_error(st, std::move(msg));
   }
-  log_transfer("put", req.name, req.size - resumed_at, start, "ok" + resumed);
   Frame done;
   done.type = MsgType::kDone;
   done.size = req.size;
   done.digest = expected;
+  if (streamed) {
+    unsynced_.push_back({std::move(unsynced), std::move(done), req.name, start});
+    co_return std::error_code{};
+  }
+  log_transfer("put", req.name, req.size - resumed_at, start, "ok" + resumed);
   queue(done);  // written before the session next waits for input
   co_return std::error_code{};
 }

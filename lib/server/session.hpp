@@ -62,9 +62,14 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<std::error_code> read_body(std::uint64_t n, Sink&& sink);
   // Queues f and writes everything queued.
   asio::awaitable<std::error_code> send(const protocol::Frame& f);
-  // Queues f (and `body` after it) to be written at the next flush.
+  // Queues f (and `body` after it) to be written at the next flush, after the answers of
+  // the uploads still waiting for their folder's fsync (settle() first).
   void queue(const protocol::Frame& f, std::span<const std::uint8_t> body = {});
-  // Writes out_ and empties it; a no-op when nothing is queued.
+  // Group commit for pipelined uploads: fsyncs each folder of unsynced_ once and queues
+  // every one's answer in order -- kDone, or the not-durable error when its folder's fsync
+  // failed -- and logs it. No answer of an upload leaves before its folder is synced.
+  void settle();
+  // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();
   asio::awaitable<std::error_code> write_all(std::span<const std::uint8_t> data);
   asio::awaitable<std::error_code> send_error(protocol::Status st, std::string message);
@@ -167,6 +172,18 @@ class Session : public std::enable_shared_from_this<Session> {
   bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
   bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
   storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
+  // Pipelined uploads published (renamed into place) whose folder is not yet fsynced, in
+  // request order; answered by settle().
+  struct Unsynced {
+    storage::DirFd folder;
+    protocol::Frame done;
+    std::string name;
+    std::chrono::steady_clock::time_point start;
+  };
+  std::vector<Unsynced> unsynced_;
+  // check_put_limits: the last statfs answer, less what this connection accepted since.
+  mutable std::uint64_t free_estimate_ = 0;
+  mutable std::chrono::steady_clock::time_point free_checked_{};
   // Parallel uploads this connection opened or carried ranges of: an upload whose every
   // connection closed without committing it is abandoned (server/uploads.hpp).
   std::vector<Lease> leases_;

@@ -259,7 +259,7 @@ std::error_code Upload::write(std::span<const std::uint8_t> data) {
 }
 
 std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                               bool executable) {
+                               bool executable, DirFd* unsynced) {
   if (staging_name_.empty()) return std::make_error_code(std::errc::bad_file_descriptor);
   std::error_code ec;
   if (written_ != size_) {
@@ -267,7 +267,7 @@ std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::
   } else if (hasher_.finish() != expected) {
     ec = errc::digest_mismatch;
   }
-  return publish(ec, expected, mtime_ns, executable);
+  return publish(ec, expected, mtime_ns, executable, unsynced);
 }
 
 std::error_code Upload::preallocate() {
@@ -308,7 +308,7 @@ std::error_code Upload::commit_written(const hash::Digest& expected, std::option
 }
 
 std::error_code Upload::publish(std::error_code ec, const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                                bool executable) {
+                                bool executable, DirFd* unsynced) {
   if (!ec && executable && ::fchmod(fd_.get(), 0755) != 0) ec = last_error();
   if (!ec && mtime_ns) ec = set_mtime(fd_.get(), *mtime_ns);
   // After the mtime: the record must describe the file as published.
@@ -335,6 +335,10 @@ std::error_code Upload::publish(std::error_code ec, const hash::Digest& expected
   }
   // The rename is durable only once the folder is: this is what lets the server say
   // "stored" and mean it.
+  if (unsynced != nullptr) {
+    *unsynced = std::move(dir);
+    return {};
+  }
   if (::fsync(dir.get()) != 0) return errc::not_durable;
   return {};
 }

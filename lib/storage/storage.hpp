@@ -145,8 +145,13 @@ class Upload {
   // final folder fsync can fail after it: then the new file is in place but may not
   // survive a crash, and the result is errc::not_durable. The verified digest is kept
   // with the file (digest cache, see Storage::digest) so downloads need not hash it again.
+  //
+  // Group commit: with `unsynced` given, the final folder is not fsynced here but handed
+  // to *unsynced, and the file is visible but not yet durable: the caller must fsync that
+  // folder before it reports the file stored (one fsync can then serve many files of a
+  // batch; a failed one means errc::not_durable for each of them).
   std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                         bool executable = false);
+                         bool executable = false, DirFd* unsynced = nullptr);
 
   // Uploads whose bytes arrive out of order, over several connections (parallel streams):
   // preallocate() gives the staging file its whole size first; write_at() then stores a
@@ -182,7 +187,7 @@ class Upload {
   // verified), applies mode and mtime, fsyncs, renames over the final name and fsyncs its
   // folder; with `ec` set, or on any failure, removes the staging file and returns why.
   std::error_code publish(std::error_code ec, const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                          bool executable);
+                          bool executable, DirFd* unsynced = nullptr);
 
   const Storage* store_ = nullptr;
   std::string name_;          // final name
