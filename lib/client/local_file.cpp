@@ -331,15 +331,30 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
                          : ::fstat(fd_.get(), &mine) == 0 ? mine.st_mode & 07777
                                                           : static_cast<mode_t>(-1);
   if (created == static_cast<mode_t>(-1)) return storage::last_error();
-  mode_t mode = created;
-  if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) mode = old.st_mode & 07777;
-  if (executable) mode = (mode & ~mode_t{0111}) | (*executable ? (mode & 0444) >> 2 : 0);
+  const auto with_exec_bits = [&](mode_t m) {
+    return executable ? (m & ~mode_t{0111}) | (*executable ? (m & 0444) >> 2 : 0) : m;
+  };
+  // The mode for a new target; one that exists keeps its permission bits (below).
+  mode_t mode = with_exec_bits(created);
   if (mode != created && ::fchmod(fd_.get(), mode) != 0) return storage::last_error();
   if (mtime_ns) {
     if (auto ec = storage::set_mtime(fd_.get(), *mtime_ns)) return ec;
   }
   if (::fsync(fd_.get()) != 0) return storage::last_error();
-  if (::rename(staging_.c_str(), target_.c_str()) != 0) return storage::last_error();
+  // A target that does not exist yet -- every file of a fresh folder download -- is taken
+  // in one call, without looking first (a stat per file was one system call in seven).
+  if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, target_.c_str(), RENAME_NOREPLACE) != 0) {
+    // EEXIST: replace it, keeping its permission bits; EINVAL: a file system that cannot
+    // refuse to replace (then the same, looked at first).
+    if (errno != EEXIST && errno != EINVAL && errno != ENOSYS) return storage::last_error();
+    if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) {
+      const mode_t keep = with_exec_bits(old.st_mode & 07777);
+      if (keep != mode) {
+        if (::fchmod(fd_.get(), keep) != 0 || ::fsync(fd_.get()) != 0) return storage::last_error();
+      }
+    }
+    if (::rename(staging_.c_str(), target_.c_str()) != 0) return storage::last_error();
+  }
   if (resumable_) ::unlink(record_path_.c_str());
   committed_ = true;
   guard_while_empty(false);
