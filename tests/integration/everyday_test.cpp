@@ -67,6 +67,63 @@ TEST_F(ServerTest, GluedStreamedUploadsAreAnsweredInOrder) {
   EXPECT_EQ(read_file(root() / "p/b"), b);
 }
 
+TEST_F(ServerTest, GroupCommittedUploadsAnswerInOrderAroundAFailureAndOtherRequests) {
+  // A burst across two folders whose answers wait for one fsync per folder: a failure in
+  // the middle (a folder where the file should go, found at commit), a ping and a stat in
+  // between must still come back exactly in request order, each upload already in place.
+  std::filesystem::create_directories(root() / "q/1/taken");
+  std::vector<std::vector<std::uint8_t>> bodies;
+  std::vector<std::uint8_t> wire;
+  const std::vector<std::string> names = {"q/1/a", "q/2/b", "q/1/taken", "q/2/c", "q/1/d"};
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    bodies.push_back(random_bytes(3000 + i, 40 + static_cast<int>(i)));
+    append(wire, streamed_put(names[i], bodies.back()), bodies.back());
+    if (i == 1) append(wire, frame(MsgType::kPing));
+  }
+  append(wire, frame(MsgType::kStat, "q/1/d"));
+  RawPeer peer(server_->port());
+  peer.send_bytes(wire);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kPong);
+  const Frame refused = peer.read_frame();
+  EXPECT_EQ(refused.type, MsgType::kError);
+  EXPECT_EQ(refused.status, Status::kConflict);
+  EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
+  const Frame done_d = peer.read_frame();
+  EXPECT_EQ(done_d.type, MsgType::kDone);
+  EXPECT_EQ(done_d.digest, hash::sha256(bodies[4]));
+  const Frame st = peer.read_frame();
+  ASSERT_EQ(st.type, MsgType::kEntry);
+  EXPECT_EQ(st.size, bodies[4].size());
+  for (std::size_t i : {0u, 1u, 3u, 4u}) EXPECT_EQ(read_file(root() / names[i]), bodies[i]) << names[i];
+  EXPECT_TRUE(std::filesystem::is_directory(root() / "q/1/taken"));
+  EXPECT_TRUE(staging_files(staging()).empty());
+}
+
+TEST_F(ServerTest, GetManyKeepsTheModeOfAFileItReplacesAndGivesNewOnesTheUmasks) {
+  const auto data = random_bytes(4000, 77);
+  write_file(root() / "m/old", data);
+  write_file(root() / "m/new", data);
+  std::filesystem::create_directories(dir_ / "out");
+  write_file(dir_ / "out/old", std::string("stale"));
+  ASSERT_EQ(::chmod((dir_ / "out/old").c_str(), 0600), 0);
+  const mode_t umask_now = ::umask(0);
+  ::umask(umask_now);
+  client::Client c(address());
+  std::vector<client::BatchResult> results;
+  c.get_many({{dir_ / "out/old", "m/old"}, {dir_ / "out/new", "m/new"}}, client::BatchOptions{},
+             [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), 2u);
+  for (const auto& r : results) ASSERT_FALSE(r.error) << r.error->what();
+  EXPECT_EQ(read_file(dir_ / "out/old"), data);
+  struct stat st {};
+  ASSERT_EQ(::stat((dir_ / "out/old").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u) << "the replaced file's permission bits are kept";
+  ASSERT_EQ(::stat((dir_ / "out/new").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0666u & ~umask_now);
+}
+
 TEST_F(ServerTest, RefusedStreamedUploadIsDrainedAndTheConnectionGoesOn) {
   const auto body = random_bytes(100000, 3);
   const auto ok = random_bytes(10, 4);
