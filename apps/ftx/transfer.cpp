@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <set>
 
 #include "apps/ftx/commands.hpp"
@@ -97,25 +99,35 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
   const auto fail = [&](const std::string& what, int err) {
     throw client::Error(client::Failure::kLocalIo, "cannot read folder " + what + ": " + std::strerror(err));
   };
-  struct Pending {
-    storage::UniqueFd fd;
-    std::string rel;  // "" for the root
-  };
-  std::vector<Pending> todo;
-  todo.push_back({storage::UniqueFd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)), ""});
-  if (!todo.back().fd) fail(root.string(), errno);
+  const storage::UniqueFd root_fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root_fd) fail(root.string(), errno);
+  // Folders still to read, by path below the root: each is opened only when its turn comes,
+  // so a folder with thousands of subfolders holds one descriptor, not thousands.
+  std::vector<std::string> todo{""};
   while (!todo.empty()) {
-    Pending cur = std::move(todo.back());
+    const std::string cur = std::move(todo.back());
     todo.pop_back();
-    const fs::path here = cur.rel.empty() ? root : root / cur.rel;
-    DIR* dir = ::fdopendir(cur.fd.get());
-    if (dir == nullptr) fail(here.string(), errno);
-    const int dfd = cur.fd.release();  // closedir closes it
-    errno = 0;
-    while (const dirent* e = ::readdir(dir)) {
+    const fs::path here = cur.empty() ? root : root / cur;
+    const int dfd = cur.empty() ? ::dup(root_fd.get())
+                                : ::openat(root_fd.get(), cur.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) fail(here.string(), errno);
+    DIR* dir = ::fdopendir(dfd);
+    if (dir == nullptr) {
+      const int err = errno;
+      ::close(dfd);
+      fail(here.string(), err);
+    }
+    const std::unique_ptr<DIR, int (*)(DIR*)> closer(dir, ::closedir);  // closes dfd too
+    for (;;) {
+      errno = 0;  // readdir leaves errno alone at the end of the folder
+      const dirent* e = ::readdir(dir);
+      if (e == nullptr) {
+        if (errno != 0) fail(here.string(), errno);
+        break;
+      }
       const std::string_view leaf(e->d_name);
       if (leaf == "." || leaf == "..") continue;
-      const std::string rel = cur.rel.empty() ? std::string(leaf) : cur.rel + "/" + std::string(leaf);
+      const std::string rel = cur.empty() ? std::string(leaf) : cur + "/" + std::string(leaf);
       unsigned char type = e->d_type;
       struct stat st {};
       bool have_stat = false;
@@ -129,9 +141,7 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
         ++t.skipped;
       } else if (type == DT_DIR) {
         folders.insert(remote_of(rel));
-        storage::UniqueFd sub(::openat(dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-        if (!sub) fail((here / e->d_name).string(), errno);
-        todo.push_back({std::move(sub), rel});
+        todo.push_back(rel);
       } else if (type == DT_REG) {
         const std::string remote = remote_of(rel);
         t.files.push_back({root / rel, remote});
@@ -144,11 +154,7 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
         print_error("skipping " + (here / e->d_name).string() + ": not a regular file or folder");
         ++t.skipped;
       }
-      errno = 0;
     }
-    const int err = errno;
-    ::closedir(dir);
-    if (err != 0) fail(here.string(), err);
   }
   std::sort(t.files.begin(), t.files.end(), [](const auto& a, const auto& b) { return a.remote < b.remote; });
   for (const auto& f : folders) {

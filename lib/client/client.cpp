@@ -1075,10 +1075,9 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   std::vector<BatchResult> unsynced;
   std::vector<std::filesystem::path> folders;
   const auto settle = [&] {
-    for (const auto& f : folders) sync_folder(f);
-    folders.clear();
-    for (auto& r : unsynced) b.on_result(r);
-    unsynced.clear();
+    for (const auto& f : std::exchange(folders, {})) sync_folder(f);
+    // Taken out first: a callback that throws must not have these reported again.
+    for (auto& r : std::exchange(unsynced, {})) b.on_result(r);
   };
   const auto report = [&](BatchResult r) {
     if (!r.error) {
@@ -1089,7 +1088,7 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
     if (unsynced.size() >= kSyncEvery) settle();
   };
   try {
-    co_await get_receiver_loop(b, report);
+    co_await get_receiver_loop(b, report, settle);
   } catch (...) {
     settle();  // what arrived before the failure is in place: make it durable and say so
     throw;
@@ -1097,7 +1096,8 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   settle();
 }
 
-asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report) {
+asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report,
+                                                const std::function<void()>& settle) {
   for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
     while (b.in_flight.empty()) co_await wait_for(b.wake_receiver);
     Batch::InFlight f = std::move(b.in_flight.front());
@@ -1113,6 +1113,9 @@ asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<vo
       continue;
     }
     const std::string context = "get " + storage::quote_name(item.remote);
+    // About to wait for the server: what is done meanwhile is made durable and reported now,
+    // not held back until the next 64 files.
+    if (in_begin_ == in_end_) settle();
     const Frame reply = co_await co_read_frame();
     if (reply.type == MsgType::kError) {
       r.error = error_from_reply(reply, context);

@@ -264,8 +264,10 @@ class Client {
   asio::awaitable<void> put_receiver(Batch& b);
   asio::awaitable<void> get_sender(Batch& b);
   asio::awaitable<void> get_receiver(Batch& b);
-  // get_receiver's loop: each file's result goes to `report` (which syncs folders in groups).
-  asio::awaitable<void> get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report);
+  // get_receiver's loop: each file's result goes to `report` (which syncs folders in groups);
+  // `settle` syncs and reports what is pending, called before the loop waits for the server.
+  asio::awaitable<void> get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report,
+                                          const std::function<void()>& settle);
   // Runs `op` to completion on io_, giving up (and closing the connection) when no
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>

@@ -107,7 +107,8 @@ std::string unique_suffix() {
 // The mode bits a new staging file gets in `dir` (0666 less the umask, or what the folder's
 // default ACL makes of it), learnt from the first file created there: a folder download
 // creates thousands of files in the same few folders, and an fstat each was one system
-// call in ten. Thread-safe.
+// call in ten. Assumes the process's umask does not change (the CLI never changes it).
+// Thread-safe.
 mode_t created_mode(const std::filesystem::path& dir, int fd) {
   static std::mutex mutex;
   static std::filesystem::path last;
@@ -344,8 +345,8 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
   // A target that does not exist yet -- every file of a fresh folder download -- is taken
   // in one call, without looking first (a stat per file was one system call in seven).
   if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, target_.c_str(), RENAME_NOREPLACE) != 0) {
-    // EEXIST: replace it, keeping its permission bits; EINVAL: a file system that cannot
-    // refuse to replace (then the same, looked at first).
+    // EEXIST: replace it, keeping its permission bits; EINVAL or ENOSYS: a file system (or
+    // kernel) that cannot refuse to replace -- then the same, looked at first.
     if (errno != EEXIST && errno != EINVAL && errno != ENOSYS) return storage::last_error();
     if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) {
       const mode_t keep = with_exec_bits(old.st_mode & 07777);

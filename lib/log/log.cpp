@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <ctime>
 #include <mutex>
@@ -99,6 +100,7 @@ void setup(Format format) {
       logger->flush_on(spdlog::level::warn);
       spdlog::register_logger(logger);
       spdlog::flush_every(std::chrono::seconds(1));
+      std::atexit([] { flush(); });  // an exit through an error path keeps its lines too
     }
   }
   if (format == Format::kJson) {

@@ -18,10 +18,12 @@ namespace ftx::log {
 
 enum class Format { kText, kJson };
 
-// Installs the "ftx" logger on stderr as spdlog's default, in `format`. Call once, early.
-// When stderr is not a terminal, info lines are buffered: they reach stderr at the next
-// flush() (the server flushes before every reply it writes), with any warning or error,
-// or within a second. Thread-safe.
+// Installs the "ftx" logger on stderr as spdlog's default, in `format`. Call once, early,
+// before other threads log. When stderr is not a terminal, info lines are buffered: they
+// reach stderr at the next flush() (the server flushes before every reply it writes, so a
+// request's line is out before its answer -- except for lines logged after the answer, such
+// as a download's, written at the next flush), with any warning or error, within a second,
+// and at exit().
 void setup(Format format);
 // Writes the buffered lines now. Thread-safe; cheap when nothing is buffered.
 void flush();

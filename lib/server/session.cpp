@@ -40,6 +40,9 @@ constexpr std::size_t kSendFileStep = 64u << 20;
 constexpr auto kPartialBusyWait = std::chrono::milliseconds(50);
 constexpr int kPartialBusyTries = 60;
 
+// At most this many pipelined uploads wait for their folder's fsync (settle()).
+constexpr std::size_t kMaxUnsynced = 64;
+
 // How long check_put_limits trusts a free-space answer (less what it accepted since).
 constexpr auto kFreeSpaceFresh = std::chrono::milliseconds(20);
 
@@ -69,7 +72,16 @@ Session::Session(Server& server, std::unique_ptr<Stream> stream)
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
 }
 
-Session::~Session() { server_.remove_session(this); }
+Session::~Session() {
+  // Uploads published whose answer never went out (the coroutine died with an exception, or
+  // was destroyed at a forced stop): still made durable, and logged, as every stored file is.
+  if (!unsynced_.empty()) {
+    for (const auto& u : unsynced_) ::fsync(u.folder.get());
+    for (const auto& u : unsynced_) log_transfer("put", u.name, u.done.size, u.start, "ok (not answered)");
+    log::flush();
+  }
+  server_.remove_session(this);
+}
 
 void Session::start() {
   auto self = shared_from_this();
@@ -169,6 +181,7 @@ asio::awaitable<void> Session::run() {
     watchdog_.cancel();
     std::error_code ignored;
     socket_.close(ignored);
+    log::flush();
     co_return;
   }
   if (const auto subject = stream_->peer_subject(); !subject.empty()) {
@@ -206,6 +219,8 @@ asio::awaitable<void> Session::run() {
       break;
     }
     pipelining_ = req.type == MsgType::kPut && (req.flags & protocol::kFlagStreamed) != 0;
+    // Earlier uploads' answers (and log lines) come before this request's.
+    if (!pipelining_) settle();
     switch (req.type) {
       case MsgType::kPut: ec = co_await handle_put(req); break;
       case MsgType::kGet: ec = co_await handle_get(req); break;
@@ -343,7 +358,8 @@ void Session::settle() {
   if (unsynced_.empty()) return;
   auto batch = std::exchange(unsynced_, {});
   // A streamed batch publishes dozens of files into one folder between two reads: one
-  // fsync of that folder makes all their renames durable (it was one fsync per file).
+  // fsync of that folder makes all their renames durable (it was one fsync per file). One
+  // per descriptor: uploads alternating between folders may hold several for one folder.
   std::vector<std::pair<int, bool>> synced;  // folder descriptor, whether its fsync worked
   for (auto& u : batch) {
     auto it = std::find_if(synced.begin(), synced.end(), [&](const auto& p) { return p.first == u.folder.get(); });
@@ -479,6 +495,7 @@ std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Fr
 
 asio::awaitable<std::error_code> Session::refuse_put(const Frame& req, Status st, std::string message,
                                                     std::chrono::steady_clock::time_point start) {
+  settle();  // log lines in request order
   log_transfer("put", req.name, 0, start, protocol::to_string(st));
   if ((req.flags & protocol::kFlagStreamed) == 0) co_return co_await send_error(st, std::move(message));
   // A streamed body is already on its way. Up to the size limit (and at least up to one
@@ -571,6 +588,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   const std::string resumed = resumed_at > 0 ? " (resumed at byte " + std::to_string(resumed_at) + ")" : "";
   if (read_ec || trailer_ec) {
     const auto ec = read_ec ? read_ec : trailer_ec;
+    settle();
     log_transfer("put", req.name, up.written() - resumed_at, start,
                  "aborted: " + ec.message() + (up.record() != nullptr ? "; kept for resume" : ""));
     co_return ec;  // `up` removes the staging file, or keeps a resumable one
@@ -586,6 +604,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
     // Gone before the client hears "nothing was stored" (a failed write left it in place;
     // a failed commit already removed it).
     up.abort();
+    settle();
     auto [st, msg] = describe(store_ec, req.name);
     log_transfer("put", req.name, req.size - resumed_at, start, std::string(protocol::to_string(st)) + resumed);
     co_return co_await send_error(st, std::move(msg));
@@ -596,6 +615,8 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   done.digest = expected;
   if (streamed) {
     unsynced_.push_back({std::move(unsynced), std::move(done), req.name, start});
+    // Each holds its folder's descriptor: a burst into many folders must not hold hundreds.
+    if (unsynced_.size() >= kMaxUnsynced) settle();
     co_return std::error_code{};
   }
   log_transfer("put", req.name, req.size - resumed_at, start, "ok" + resumed);

@@ -65,9 +65,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Queues f (and `body` after it) to be written at the next flush, after the answers of
   // the uploads still waiting for their folder's fsync (settle() first).
   void queue(const protocol::Frame& f, std::span<const std::uint8_t> body = {});
-  // Group commit for pipelined uploads: fsyncs each folder of unsynced_ once and queues
-  // every one's answer in order -- kDone, or the not-durable error when its folder's fsync
-  // failed -- and logs it. No answer of an upload leaves before its folder is synced.
+  // Group commit for pipelined uploads: fsyncs each folder descriptor of unsynced_ once and
+  // queues every one's answer in order -- kDone, or the not-durable error when its folder's
+  // fsync failed -- and logs it. No answer of an upload leaves before its folder is synced.
+  // Called before anything else is queued or logged, and once 64 uploads wait.
   void settle();
   // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();

@@ -170,6 +170,18 @@ check "get -r . fetched photos" diff -r -x link.txt "$P" "$T/all/photos"
 check "get -r . fetched backup/2026" diff -r -x link.txt "$P" "$T/all/backup/2026"
 check "get -r . fetched nothing else" test "$(ls -A "$T/all" | tr '\n' ' ')" = "backup photos "
 
+# A wide tree under a low descriptor limit: the walk holds one folder open at a time (it
+# opened every folder it had seen), and a FIFO is skipped with a notice, not read.
+W=$T/wide/w
+for i in $(seq -w 1 150); do mkdir -p "$W/d$i" && echo "$i" >"$W/d$i/f"; done
+mkfifo "$W/d001/pipe"
+expect_exit 0 bash -c 'ulimit -n 40 && exec "$@"' _ "$FTX" put -r "$W" wide
+grep -qE '^stored 150 of 150 files ' "$T/out" && ok || bad "put -r of 150 folders under ulimit -n 40: $(cat "$T/out")"
+[ "$(cat "$T/err")" = "ftx: skipping $W/d001/pipe: not a regular file or folder" ] && ok ||
+  bad "put -r FIFO notice: $(cat "$T/err")"
+check "put -r stored the wide tree" diff -r -x pipe "$W" "$T/root1/wide"
+rm -rf "$T/root1/wide"  # out of the listings checked below
+
 # Without -r a folder is a local I/O error, as before -r existed.
 expect_exit 7 "$FTX" put "$P"
 expect_exit 7 "$FTX" put "$P" somewhere

@@ -68,7 +68,7 @@ TEST_F(ServerTest, GluedStreamedUploadsAreAnsweredInOrder) {
 }
 
 TEST_F(ServerTest, GroupCommittedUploadsAnswerInOrderAroundAFailureAndOtherRequests) {
-  // A burst across two folders whose answers wait for one fsync per folder: a failure in
+  // A burst across two folders whose answers wait for their folders' fsync: a failure in
   // the middle (a folder where the file should go, found at commit), a ping and a stat in
   // between must still come back exactly in request order, each upload already in place.
   std::filesystem::create_directories(root() / "q/1/taken");
