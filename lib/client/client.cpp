@@ -1081,7 +1081,7 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   };
   const auto report = [&](BatchResult r) {
     if (!r.error) {
-      auto folder = r.result.local.has_parent_path() ? r.result.local.parent_path() : std::filesystem::path(".");
+      auto folder = folder_of(r.result.local);
       if (std::find(folders.begin(), folders.end(), folder) == folders.end()) folders.push_back(std::move(folder));
     }
     unsynced.push_back(std::move(r));

@@ -127,6 +127,10 @@ mode_t created_mode(const std::filesystem::path& dir, int fd) {
 
 }  // namespace
 
+std::filesystem::path folder_of(const std::filesystem::path& target) {
+  return target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+}
+
 // Keeps the last folder's descriptor open: a folder download commits thousands of files
 // into the same few folders.
 void sync_folder(const std::filesystem::path& dir) {
@@ -146,7 +150,7 @@ void install_interrupt_cleanup() {
 }
 
 StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)) {
-  const auto dir = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
+  const auto dir = folder_of(target_);
   const std::string prefix = "." + target_.filename().string() + ".ftx-";
   // Once per folder and process: a folder download stages thousands of files in one
   // folder, and scanning it for each would cost time quadratic in its size.
@@ -166,9 +170,6 @@ namespace {
 constexpr auto kLockWait = std::chrono::milliseconds(50);
 constexpr int kLockTries = 60;
 
-std::filesystem::path folder_of(const std::filesystem::path& target) {
-  return target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
-}
 std::filesystem::path resumable_data(const std::filesystem::path& target) {
   return folder_of(target) / ("." + target.filename().string() + ".ftx-partial");
 }

@@ -85,6 +85,9 @@ class StagedFile {
   void guard_while_empty(bool empty);
 };
 
+// The folder a file `target` is in ("." for a bare name).
+std::filesystem::path folder_of(const std::filesystem::path& target);
+
 // fsyncs the folder `dir` (best effort: the files in it are durable already, this makes
 // their names so). Keeps the last folder's descriptor open. Thread-safe.
 void sync_folder(const std::filesystem::path& dir);

@@ -76,8 +76,7 @@ Session::~Session() {
   // Uploads published whose answer never went out (the coroutine died with an exception, or
   // was destroyed at a forced stop): still made durable, and logged, as every stored file is.
   if (!unsynced_.empty()) {
-    for (const auto& u : unsynced_) ::fsync(u.folder.get());
-    for (const auto& u : unsynced_) log_transfer("put", u.name, u.done.size, u.start, "ok (not answered)");
+    settle(" (not answered)");
     log::flush();
   }
   server_.remove_session(this);
@@ -219,8 +218,6 @@ asio::awaitable<void> Session::run() {
       break;
     }
     pipelining_ = req.type == MsgType::kPut && (req.flags & protocol::kFlagStreamed) != 0;
-    // Earlier uploads' answers (and log lines) come before this request's.
-    if (!pipelining_) settle();
     switch (req.type) {
       case MsgType::kPut: ec = co_await handle_put(req); break;
       case MsgType::kGet: ec = co_await handle_get(req); break;
@@ -354,7 +351,7 @@ void Session::queue(const Frame& f, std::span<const std::uint8_t> body) {
   out_.insert(out_.end(), body.begin(), body.end());
 }
 
-void Session::settle() {
+void Session::settle(std::string_view note) {
   if (unsynced_.empty()) return;
   auto batch = std::exchange(unsynced_, {});
   // A streamed batch publishes dozens of files into one folder between two reads: one
@@ -365,11 +362,11 @@ void Session::settle() {
     auto it = std::find_if(synced.begin(), synced.end(), [&](const auto& p) { return p.first == u.folder.get(); });
     if (it == synced.end()) it = synced.insert(synced.end(), {u.folder.get(), ::fsync(u.folder.get()) == 0});
     if (it->second) {
-      log_transfer("put", u.name, u.done.size, u.start, "ok");
+      log_transfer("put", u.name, u.done.size, u.start, "ok" + std::string(note));
       protocol::encode(u.done, out_);
     } else {
       auto [st, msg] = describe(storage::errc::not_durable, u.name);
-      log_transfer("put", u.name, u.done.size, u.start, protocol::to_string(st));
+      log_transfer("put", u.name, u.done.size, u.start, std::string(protocol::to_string(st)) + std::string(note));
       protocol::encode(protocol::make_error(st, std::move(msg)), out_);
     }
   }
@@ -437,7 +434,8 @@ std::pair<Status, std::string> Session::describe(const std::error_code& ec, cons
 
 void Session::log_transfer(std::string_view op, const std::string& name, std::uint64_t amount,
                            std::chrono::steady_clock::time_point start, std::string_view result,
-                           const std::string* to) const {
+                           const std::string* to) {
+  settle();  // the records of earlier uploads still waiting for their folder's fsync go first
   log::RequestRecord r;
   r.peer = peer_;
   r.op = std::string(op);
@@ -495,7 +493,6 @@ std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Fr
 
 asio::awaitable<std::error_code> Session::refuse_put(const Frame& req, Status st, std::string message,
                                                     std::chrono::steady_clock::time_point start) {
-  settle();  // log lines in request order
   log_transfer("put", req.name, 0, start, protocol::to_string(st));
   if ((req.flags & protocol::kFlagStreamed) == 0) co_return co_await send_error(st, std::move(message));
   // A streamed body is already on its way. Up to the size limit (and at least up to one
@@ -588,7 +585,6 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   const std::string resumed = resumed_at > 0 ? " (resumed at byte " + std::to_string(resumed_at) + ")" : "";
   if (read_ec || trailer_ec) {
     const auto ec = read_ec ? read_ec : trailer_ec;
-    settle();
     log_transfer("put", req.name, up.written() - resumed_at, start,
                  "aborted: " + ec.message() + (up.record() != nullptr ? "; kept for resume" : ""));
     co_return ec;  // `up` removes the staging file, or keeps a resumable one
@@ -604,7 +600,6 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
     // Gone before the client hears "nothing was stored" (a failed write left it in place;
     // a failed commit already removed it).
     up.abort();
-    settle();
     auto [st, msg] = describe(store_ec, req.name);
     log_transfer("put", req.name, req.size - resumed_at, start, std::string(protocol::to_string(st)) + resumed);
     co_return co_await send_error(st, std::move(msg));

@@ -67,9 +67,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void queue(const protocol::Frame& f, std::span<const std::uint8_t> body = {});
   // Group commit for pipelined uploads: fsyncs each folder descriptor of unsynced_ once and
   // queues every one's answer in order -- kDone, or the not-durable error when its folder's
-  // fsync failed -- and logs it. No answer of an upload leaves before its folder is synced.
-  // Called before anything else is queued or logged, and once 64 uploads wait.
-  void settle();
+  // fsync failed -- and logs it (its result followed by `note`). No answer of an upload
+  // leaves before its folder is synced. queue(), flush() and log_transfer() call it first,
+  // so answers and log records keep request order; also once 64 uploads wait.
+  void settle(std::string_view note = {});
   // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();
   asio::awaitable<std::error_code> write_all(std::span<const std::uint8_t> data);
@@ -130,10 +131,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // Maps a storage error to its wire status and a message for the client.
   static std::pair<protocol::Status, std::string> describe(const std::error_code& ec, const std::string& name);
   // One record per request (log/log.hpp): peer, op, name, amount (bytes, or entries for
-  // ls), duration, result; `to` for mv.
+  // ls), duration, result; `to` for mv. The pipelined uploads still unanswered are settled
+  // (and logged) first.
   void log_transfer(std::string_view op, const std::string& name, std::uint64_t amount,
                     std::chrono::steady_clock::time_point start, std::string_view result,
-                    const std::string* to = nullptr) const;
+                    const std::string* to = nullptr);
   // Sends a last error with a short deadline of its own; the connection closes after it.
   asio::awaitable<void> send_final_error(protocol::Status st, std::string message);
   // A body buffer of at least min(n, kChunkSize) bytes, kept between requests.
