@@ -4,6 +4,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -74,6 +75,12 @@ class BufferedStderrSink final : public spdlog::sinks::base_sink<std::mutex> {
     while (!rest.empty()) {
       const ssize_t n = ::write(STDERR_FILENO, rest.data(), rest.size());
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        // A non-blocking pipe (a container runtime's) that is full: wait for its reader a
+        // while rather than drop the lines.
+        pollfd p{STDERR_FILENO, POLLOUT, 0};
+        if (::poll(&p, 1, kFullPipeWaitMs) > 0) continue;
+      }
       if (n <= 0) break;  // nowhere to report a broken stderr; drop the lines
       rest.remove_prefix(static_cast<std::size_t>(n));
     }
@@ -82,6 +89,7 @@ class BufferedStderrSink final : public spdlog::sinks::base_sink<std::mutex> {
 
  private:
   static constexpr std::size_t kMaxBuffered = 64 * 1024;
+  static constexpr int kFullPipeWaitMs = 1000;
   std::string buf_;
 };
 
