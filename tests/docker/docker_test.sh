@@ -37,11 +37,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Private podman settings, nothing written to /etc/containers: this kernel refuses to raise
-# hard rlimits and crun rejects its cgroup layout, so runc, capped ulimits and cgroupfs.
+# hard rlimits and crun rejects its cgroup layout, so runc, capped ulimits and cgroupfs; the
+# log in a file (k8s-file), not in a journal that may or may not be running.
 export CONTAINERS_CONF="$T/containers.conf"
 cat >"$CONTAINERS_CONF" <<CONF
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+log_driver = "k8s-file"
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
@@ -157,7 +159,23 @@ code=$("${PODMAN[@]}" inspect -f '{{.State.ExitCode}}' "$NAME")
 say "stopped in $elapsed_ms ms, exit code $code"
 [ "$elapsed_ms" -lt 3000 ] && ok || bad "stop took $elapsed_ms ms (SIGTERM not handled?)"
 [ "$code" = 0 ] && ok || bad "container exited with $code"
-"${PODMAN[@]}" logs "$NAME" 2>&1 | grep -q 'put "in/volume.bin" bytes=20000000' && ok || bad "no transfer line in the logs"
+# The container's log goes through conmon into a file podman reads back; give that pipeline a
+# few seconds rather than judge one read of it.
+logs_rc=0
+for _ in $(seq 20); do
+  logs_rc=0
+  "${PODMAN[@]}" logs "$NAME" >"$T/server.log" 2>&1 || logs_rc=$?
+  grep -q 'put "in/volume.bin" bytes=20000000' "$T/server.log" && break
+  sleep 0.25
+done
+if grep -q 'put "in/volume.bin" bytes=20000000' "$T/server.log"; then
+  ok
+else
+  bad "no transfer line in the logs (podman logs exited $logs_rc; what it printed, then the raw log file:)"
+  tail -20 "$T/server.log" >&2
+  log_path=$("${PODMAN[@]}" inspect -f '{{.LogPath}}' "$NAME" 2>&1) || true
+  tail -20 "$log_path" >&2 || true
+fi
 
 # ---- the data outlives the container
 "${PODMAN[@]}" rm "$NAME" >/dev/null 2>>"$T/podman.log"
