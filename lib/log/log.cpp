@@ -76,8 +76,8 @@ class BufferedStderrSink final : public spdlog::sinks::base_sink<std::mutex> {
       const ssize_t n = ::write(STDERR_FILENO, rest.data(), rest.size());
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        // A non-blocking pipe (a container runtime's) that is full: wait for its reader a
-        // while rather than drop the lines.
+        // A full pipe that some process holding it made non-blocking (O_NONBLOCK belongs to
+        // the pipe, not to us): wait for its reader a while rather than drop the lines.
         pollfd p{STDERR_FILENO, POLLOUT, 0};
         if (::poll(&p, 1, kFullPipeWaitMs) > 0) continue;
       }

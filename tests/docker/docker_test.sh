@@ -161,20 +161,20 @@ say "stopped in $elapsed_ms ms, exit code $code"
 [ "$code" = 0 ] && ok || bad "container exited with $code"
 # The container's log goes through conmon into a file podman reads back; give that pipeline a
 # few seconds rather than judge one read of it.
-logs_rc=0
+line='put "in/volume.bin" bytes=20000000'
+found=0
 for _ in $(seq 20); do
   logs_rc=0
   "${PODMAN[@]}" logs "$NAME" >"$T/server.log" 2>&1 || logs_rc=$?
-  grep -q 'put "in/volume.bin" bytes=20000000' "$T/server.log" && break
+  if grep -qF "$line" "$T/server.log"; then found=1; break; fi
   sleep 0.25
 done
-if grep -q 'put "in/volume.bin" bytes=20000000' "$T/server.log"; then
+if [ $found = 1 ]; then
   ok
 else
   bad "no transfer line in the logs (podman logs exited $logs_rc; what it printed, then the raw log file:)"
   tail -20 "$T/server.log" >&2
-  log_path=$("${PODMAN[@]}" inspect -f '{{.LogPath}}' "$NAME" 2>&1) || true
-  tail -20 "$log_path" >&2 || true
+  log_path=$("${PODMAN[@]}" inspect -f '{{.HostConfig.LogConfig.Path}}' "$NAME" 2>/dev/null) && tail -20 "$log_path" >&2 || true
 fi
 
 # ---- the data outlives the container
