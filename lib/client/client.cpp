@@ -374,6 +374,7 @@ T Client::run(asio::awaitable<T> op, const char* what) {
     if (!finished && std::chrono::steady_clock::now() - last_progress_ >= io_timeout_) {
       std::error_code ignored;
       socket_.close(ignored);
+      abort_batch();
       io_.restart();
       io_.run();
       throw_timeout(what);
@@ -392,7 +393,12 @@ void Client::run<void>(asio::awaitable<void> op, const char* what) {
   run<bool>(wrapped(std::move(op)), what);
 }
 
-void Client::run_batch(asio::awaitable<void> op, const char* what) {
+void Client::run_batch(Batch& b, asio::awaitable<void> op, const char* what) {
+  batch_ = &b;
+  const struct Forget {
+    Batch*& batch;
+    ~Forget() { batch = nullptr; }
+  } forget{batch_};
   try {
     run(std::move(op), what);
   } catch (const asio::multiple_exceptions& e) {
@@ -898,6 +904,22 @@ struct Client::Batch {
   // A two-phase put's answer, passed from the receiver to the sender.
   enum class Ready { kWaiting, kGo, kRefused } ready = Ready::kWaiting;
   bool sender_waiting_for_room = false;  // put_sender sleeps until the window has room
+  bool aborted = false;                  // set by abort(): every wait_for throws
+
+  // Ends the batch when its connection gave up: without it, a sender and receiver that
+  // both sleep on their timers would keep io_.run() from ever returning.
+  void abort() {
+    aborted = true;
+    wake_sender.cancel();
+    wake_receiver.cancel();
+  }
+  // Sleeps until `t` (wake_sender or wake_receiver) is cancelled. A waiter re-checks its
+  // condition after waking; one woken by abort() throws instead, so that the batch ends.
+  asio::awaitable<void> wait(asio::steady_timer& t) {
+    co_await t.async_wait(kTuple);  // cancel() is the signal; an error code is expected
+    t.expires_at(asio::steady_timer::time_point::max());
+    if (aborted) throw Error(Failure::kConnection, "the batch was abandoned");
+  }
 
   const std::vector<BatchItem>& items;
   const BatchOptions& opts;
@@ -910,14 +932,9 @@ struct Client::Batch {
   std::vector<std::uint8_t> header;  // the sender's encode (and gather) buffer
 };
 
-namespace {
-
-asio::awaitable<void> wait_for(asio::steady_timer& t) {
-  co_await t.async_wait(kTuple);  // cancel() is the signal; an error code is expected
-  t.expires_at(asio::steady_timer::time_point::max());
+void Client::abort_batch() {
+  if (batch_ != nullptr) batch_->abort();
 }
-
-}  // namespace
 
 asio::awaitable<void> Client::put_sender(Batch& b) {
   std::vector<std::uint8_t> buf(protocol::kChunkSize);
@@ -932,9 +949,14 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
       if (!pending.empty()) {
         co_await co_write(pending);  // the server needs these before it can answer
         pending.clear();
+        // Look again before sleeping: while this write was suspended the receiver may have
+        // taken every answer -- the server can answer all of these before this coroutine
+        // resumes -- and it wakes only a sender flagged as waiting. Sleeping now would wait
+        // for a wake-up that never comes (a put -r that hung under strace, stop 16).
+        continue;
       }
       b.sender_waiting_for_room = true;
-      co_await wait_for(b.wake_sender);
+      co_await b.wait(b.wake_sender);
       b.sender_waiting_for_room = false;
     }
     const auto& item = b.items[i];
@@ -981,7 +1003,7 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
     protocol::encode(cur->request, pending);
     co_await co_write(pending);
     pending.clear();
-    while (b.ready == Batch::Ready::kWaiting) co_await wait_for(b.wake_sender);
+    while (b.ready == Batch::Ready::kWaiting) co_await b.wait(b.wake_sender);
     if (b.ready == Batch::Ready::kRefused) continue;
     // A failed read sends zeros and a trailer that cannot match: the server refuses the
     // file, and the receiver reports the local error (cur->late) instead of its answer.
@@ -995,7 +1017,7 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
 
 asio::awaitable<void> Client::put_receiver(Batch& b) {
   for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
-    while (b.in_flight.empty()) co_await wait_for(b.wake_receiver);
+    while (b.in_flight.empty()) co_await b.wait(b.wake_receiver);
     // A reference, not a copy: the sender fills in a two-phase put's digest (and `late`)
     // while its body goes out; the entry leaves in_flight once answered.
     Batch::InFlight& f = b.in_flight.front();
@@ -1013,7 +1035,7 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
         if (reply.type == MsgType::kReady) {
           // The answer is read only once the sender is done with this entry (body, trailer,
           // digest): a server answering early must not make the entry go away under it.
-          while (!f.body_sent) co_await wait_for(b.wake_receiver);
+          while (!f.body_sent) co_await b.wait(b.wake_receiver);
           reply = co_await co_read_frame();
         }
       }
@@ -1046,7 +1068,7 @@ asio::awaitable<void> Client::get_sender(Batch& b) {
   for (std::size_t i = 0; i < b.items.size();) {
     // Refill when half the window has been answered: requests then go out in batches, not
     // one write per answer.
-    while (b.in_flight.size() > b.opts.window_files / 2) co_await wait_for(b.wake_sender);
+    while (b.in_flight.size() > b.opts.window_files / 2) co_await b.wait(b.wake_sender);
     // Every request the window allows goes out in one write.
     pending.clear();
     for (; i < b.items.size() && b.in_flight.size() < b.opts.window_files; ++i) {
@@ -1099,7 +1121,7 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
 asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report,
                                                 const std::function<void()>& settle) {
   for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
-    while (b.in_flight.empty()) co_await wait_for(b.wake_receiver);
+    while (b.in_flight.empty()) co_await b.wait(b.wake_receiver);
     Batch::InFlight f = std::move(b.in_flight.front());
     b.in_flight.pop_front();
     // The sender sleeps until half the window is answered: wake it then, not per file.
@@ -1164,7 +1186,7 @@ void Client::put_many(const std::vector<BatchItem>& items, const BatchOptions& o
                       const std::function<void(std::uint64_t)>& on_bytes) {
   using namespace asio::experimental::awaitable_operators;
   Batch b(io_, items, opts, on_result, on_bytes);
-  run_batch(put_sender(b) && put_receiver(b), "uploading");
+  run_batch(b, put_sender(b) && put_receiver(b), "uploading");
 }
 
 void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
@@ -1172,7 +1194,7 @@ void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& o
                       const std::function<void(std::uint64_t)>& on_bytes) {
   using namespace asio::experimental::awaitable_operators;
   Batch b(io_, items, opts, on_result, on_bytes);
-  run_batch(get_sender(b) && get_receiver(b), "downloading");
+  run_batch(b, get_sender(b) && get_receiver(b), "downloading");
 }
 
 // ---------------------------------------------------------------- parallel streams

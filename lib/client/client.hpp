@@ -272,8 +272,10 @@ class Client {
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>
   T run(asio::awaitable<T> op, const char* what);
-  // run() for a sender && receiver pair: when both fail, the first failure is rethrown.
-  void run_batch(asio::awaitable<void> op, const char* what);
+  // run() for batch b's sender && receiver pair: when both fail, the first failure is
+  // rethrown. While it runs, a timeout aborts b (abort_batch), so neither side sleeps on.
+  void run_batch(Batch& b, asio::awaitable<void> op, const char* what);
+  void abort_batch();
 
   void send(const protocol::Frame& f);
   protocol::Frame read_frame();
@@ -324,6 +326,7 @@ class Client {
   std::vector<std::uint8_t> out_;
   std::vector<std::uint8_t> body_;  // receive buffer for bodies
   std::unique_ptr<hash::HashThread> hasher_;  // made on first use by a large body
+  Batch* batch_ = nullptr;      // the batch run_batch is running, if any
   bool sendfile_works_ = true;  // cleared when sendfile(2) fails for a file: copy instead
 };
 

@@ -165,6 +165,95 @@ TEST(ClientBatch, ServerDyingMidBatchIsOneConnectionErrorAndLeavesNothing) {
   EXPECT_TRUE(list_dir(dir / "out").empty());
 }
 
+// Answers the first request with `answer` at once, then reads (and drops) whatever else
+// comes until the client closes: a server that has every answer ready before the requests
+// it answers have all arrived.
+class EagerServer {
+ public:
+  explicit EagerServer(std::vector<std::uint8_t> answer) : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
+    thread_ = std::thread([this, answer = std::move(answer)] {
+      asio::ip::tcp::socket s(io_);
+      acceptor_.accept(s);
+      protocol::Decoder d;
+      std::uint8_t buf[65536];
+      std::error_code ec;
+      for (bool first = false; !first && !ec;) {
+        const std::size_t n = s.read_some(asio::buffer(buf), ec);
+        first = d.put(std::span(buf, n)).result != protocol::Decoder::Result::kNeedMore;
+      }
+      if (!ec) asio::write(s, asio::buffer(answer), ec);
+      while (!ec) s.read_some(asio::buffer(buf), ec);
+    });
+  }
+  ~EagerServer() { thread_.join(); }
+  protocol::Address address() const { return {"127.0.0.1", acceptor_.local_endpoint().port()}; }
+
+ private:
+  asio::io_context io_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::thread thread_;
+};
+
+TEST(ClientBatch, AnswersThatOvertakeTheSenderDoNotStallTheBatch) {
+  // All the answers are in the client's buffer before most requests are sent. Each time the
+  // window fills, the sender flushes its last requests and, while that write is suspended,
+  // the receiver takes every answer in flight; a sender that then went to sleep without
+  // looking again waited for a wake-up nobody would send (put -r hung). With a window of 4
+  // that happens at the second window, every run. The client's own timeout (2 s) turns a
+  // stall into a failure instead of a hang.
+  TempDir dir;
+  std::vector<client::BatchItem> items;
+  std::vector<std::uint8_t> answers;
+  for (int i = 0; i < 40; ++i) {
+    const auto name = "f" + std::to_string(i);
+    const auto data = random_bytes(4096, 300 + i);
+    write_file(dir / name, data);
+    items.push_back({dir / name, name});
+    Frame done;
+    done.type = MsgType::kDone;
+    done.size = data.size();
+    done.digest = hash::sha256(data);
+    const auto bytes = protocol::encode(done);
+    answers.insert(answers.end(), bytes.begin(), bytes.end());
+  }
+  EagerServer eager(answers);
+  client::Client c(eager.address(), {}, std::chrono::seconds(2));
+  client::BatchOptions opts;
+  opts.window_files = 4;
+  std::vector<client::BatchResult> results;
+  c.put_many(items, opts, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), items.size());
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].index, i);
+    EXPECT_FALSE(results[i].error) << results[i].error->what();
+  }
+
+  // The same for downloads: every file's answer and body is there before the second window
+  // of requests goes out.
+  std::vector<std::uint8_t> files;
+  std::vector<client::BatchItem> gets;
+  std::filesystem::create_directories(dir / "out");
+  for (int i = 0; i < 40; ++i) {
+    const auto data = random_bytes(4096, 400 + i);
+    Frame file;
+    file.type = MsgType::kFile;
+    file.size = data.size();
+    file.digest = hash::sha256(data);
+    const auto bytes = frame_with_body(file, data);
+    files.insert(files.end(), bytes.begin(), bytes.end());
+    gets.push_back({dir / ("out/g" + std::to_string(i)), "g" + std::to_string(i)});
+  }
+  EagerServer eager_files(files);
+  client::Client d(eager_files.address(), {}, std::chrono::seconds(2));
+  results.clear();
+  d.get_many(gets, opts, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), gets.size());
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    EXPECT_FALSE(results[i].error) << results[i].error->what();
+    EXPECT_EQ(read_file(gets[i].local), random_bytes(4096, 400 + i));
+  }
+}
+
 TEST(ClientDownload, SomethingThatIsNotAnFtxServerIsAProtocolError) {
   const std::string http = "HTTP/1.1 400 Bad Request\r\n\r\n";
   FakeServer web({http.begin(), http.end()});
