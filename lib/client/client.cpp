@@ -889,6 +889,8 @@ struct Client::Batch {
   Batch(asio::io_context& io, const std::vector<BatchItem>& items_in, const BatchOptions& opts_in,
         const std::function<void(const BatchResult&)>& result_fn, const std::function<void(std::uint64_t)>& bytes_fn)
       : items(items_in), opts(opts_in), on_result(result_fn), on_bytes(bytes_fn), wake_sender(io), wake_receiver(io) {
+    // A window of 0 would let get_sender spin without ever sending: it means 1.
+    opts.window_files = std::max<std::size_t>(opts.window_files, 1);
     wake_sender.expires_at(asio::steady_timer::time_point::max());
     wake_receiver.expires_at(asio::steady_timer::time_point::max());
   }
@@ -922,7 +924,7 @@ struct Client::Batch {
   }
 
   const std::vector<BatchItem>& items;
-  const BatchOptions& opts;
+  BatchOptions opts;
   const std::function<void(const BatchResult&)>& on_result;
   const std::function<void(std::uint64_t)>& on_bytes;
   std::deque<InFlight> in_flight;

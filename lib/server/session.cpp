@@ -162,6 +162,19 @@ void Session::resize_in(std::size_t capacity) {
 }
 
 asio::awaitable<void> Session::run() {
+  try {
+    co_await serve();
+  } catch (...) {
+    // serve() sets done_ on its normal ways out; an exception (bad_alloc, a job that threw)
+    // must end the watchdog too, or it holds the session -- its descriptor and connection
+    // slot -- until its deadline and then re-arms forever.
+    done_ = true;
+    watchdog_.cancel();
+    throw;
+  }
+}
+
+asio::awaitable<void> Session::serve() {
   spdlog::debug("{} connected", peer_);
   arm(server_.options().header_timeout, "handshake");
   idle_ = true;  // nothing to finish yet: a stopping server may cancel the handshake
@@ -285,6 +298,10 @@ asio::awaitable<std::error_code> Session::read_frame() {
     if (auto ec = co_await flush()) co_return ec;
     resize_in(pipelining_ ? kBusyInBufferSize : kInBufferSize);
     idle_ = decoder_.at_boundary();
+    // A stop that came while the flush above was suspended found this session busy and
+    // left it alone (shutdown() cancels only idle ones): look now, or it would wait here
+    // for the client or the idle timeout while the server drains.
+    if (idle_ && server_.stopping()) co_return asio::error::operation_aborted;
     if (idle_) {
       // An idle connection keeps only small buffers.
       if (chunk_capacity_ > kSmallBody) {

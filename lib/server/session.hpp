@@ -46,7 +46,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void shutdown();
 
  private:
-  asio::awaitable<void> run();
+  asio::awaitable<void> run();    // serve(), and the watchdog's end if it throws
+  asio::awaitable<void> serve();  // the connection's requests, one after another
   // Cancels the pending socket operation when deadline_ passes (the asio timeouts example's
   // deadline + watchdog pattern: one timer per connection, not one per operation).
   asio::awaitable<void> watchdog();

@@ -254,6 +254,31 @@ TEST(ClientBatch, AnswersThatOvertakeTheSenderDoNotStallTheBatch) {
   }
 }
 
+TEST(ClientBatch, AWindowOfZeroMeansOne) {
+  // Library callers may pass window_files = 0; the download sender used to spin on it
+  // without ever sending (the client's timeout cannot end a loop that never suspends).
+  TempDir dir;
+  std::vector<std::uint8_t> files;
+  std::vector<client::BatchItem> gets;
+  for (int i = 0; i < 3; ++i) {
+    const auto data = random_bytes(1000, 500 + i);
+    Frame file;
+    file.type = MsgType::kFile;
+    file.size = data.size();
+    file.digest = hash::sha256(data);
+    const auto bytes = frame_with_body(file, data);
+    files.insert(files.end(), bytes.begin(), bytes.end());
+    gets.push_back({dir / ("z" + std::to_string(i)), "z" + std::to_string(i)});
+  }
+  EagerServer eager(files);
+  client::Client c(eager.address(), {}, std::chrono::seconds(2));
+  client::BatchOptions opts;
+  opts.window_files = 0;
+  std::size_t ok = 0;
+  c.get_many(gets, opts, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
+  EXPECT_EQ(ok, gets.size());
+}
+
 TEST(ClientDownload, SomethingThatIsNotAnFtxServerIsAProtocolError) {
   const std::string http = "HTTP/1.1 400 Bad Request\r\n\r\n";
   FakeServer web({http.begin(), http.end()});
