@@ -327,6 +327,17 @@ TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
   const auto got = c.get("cached", dir_ / "back");
   EXPECT_EQ(got.digest, hash::sha256(other));
   EXPECT_EQ(read_file(dir_ / "back"), other);
+
+  // Changed again and fetched with no stat first: the GET itself hashes it (a small file:
+  // on the I/O thread, not the pool) and records what it found for the next one.
+  const auto third = random_bytes(3000, 11);
+  write_file(root() / "cached", third);
+  EXPECT_EQ(c.get("cached", dir_ / "back2").digest, hash::sha256(third));
+  EXPECT_EQ(read_file(dir_ / "back2"), third);
+  ASSERT_EQ(::getxattr((root() / "cached").c_str(), "user.ftx.sha256", rec, sizeof rec), 64);
+  const auto want = hash::sha256(third);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), reinterpret_cast<const std::uint8_t*>(rec) + 32))
+      << "the digest record (its last 32 bytes) holds the new SHA-256";
 }
 
 TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
