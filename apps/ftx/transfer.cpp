@@ -17,6 +17,7 @@
 #include "apps/ftx/commands.hpp"
 #include "apps/ftx/exit_codes.hpp"
 #include "apps/ftx/output.hpp"
+#include "client/local_file.hpp"
 #include "hash/sha256.hpp"
 #include "storage/fd.hpp"
 #include "storage/names.hpp"
@@ -249,16 +250,14 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
       fs::create_directories(f, ec);
       if (ec) throw client::Error(client::Failure::kLocalIo, "cannot create folder " + f.string() + ": " + ec.message());
     }
-    fs::path made;  // files come sorted: most share the previous one's folder
+    std::string made;  // files come sorted: most share the previous one's folder
     for (const auto& f : files) {
-      if (f.local.parent_path() == made) continue;
-      made = f.local.parent_path();
+      const std::string_view folder = client::folder_text(f.local);
+      if (folder == made) continue;
+      made = folder;
       std::error_code ec;
-      fs::create_directories(made, ec);
-      if (ec) {
-        throw client::Error(client::Failure::kLocalIo,
-                            "cannot create folder " + f.local.parent_path().string() + ": " + ec.message());
-      }
+      fs::create_directories(fs::path(made), ec);
+      if (ec) throw client::Error(client::Failure::kLocalIo, "cannot create folder " + made + ": " + ec.message());
     }
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), total, files.size());
     c->get_many(

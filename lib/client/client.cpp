@@ -1030,7 +1030,8 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
       r.error = std::move(f.local);
     } else {
       Frame reply = co_await co_read_frame();
-      const std::string context = "put " + storage::quote_name(item.remote);
+      // Built only for an error: quoting every name cost a file's worth of work in a batch.
+      const auto context = [&] { return "put " + storage::quote_name(item.remote); };
       if (f.two_phase) {
         b.ready = reply.type == MsgType::kReady ? Batch::Ready::kGo : Batch::Ready::kRefused;
         b.wake_sender.cancel();
@@ -1048,9 +1049,9 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
         r.result = {f.request.size, f.request.digest, item.local,
                     (f.request.flags & protocol::kFlagExecutable) != 0};
       } else if (reply.type == MsgType::kError) {
-        r.error = f.late ? std::move(f.late) : error_from_reply(reply, context);
+        r.error = f.late ? std::move(f.late) : error_from_reply(reply, context());
       } else {
-        fail_from_reply(reply, context);
+        fail_from_reply(reply, context());
       }
       b.bytes_in_flight -= f.request.size;
     }
@@ -1097,7 +1098,7 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   // results are reported only after that, in order.
   constexpr std::size_t kSyncEvery = 64;
   std::vector<BatchResult> unsynced;
-  std::vector<std::filesystem::path> folders;
+  std::vector<std::string> folders;
   const auto settle = [&] {
     for (const auto& f : std::exchange(folders, {})) sync_folder(f);
     // Taken out first: a callback that throws must not have these reported again.
@@ -1105,8 +1106,8 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   };
   const auto report = [&](BatchResult r) {
     if (!r.error) {
-      auto folder = folder_of(r.result.local);
-      if (std::find(folders.begin(), folders.end(), folder) == folders.end()) folders.push_back(std::move(folder));
+      const std::string_view folder = folder_text(r.result.local);
+      if (std::find(folders.begin(), folders.end(), folder) == folders.end()) folders.emplace_back(folder);
     }
     unsynced.push_back(std::move(r));
     if (unsynced.size() >= kSyncEvery) settle();
@@ -1136,17 +1137,17 @@ asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<vo
       report(std::move(r));
       continue;
     }
-    const std::string context = "get " + storage::quote_name(item.remote);
+    const auto context = [&] { return "get " + storage::quote_name(item.remote); };  // for errors only
     // About to wait for the server: what is done meanwhile is made durable and reported now,
     // not held back until the next 64 files.
     if (in_begin_ == in_end_) settle();
     const Frame reply = co_await co_read_frame();
     if (reply.type == MsgType::kError) {
-      r.error = error_from_reply(reply, context);
+      r.error = error_from_reply(reply, context());
       report(std::move(r));
       continue;
     }
-    if (reply.type != MsgType::kFile) fail_from_reply(reply, context);
+    if (reply.type != MsgType::kFile) fail_from_reply(reply, context());
     // A local failure does not stop the batch: the body is still read (and dropped) so the
     // next reply is found where it should be.
     std::optional<StagedFile> staged;

@@ -109,9 +109,9 @@ std::string unique_suffix() {
 // creates thousands of files in the same few folders, and an fstat each was one system
 // call in ten. Assumes the process's umask does not change (the CLI never changes it).
 // Thread-safe.
-mode_t created_mode(const std::filesystem::path& dir, int fd) {
+mode_t created_mode(std::string_view dir, int fd) {
   static std::mutex mutex;
-  static std::filesystem::path last;
+  static std::string last;
   static mode_t mode = 0;
   {
     const std::lock_guard lock(mutex);
@@ -131,6 +131,14 @@ std::filesystem::path folder_of(const std::filesystem::path& target) {
   return target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
 }
 
+std::string_view folder_text(const std::filesystem::path& target) {
+  const std::string_view p = target.native();
+  const auto slash = p.rfind('/');
+  if (slash == std::string_view::npos) return ".";
+  // "/x" is in "/"; "a//x" in "a/" (the same folder to the kernel).
+  return slash == 0 ? p.substr(0, 1) : p.substr(0, slash);
+}
+
 // Keeps the last folder's descriptor open: a folder download commits thousands of files
 // into the same few folders.
 void sync_folder(const std::filesystem::path& dir) {
@@ -138,7 +146,7 @@ void sync_folder(const std::filesystem::path& dir) {
   static std::filesystem::path last;
   static storage::UniqueFd fd;
   const std::lock_guard lock(mutex);
-  if (!fd || last != dir) {
+  if (!fd || last.native() != dir.native()) {
     fd.reset(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
     last = dir;
   }
@@ -150,17 +158,31 @@ void install_interrupt_cleanup() {
 }
 
 StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)) {
-  const auto dir = folder_of(target_);
-  const std::string prefix = "." + target_.filename().string() + ".ftx-";
+  // Text, not path operations: this runs once per file of a folder download.
+  const std::string_view dir = folder_text(target_);
+  const std::string_view whole = target_.native();
+  const std::string_view leaf = whole.substr(whole.rfind('/') + 1);  // npos + 1 == 0
   // Once per folder and process: a folder download stages thousands of files in one
   // folder, and scanning it for each would cost time quadratic in its size.
   static std::mutex scanned_mutex;
-  static std::set<std::filesystem::path> scanned;
+  static std::set<std::string, std::less<>> scanned;
+  static std::string last_scanned;  // most files go where the one before went
   {
     const std::lock_guard lock(scanned_mutex);
-    if (scanned.insert(dir).second) remove_dead_leftovers(dir);
+    if (last_scanned != dir) {
+      if (scanned.find(dir) == scanned.end()) {
+        scanned.emplace(dir);
+        remove_dead_leftovers(std::filesystem::path(dir));
+      }
+      last_scanned = dir;
+    }
   }
-  staging_ = dir / (prefix + std::to_string(own_pid()) + "-" + unique_suffix() + ".part");
+  std::string staging;
+  staging.append(dir);
+  if (staging.back() != '/') staging.push_back('/');
+  staging.append(".").append(leaf).append(".ftx-").append(std::to_string(own_pid()));
+  staging.append("-").append(unique_suffix()).append(".part");
+  staging_ = std::move(staging);
   fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   if (!fd_) throw std::system_error(storage::last_error(), "cannot create " + staging_.string());
   cleanup_slot_ = arm_cleanup(staging_);
@@ -329,7 +351,7 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
   // 0666 less the umask, from the open; a resumable file may come from an earlier run (and
   // another umask): asked each time.
   struct stat mine {};
-  const mode_t created = !resumable_                        ? created_mode(folder_of(target_), fd_.get())
+  const mode_t created = !resumable_                        ? created_mode(folder_text(target_), fd_.get())
                          : ::fstat(fd_.get(), &mine) == 0 ? mine.st_mode & 07777
                                                           : static_cast<mode_t>(-1);
   if (created == static_cast<mode_t>(-1)) return storage::last_error();

@@ -87,6 +87,9 @@ class StagedFile {
 
 // The folder a file `target` is in ("." for a bare name).
 std::filesystem::path folder_of(const std::filesystem::path& target);
+// The same as text, a view into target (or of "."): what a folder download compares per
+// file, where building a path (and comparing paths part by part) was most of its own work.
+std::string_view folder_text(const std::filesystem::path& target);
 
 // fsyncs the folder `dir` (best effort: the files in it are durable already, this makes
 // their names so). Keeps the last folder's descriptor open. Thread-safe.

@@ -2,10 +2,12 @@
 // verified, and every failure comes back as its documented kind.
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <thread>
 
 #include "client/client.hpp"
+#include "client/local_file.hpp"
 #include "hash/sha256.hpp"
 #include "integration/server_fixture.hpp"
 
@@ -277,6 +279,25 @@ TEST(ClientBatch, AWindowOfZeroMeansOne) {
   std::size_t ok = 0;
   c.get_many(gets, opts, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
   EXPECT_EQ(ok, gets.size());
+}
+
+TEST(ClientStaging, AStagingFileSitsBesideItsTargetUnderTheDocumentedName) {
+  // folder_text is what a folder download compares per file instead of path objects.
+  const std::filesystem::path bare("f"), top("/x"), deep("a/b/c");
+  EXPECT_EQ(client::folder_text(bare), ".");
+  EXPECT_EQ(client::folder_text(top), "/");
+  EXPECT_EQ(client::folder_text(deep), "a/b");
+
+  TempDir dir;
+  std::filesystem::create_directories(dir / "sub");
+  client::StagedFile staged(dir / "sub/t");
+  EXPECT_EQ(staged.staging_path().parent_path(), dir / "sub");
+  const auto name = staged.staging_path().filename().string();
+  EXPECT_TRUE(name.starts_with(".t.ftx-") && name.ends_with(".part")) << name;
+  ASSERT_EQ(::write(staged.fd(), "abc", 3), 3);
+  ASSERT_FALSE(staged.commit(std::nullopt, std::nullopt));
+  EXPECT_EQ(read_file(dir / "sub/t"), (std::vector<std::uint8_t>{'a', 'b', 'c'}));
+  EXPECT_EQ(list_dir(dir / "sub"), std::vector<std::string>{"t"}) << "the staging name is gone";
 }
 
 TEST(ClientDownload, SomethingThatIsNotAnFtxServerIsAProtocolError) {
