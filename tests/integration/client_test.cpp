@@ -18,20 +18,25 @@ using protocol::Frame;
 using protocol::MsgType;
 
 // A one-connection fake server that answers the first request with `answer` and closes:
-// what a corrupted, dying or foreign server would send.
+// what a corrupted, dying or foreign server would send. With `drain`, it then reads (and
+// drops) whatever else comes until the client closes: a server that has every answer ready
+// before the requests it answers have all arrived.
 class FakeServer {
  public:
-  explicit FakeServer(std::vector<std::uint8_t> answer) : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
-    thread_ = std::thread([this, answer = std::move(answer)] {
+  explicit FakeServer(std::vector<std::uint8_t> answer, bool drain = false)
+      : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
+    thread_ = std::thread([this, answer = std::move(answer), drain] {
       asio::ip::tcp::socket s(io_);
       acceptor_.accept(s);
       protocol::Decoder d;
-      std::uint8_t buf[8192];
-      for (bool done = false; !done;) {
-        const std::size_t n = s.read_some(asio::buffer(buf));
-        done = d.put(std::span(buf, n)).result != protocol::Decoder::Result::kNeedMore;
+      std::uint8_t buf[65536];
+      std::error_code ec;
+      for (bool first = false; !first && !ec;) {
+        const std::size_t n = s.read_some(asio::buffer(buf), ec);
+        first = d.put(std::span(buf, n)).result != protocol::Decoder::Result::kNeedMore;
       }
-      asio::write(s, asio::buffer(answer));
+      if (!ec) asio::write(s, asio::buffer(answer), ec);
+      while (drain && !ec) s.read_some(asio::buffer(buf), ec);
     });
   }
   ~FakeServer() { thread_.join(); }
@@ -167,34 +172,28 @@ TEST(ClientBatch, ServerDyingMidBatchIsOneConnectionErrorAndLeavesNothing) {
   EXPECT_TRUE(list_dir(dir / "out").empty());
 }
 
-// Answers the first request with `answer` at once, then reads (and drops) whatever else
-// comes until the client closes: a server that has every answer ready before the requests
-// it answers have all arrived.
-class EagerServer {
- public:
-  explicit EagerServer(std::vector<std::uint8_t> answer) : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
-    thread_ = std::thread([this, answer = std::move(answer)] {
-      asio::ip::tcp::socket s(io_);
-      acceptor_.accept(s);
-      protocol::Decoder d;
-      std::uint8_t buf[65536];
-      std::error_code ec;
-      for (bool first = false; !first && !ec;) {
-        const std::size_t n = s.read_some(asio::buffer(buf), ec);
-        first = d.put(std::span(buf, n)).result != protocol::Decoder::Result::kNeedMore;
-      }
-      if (!ec) asio::write(s, asio::buffer(answer), ec);
-      while (!ec) s.read_some(asio::buffer(buf), ec);
-    });
-  }
-  ~EagerServer() { thread_.join(); }
-  protocol::Address address() const { return {"127.0.0.1", acceptor_.local_endpoint().port()}; }
-
- private:
-  asio::io_context io_;
-  asio::ip::tcp::acceptor acceptor_;
-  std::thread thread_;
+// n FILE answers of `size` random bytes each (seeds seed, seed + 1, ...), in one buffer,
+// and the downloads that ask for them: names prefix0, prefix1, ... saved into folder.
+struct FileAnswers {
+  std::vector<std::uint8_t> wire;
+  std::vector<client::BatchItem> gets;
 };
+FileAnswers file_answers(const std::filesystem::path& folder, const std::string& prefix, int n, std::size_t size,
+                         std::uint64_t seed) {
+  FileAnswers out;
+  for (int i = 0; i < n; ++i) {
+    const auto data = random_bytes(size, seed + static_cast<std::uint64_t>(i));
+    Frame file;
+    file.type = MsgType::kFile;
+    file.size = data.size();
+    file.digest = hash::sha256(data);
+    const auto bytes = frame_with_body(file, data);
+    out.wire.insert(out.wire.end(), bytes.begin(), bytes.end());
+    const auto name = prefix + std::to_string(i);
+    out.gets.push_back({folder / name, name});
+  }
+  return out;
+}
 
 TEST(ClientBatch, AnswersThatOvertakeTheSenderDoNotStallTheBatch) {
   // All the answers are in the client's buffer before most requests are sent. Each time the
@@ -218,7 +217,7 @@ TEST(ClientBatch, AnswersThatOvertakeTheSenderDoNotStallTheBatch) {
     const auto bytes = protocol::encode(done);
     answers.insert(answers.end(), bytes.begin(), bytes.end());
   }
-  EagerServer eager(answers);
+  FakeServer eager(answers, /*drain=*/true);
   client::Client c(eager.address(), {}, std::chrono::seconds(2));
   client::BatchOptions opts;
   opts.window_files = 4;
@@ -232,27 +231,16 @@ TEST(ClientBatch, AnswersThatOvertakeTheSenderDoNotStallTheBatch) {
 
   // The same for downloads: every file's answer and body is there before the second window
   // of requests goes out.
-  std::vector<std::uint8_t> files;
-  std::vector<client::BatchItem> gets;
   std::filesystem::create_directories(dir / "out");
-  for (int i = 0; i < 40; ++i) {
-    const auto data = random_bytes(4096, 400 + i);
-    Frame file;
-    file.type = MsgType::kFile;
-    file.size = data.size();
-    file.digest = hash::sha256(data);
-    const auto bytes = frame_with_body(file, data);
-    files.insert(files.end(), bytes.begin(), bytes.end());
-    gets.push_back({dir / ("out/g" + std::to_string(i)), "g" + std::to_string(i)});
-  }
-  EagerServer eager_files(files);
+  const auto downloads = file_answers(dir / "out", "g", 40, 4096, 400);
+  FakeServer eager_files(downloads.wire, /*drain=*/true);
   client::Client d(eager_files.address(), {}, std::chrono::seconds(2));
   results.clear();
-  d.get_many(gets, opts, [&](const client::BatchResult& r) { results.push_back(r); });
-  ASSERT_EQ(results.size(), gets.size());
+  d.get_many(downloads.gets, opts, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), downloads.gets.size());
   for (std::size_t i = 0; i < results.size(); ++i) {
     EXPECT_FALSE(results[i].error) << results[i].error->what();
-    EXPECT_EQ(read_file(gets[i].local), random_bytes(4096, 400 + i));
+    EXPECT_EQ(read_file(downloads.gets[i].local), random_bytes(4096, 400 + i));
   }
 }
 
@@ -260,25 +248,14 @@ TEST(ClientBatch, AWindowOfZeroMeansOne) {
   // Library callers may pass window_files = 0; the download sender used to spin on it
   // without ever sending (the client's timeout cannot end a loop that never suspends).
   TempDir dir;
-  std::vector<std::uint8_t> files;
-  std::vector<client::BatchItem> gets;
-  for (int i = 0; i < 3; ++i) {
-    const auto data = random_bytes(1000, 500 + i);
-    Frame file;
-    file.type = MsgType::kFile;
-    file.size = data.size();
-    file.digest = hash::sha256(data);
-    const auto bytes = frame_with_body(file, data);
-    files.insert(files.end(), bytes.begin(), bytes.end());
-    gets.push_back({dir / ("z" + std::to_string(i)), "z" + std::to_string(i)});
-  }
-  EagerServer eager(files);
+  const auto downloads = file_answers(dir.path(), "z", 3, 1000, 500);
+  FakeServer eager(downloads.wire, /*drain=*/true);
   client::Client c(eager.address(), {}, std::chrono::seconds(2));
   client::BatchOptions opts;
   opts.window_files = 0;
   std::size_t ok = 0;
-  c.get_many(gets, opts, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
-  EXPECT_EQ(ok, gets.size());
+  c.get_many(downloads.gets, opts, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
+  EXPECT_EQ(ok, downloads.gets.size());
 }
 
 TEST(ClientStaging, AStagingFileSitsBesideItsTargetUnderTheDocumentedName) {
