@@ -918,6 +918,8 @@ struct Client::Batch {
   // Sleeps until `t` (wake_sender or wake_receiver) is cancelled. A waiter re-checks its
   // condition after waking; one woken by abort() throws instead, so that the batch ends.
   asio::awaitable<void> wait(asio::steady_timer& t) {
+    // Before sleeping too: abort()'s cancel() reaches only waits already begun.
+    if (aborted) throw Error(Failure::kConnection, "the batch was abandoned");
     co_await t.async_wait(kTuple);  // cancel() is the signal; an error code is expected
     t.expires_at(asio::steady_timer::time_point::max());
     if (aborted) throw Error(Failure::kConnection, "the batch was abandoned");

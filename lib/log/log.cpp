@@ -125,6 +125,8 @@ void flush() {
 }
 
 void log_request(const RequestRecord& r) {
+  // The line is built here, before spdlog would look at the level: look first.
+  if (!spdlog::default_logger_raw()->should_log(spdlog::level::info)) return;
   if (g_format == Format::kJson) {
     nlohmann::json j;
     j["peer"] = r.peer;

@@ -646,8 +646,9 @@ asio::awaitable<std::optional<std::error_code>> Session::open_for_download(const
     co_return co_await send_error(st, std::move(msg));
   }
   // The digest goes out before the body: from the digest cache when the file is as it was
-  // stored, else by reading it once first -- on the blocking pool, through a duplicate of
-  // the same open descriptor, so a rename over the name meanwhile does not mix versions.
+  // stored, else by reading it once first -- a small file here, a larger one on the
+  // blocking pool, through a duplicate of the same open descriptor (either way the one
+  // opened: a rename over the name meanwhile does not mix versions).
   std::error_code digest_ec;
   if (server_.storage().cached_digest(file, digest)) {
     // Known already: nothing to read.
