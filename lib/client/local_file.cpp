@@ -192,6 +192,27 @@ namespace {
 constexpr auto kLockWait = std::chrono::milliseconds(50);
 constexpr int kLockTries = 60;
 
+// Holds back the signals install_interrupt_cleanup handles (this thread's mask) for its
+// lifetime; one that came meanwhile is delivered when it ends. Between creating the
+// resumable files and arming their cleanup a dozen calls go by, and a Ctrl-C there left
+// both files beside the target (the CLI test that presses it as soon as the record appears
+// failed 6 times in 40 when it did not wait between looks).
+class HoldInterrupts {
+ public:
+  HoldInterrupts() {
+    sigset_t held;
+    sigemptyset(&held);
+    for (const int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&held, sig);
+    pthread_sigmask(SIG_BLOCK, &held, &old_);
+  }
+  ~HoldInterrupts() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  HoldInterrupts(const HoldInterrupts&) = delete;
+  HoldInterrupts& operator=(const HoldInterrupts&) = delete;
+
+ private:
+  sigset_t old_{};
+};
+
 std::filesystem::path resumable_data(const std::filesystem::path& target) {
   return folder_of(target) / ("." + target.filename().string() + ".ftx-partial");
 }
@@ -214,6 +235,10 @@ StagedFile::StagedFile(StagedFile&& o) noexcept
       record_cleanup_slot_(std::exchange(o.record_cleanup_slot_, nullptr)) {}
 
 std::optional<StagedFile> StagedFile::resumable(const std::filesystem::path& target) {
+  // Until both files are armed for removal (guard_while_empty) or known to hold a resume.
+  // Also over the wait for another download's lock: a Ctrl-C then takes effect after at
+  // most kLockTries x kLockWait (3 s), when this one gives up or gets the lock.
+  const HoldInterrupts hold;
   StagedFile f;
   f.target_ = target;
   f.resumable_ = true;

@@ -169,7 +169,11 @@ for _ in $(seq 500); do [ -s "$T/silent.port" ] && break; sleep 0.01; done
 mkdir "$T/intr"
 "$FTX" get some.bin "$T/intr/some.bin" --server "127.0.0.1:$(cat "$T/silent.port")" 2>/dev/null &
 CLIENT=$!
-for _ in $(seq 1000); do [ -e "$T/intr/.some.bin.ftx-partial.rec" ] && break; sleep 0.01; done
+# Looked for without sleeping (10 s at most), so the Ctrl-C comes as soon as the record
+# exists: between creating it and arming its removal the client must hold signals back
+# (with a 10 ms sleep between looks this missed that window most of the time).
+END_BY=$((SECONDS + 10))
+while [ ! -e "$T/intr/.some.bin.ftx-partial.rec" ] && [ "$SECONDS" -lt "$END_BY" ]; do :; done
 check "the get staged its resumable files before asking" test -e "$T/intr/.some.bin.ftx-partial.rec"
 kill -INT "$CLIENT"
 rc=0; wait "$CLIENT" || rc=$?
