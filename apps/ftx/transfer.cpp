@@ -96,7 +96,10 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
   std::set<std::string> folders;       // every folder, by remote name
   std::set<std::string> with_files;    // folders that have a file somewhere below
   folders.insert(remote_root);
-  const auto remote_of = [&](const std::string& rel) { return remote_root.empty() ? rel : remote_root + "/" + rel; };
+  // "a" + "b" -> "a/b"; an empty side is no level at all.
+  const auto join = [](std::string_view a, std::string_view b) {
+    return a.empty() ? std::string(b) : b.empty() ? std::string(a) : std::string(a) + "/" + std::string(b);
+  };
   const auto fail = [&](const std::string& what, int err) {
     throw client::Error(client::Failure::kLocalIo, "cannot read folder " + what + ": " + std::strerror(err));
   };
@@ -121,7 +124,7 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
     const std::unique_ptr<DIR, int (*)(DIR*)> closer(dir, ::closedir);  // closes dfd too
     // Worked out once per folder, not per file (10,000 files cost 20 ms before the first
     // byte went out): where its files go, and that it holds one.
-    const std::string remote_dir = cur.empty() ? remote_root : remote_of(cur);
+    const std::string remote_dir = join(remote_root, cur);
     bool holds_files = false;
     for (;;) {
       errno = 0;  // readdir leaves errno alone at the end of the folder
@@ -144,11 +147,10 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
         print_error("skipping symbolic link " + (here / e->d_name).string());
         ++t.skipped;
       } else if (type == DT_DIR) {
-        std::string rel = cur.empty() ? std::string(leaf) : cur + "/" + std::string(leaf);
-        folders.insert(remote_of(rel));
-        todo.push_back(std::move(rel));
+        folders.insert(join(remote_dir, leaf));
+        todo.push_back(join(cur, leaf));
       } else if (type == DT_REG) {
-        t.files.push_back({here / e->d_name, remote_dir.empty() ? std::string(leaf) : remote_dir + "/" + std::string(leaf)});
+        t.files.push_back({here / e->d_name, join(remote_dir, leaf)});
         if (have_stat) t.bytes += static_cast<std::uint64_t>(st.st_size);
         if (!std::exchange(holds_files, true)) {
           for (auto p = fs::path(remote_dir); !p.empty(); p = p.parent_path()) {

@@ -127,10 +127,6 @@ mode_t created_mode(std::string_view dir, int fd) {
 
 }  // namespace
 
-std::filesystem::path folder_of(const std::filesystem::path& target) {
-  return target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
-}
-
 std::string_view folder_text(const std::filesystem::path& target) {
   const std::string_view p = target.native();
   const auto slash = p.rfind('/');
@@ -138,6 +134,8 @@ std::string_view folder_text(const std::filesystem::path& target) {
   // "/x" is in "/"; "a//x" in "a/" (the same folder to the kernel).
   return slash == 0 ? p.substr(0, 1) : p.substr(0, slash);
 }
+
+std::filesystem::path folder_of(const std::filesystem::path& target) { return folder_text(target); }
 
 // Keeps the last folder's descriptor open: a folder download commits thousands of files
 // into the same few folders.
