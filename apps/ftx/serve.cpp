@@ -1,4 +1,5 @@
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,34 @@
 #include "tls/certs.hpp"
 
 namespace ftx::app {
+namespace {
+
+// Descriptors a connection usually holds: its socket, the file being sent or received, its
+// folder and the folder cached for the next request. (A pipelined upload batch holds more
+// for a moment: up to 64 staged files, each with its folder.)
+constexpr rlim_t kDescriptorsPerConnection = 4;
+
+// The soft limit on open descriptors is 1024 on most systems: fewer than the default
+// --max-connections needs, so accept() would fail with EMFILE long before the server is
+// full. Raised to the hard limit (as nginx's worker_rlimit_nofile or Go's runtime do); a
+// hard limit too low for the connections allowed gets a warning once, at start.
+void raise_descriptor_limit(std::size_t max_connections) {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  if (lim.rlim_cur < lim.rlim_max) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  const rlim_t want = static_cast<rlim_t>(max_connections) * kDescriptorsPerConnection + 64;
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < want) {
+    spdlog::warn("only {} open files allowed (ulimit -n); {} connections may need {}: raise the limit "
+                 "or lower --max-connections",
+                 lim.rlim_cur, max_connections, want);
+  }
+}
+
+}  // namespace
 
 CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
   auto* cmd = app.add_subcommand("serve", "run the server");
@@ -162,6 +191,7 @@ int run_serve(const ServeOptions& opts) {
     }
   }
 
+  raise_descriptor_limit(so.max_connections);
   std::unique_ptr<server::Server> srv;
   try {
     srv = std::make_unique<server::Server>(so);

@@ -1095,35 +1095,54 @@ asio::awaitable<void> Client::get_sender(Batch& b) {
 }
 
 asio::awaitable<void> Client::get_receiver(Batch& b) {
-  // Group commit: each file is fsynced and renamed into place as it arrives, but the folders
-  // they went to are fsynced once per kSyncEvery files (it was once per file), and their
-  // results are reported only after that, in order.
+  // Group commit: each file is verified and sealed (mode, mtime) as it arrives, and every
+  // kSyncEvery files they are published together: one syncfs for their data, the renames,
+  // one fsync per folder (publish_staged). Results are reported only after that, in order.
   constexpr std::size_t kSyncEvery = 64;
-  std::vector<BatchResult> unsynced;
-  std::vector<std::string> folders;
-  const auto settle = [&] {
-    for (const auto& f : std::exchange(folders, {})) sync_folder(f);
-    // Taken out first: a callback that throws must not have these reported again.
-    for (auto& r : std::exchange(unsynced, {})) b.on_result(r);
+  struct Pending {
+    BatchResult result;
+    std::optional<StagedFile> file;  // sealed, to publish; none when the result is an error
   };
-  const auto report = [&](BatchResult r) {
-    if (!r.error) {
+  std::vector<Pending> pending;
+  const auto settle = [&] {
+    // Taken out first: a callback that throws must not have these reported again.
+    auto batch = std::exchange(pending, {});
+    std::vector<StagedFile*> files;
+    for (auto& p : batch) {
+      if (p.file) files.push_back(&*p.file);
+    }
+    const auto published = publish_staged(files);
+    std::vector<std::string> folders;
+    std::size_t k = 0;
+    for (auto& p : batch) {
+      if (!p.file) continue;
+      auto& r = p.result;
+      if (const auto ec = published[k++]) {
+        r.error = Error(Failure::kLocalIo, "cannot write " + r.result.local.string() + ": " + ec.message());
+        r.result = {};
+        continue;
+      }
       const std::string_view folder = folder_text(r.result.local);
       if (std::find(folders.begin(), folders.end(), folder) == folders.end()) folders.emplace_back(folder);
     }
-    unsynced.push_back(std::move(r));
-    if (unsynced.size() >= kSyncEvery) settle();
+    for (const auto& f : folders) sync_folder(f);
+    for (auto& p : batch) b.on_result(p.result);
+  };
+  const auto report = [&](BatchResult r, std::optional<StagedFile> file) {
+    pending.push_back({std::move(r), std::move(file)});
+    if (pending.size() >= kSyncEvery) settle();
   };
   try {
     co_await get_receiver_loop(b, report, settle);
   } catch (...) {
-    settle();  // what arrived before the failure is in place: make it durable and say so
+    settle();  // what arrived verified before the failure is published and reported
     throw;
   }
   settle();
 }
 
-asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report,
+asio::awaitable<void> Client::get_receiver_loop(Batch& b,
+                                                const std::function<void(BatchResult, std::optional<StagedFile>)>& report,
                                                 const std::function<void()>& settle) {
   for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
     while (b.in_flight.empty()) co_await b.wait(b.wake_receiver);
@@ -1136,7 +1155,7 @@ asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<vo
     const auto& item = b.items[f.index];
     if (f.local) {
       r.error = std::move(f.local);
-      report(std::move(r));
+      report(std::move(r), std::nullopt);
       continue;
     }
     const auto context = [&] { return "get " + storage::quote_name(item.remote); };  // for errors only
@@ -1146,7 +1165,7 @@ asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<vo
     const Frame reply = co_await co_read_frame();
     if (reply.type == MsgType::kError) {
       r.error = error_from_reply(reply, context());
-      report(std::move(r));
+      report(std::move(r), std::nullopt);
       continue;
     }
     if (reply.type != MsgType::kFile) fail_from_reply(reply, context());
@@ -1173,16 +1192,18 @@ asio::awaitable<void> Client::get_receiver_loop(Batch& b, const std::function<vo
         r.error = Error(Failure::kIntegrity, "data received for " + storage::quote_name(item.remote) +
                                                  " does not match the SHA-256 the server announced; " +
                                                  item.local.string() + " was left untouched");
-      } else if (auto ec = staged->commit((reply.flags & protocol::kFlagHasMtime) != 0
-                                              ? std::optional(reply.mtime_ns)
-                                              : std::nullopt,
-                                          executable, /*sync_folder=*/false)) {
+      } else if (auto ec = staged->seal((reply.flags & protocol::kFlagHasMtime) != 0
+                                            ? std::optional(reply.mtime_ns)
+                                            : std::nullopt,
+                                        executable)) {
         r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + ec.message());
       } else {
         r.result = {reply.size, digest, item.local, executable};
+        report(std::move(r), std::move(staged));
+        continue;
       }
     }
-    report(std::move(r));
+    report(std::move(r), std::nullopt);
   }
 }
 

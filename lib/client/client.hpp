@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "client/local_file.hpp"
 #include "hash/hash_thread.hpp"
 #include "protocol/address.hpp"
 #include "protocol/codec.hpp"
@@ -264,10 +265,13 @@ class Client {
   asio::awaitable<void> put_receiver(Batch& b);
   asio::awaitable<void> get_sender(Batch& b);
   asio::awaitable<void> get_receiver(Batch& b);
-  // get_receiver's loop: each file's result goes to `report` (which syncs folders in groups);
-  // `settle` syncs and reports what is pending, called before the loop waits for the server.
-  asio::awaitable<void> get_receiver_loop(Batch& b, const std::function<void(BatchResult)>& report,
-                                          const std::function<void()>& settle);
+  // get_receiver's loop: each file's result goes to `report`, with the file sealed but not yet
+  // under its name when it arrived intact (report publishes such files in groups: one syncfs
+  // for the group, then renames, then one fsync per folder); `settle` publishes and reports
+  // what is pending, called before the loop waits for the server.
+  asio::awaitable<void> get_receiver_loop(
+      Batch& b, const std::function<void(BatchResult, std::optional<StagedFile>)>& report,
+      const std::function<void()>& settle);
   // Runs `op` to completion on io_, giving up (and closing the connection) when no
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>

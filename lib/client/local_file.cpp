@@ -26,8 +26,10 @@ namespace {
 // Staging files a signal handler must remove. Only async-signal-safe state: fixed buffers,
 // each guarded by a lock-free atomic (free -> writing -> armed), so downloads on several
 // threads each register their own file. Past kSlots at once, a file is not registered
-// (it is still removed by the destructor, and by the next download after a kill).
-constexpr std::size_t kSlots = 64;
+// (it is still removed by the destructor, and by the next download after a kill). A folder
+// download holds up to 64 files sealed and waiting for their group commit, plus the one
+// arriving.
+constexpr std::size_t kSlots = 128;
 struct Slot {
   std::atomic<int> state{0};  // 0 free, 1 being written, 2 armed
   char path[4096];
@@ -370,7 +372,13 @@ StagedFile::~StagedFile() {
 
 std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable,
                                    bool sync) {
-  struct stat old {};
+  if (auto ec = seal(mtime_ns, executable)) return ec;
+  if (auto ec = place(/*data_synced=*/false)) return ec;
+  if (sync) sync_folder(folder_of(target_));
+  return {};
+}
+
+std::error_code StagedFile::seal(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable) {
   // 0666 less the umask, from the open; a resumable file may come from an earlier run (and
   // another umask): asked each time.
   struct stat mine {};
@@ -378,25 +386,32 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
                          : ::fstat(fd_.get(), &mine) == 0 ? mine.st_mode & 07777
                                                           : static_cast<mode_t>(-1);
   if (created == static_cast<mode_t>(-1)) return storage::last_error();
-  const auto with_exec_bits = [&](mode_t m) {
-    return executable ? (m & ~mode_t{0111}) | (*executable ? (m & 0444) >> 2 : 0) : m;
-  };
-  // The mode for a new target; one that exists keeps its permission bits (below).
-  mode_t mode = with_exec_bits(created);
-  if (mode != created && ::fchmod(fd_.get(), mode) != 0) return storage::last_error();
+  executable_ = executable;
+  // The mode for a new target; one that exists keeps its permission bits (place()).
+  mode_ = with_exec_bits(created);
+  if (mode_ != created && ::fchmod(fd_.get(), mode_) != 0) return storage::last_error();
   if (mtime_ns) {
     if (auto ec = storage::set_mtime(fd_.get(), *mtime_ns)) return ec;
   }
-  if (::fsync(fd_.get()) != 0) return storage::last_error();
+  return {};
+}
+
+mode_t StagedFile::with_exec_bits(mode_t m) const {
+  return executable_ ? (m & ~mode_t{0111}) | (*executable_ ? (m & 0444) >> 2 : 0) : m;
+}
+
+std::error_code StagedFile::place(bool data_synced) {
+  if (!data_synced && ::fsync(fd_.get()) != 0) return storage::last_error();
   // A target that does not exist yet -- every file of a fresh folder download -- is taken
   // in one call, without looking first (a stat per file was one system call in seven).
   if (::renameat2(AT_FDCWD, staging_.c_str(), AT_FDCWD, target_.c_str(), RENAME_NOREPLACE) != 0) {
     // EEXIST: replace it, keeping its permission bits; EINVAL or ENOSYS: a file system (or
     // kernel) that cannot refuse to replace -- then the same, looked at first.
     if (errno != EEXIST && errno != EINVAL && errno != ENOSYS) return storage::last_error();
+    struct stat old {};
     if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) {
       const mode_t keep = with_exec_bits(old.st_mode & 07777);
-      if (keep != mode) {
+      if (keep != mode_) {
         if (::fchmod(fd_.get(), keep) != 0 || ::fsync(fd_.get()) != 0) return storage::last_error();
       }
     }
@@ -406,8 +421,49 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
   committed_ = true;
   guard_while_empty(false);
   fd_.reset();
-  if (sync) sync_folder(folder_of(target_));
   return {};
+}
+
+std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files) {
+  std::vector<std::error_code> results(files.size());
+  // One fsync per file is a journal commit and a disk-cache flush per file on a disk (the
+  // files' blocks are only placed as each is written out, so no fsync serves the next).
+  // One syncfs per filesystem the files are on writes them all out and commits once; its
+  // price is that it also writes out whatever else is dirty there. The folders of a folder
+  // download may be on different filesystems (a mount inside it): one fstat per change of
+  // folder tells. A failed syncfs leaves those files to their own fsync, which says which.
+  std::vector<bool> synced(files.size(), false);
+  if (files.size() > 1) {
+    struct Device {
+      dev_t dev;
+      int fd;
+      std::vector<std::size_t> members;
+    };
+    std::vector<Device> devices;
+    std::string_view folder;
+    std::size_t current = 0;  // index into devices; devices.size() = none
+    for (std::size_t i = 0; i < files.size(); ++i) {
+      const std::string_view f = folder_text(files[i]->target_);
+      if (devices.empty() || current == devices.size() || f != folder) {
+        struct stat st {};
+        folder = f;
+        if (::fstat(files[i]->fd(), &st) != 0) {
+          current = devices.size();  // this folder's files fsync on their own
+          continue;
+        }
+        const auto it = std::find_if(devices.begin(), devices.end(), [&](const Device& d) { return d.dev == st.st_dev; });
+        current = static_cast<std::size_t>(it - devices.begin());
+        if (it == devices.end()) devices.push_back(Device{st.st_dev, files[i]->fd(), {}});
+      }
+      if (current < devices.size()) devices[current].members.push_back(i);
+    }
+    for (const auto& d : devices) {
+      if (d.members.size() < 2 || ::syncfs(d.fd) != 0) continue;
+      for (const auto i : d.members) synced[i] = true;
+    }
+  }
+  for (std::size_t i = 0; i < files.size(); ++i) results[i] = files[i]->place(synced[i]);
+  return results;
 }
 
 }  // namespace ftx::client

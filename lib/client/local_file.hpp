@@ -5,10 +5,14 @@
 // Ctrl-C removes the staging file (install_interrupt_cleanup); one left by a killed process
 // is removed by the next download to the same target.
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <system_error>
+#include <vector>
 
 #include "storage/fd.hpp"
 #include "storage/partial.hpp"
@@ -66,8 +70,17 @@ class StagedFile {
   std::error_code commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable = std::nullopt,
                          bool sync_folder = true);
 
+  // Group commit, first half: applies mode and `mtime_ns` as commit() does, but neither
+  // fsyncs nor renames; publish_staged() then publishes a group of them at once.
+  std::error_code seal(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable = std::nullopt);
+
  private:
+  friend std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files);
   StagedFile() = default;
+  // The second half of commit(): fsyncs the data (unless `data_synced`: the caller made it
+  // durable) and renames over the target, keeping an existing target's permission bits.
+  std::error_code place(bool data_synced);
+  mode_t with_exec_bits(mode_t m) const;
 
   std::filesystem::path target_;
   std::filesystem::path staging_;
@@ -78,6 +91,8 @@ class StagedFile {
   storage::UniqueFd record_fd_;  // holds the flock that says "in use"
   storage::PartialRecord record_;
   bool found_ = false;
+  mode_t mode_ = 0;                    // seal(): the mode for a new target
+  std::optional<bool> executable_;     // seal(): set or clear the execute bits
   void* cleanup_slot_ = nullptr;  // this file's entry in the signal handler's table
   // Resumable only: while it holds nothing worth resuming, Ctrl-C removes it and its record
   // too (two more entries in that table); armed by guard_while_empty(true).
@@ -90,6 +105,12 @@ std::filesystem::path folder_of(const std::filesystem::path& target);
 // The same as text, a view into target (or of "."): what a folder download compares per
 // file, where building a path (and comparing paths part by part) was most of its own work.
 std::string_view folder_text(const std::filesystem::path& target);
+
+// Group commit, second half: publishes files seal()ed, in order -- their data made durable
+// together (one syncfs per filesystem they are on, else each its own fsync), each renamed
+// over its target. results[i] is files[i]'s outcome, as commit() would have returned it; the
+// caller then sync_folder()s their folders before it reports them saved.
+std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files);
 
 // fsyncs the folder `dir` (best effort: the files in it are durable already, this makes
 // their names so). Keeps the last folder's descriptor open. Thread-safe.

@@ -40,8 +40,8 @@ constexpr std::size_t kSendFileStep = 64u << 20;
 constexpr auto kPartialBusyWait = std::chrono::milliseconds(50);
 constexpr int kPartialBusyTries = 60;
 
-// At most this many pipelined uploads wait for their folder's fsync (settle()).
-constexpr std::size_t kMaxUnsynced = 64;
+// At most this many pipelined uploads wait, staged, to be published together (settle()).
+constexpr std::size_t kMaxStaged = 64;
 
 // How long check_put_limits trusts a free-space answer (less what it accepted since).
 constexpr auto kFreeSpaceFresh = std::chrono::milliseconds(20);
@@ -73,9 +73,9 @@ Session::Session(Server& server, std::unique_ptr<Stream> stream)
 }
 
 Session::~Session() {
-  // Uploads published whose answer never went out (the coroutine died with an exception, or
-  // was destroyed at a forced stop): still made durable, and logged, as every stored file is.
-  if (!unsynced_.empty()) {
+  // Uploads received and verified whose answer never went out (the coroutine died with an
+  // exception, or was destroyed at a forced stop): still published, durably, and logged.
+  if (!staged_.empty()) {
     settle(" (not answered)");
     log::flush();
   }
@@ -231,6 +231,9 @@ asio::awaitable<void> Session::serve() {
       break;
     }
     pipelining_ = req.type == MsgType::kPut && (req.flags & protocol::kFlagStreamed) != 0;
+    // Anything but the next upload of a batch sees the batch's files in place: a GET, LIST
+    // or MV right behind them in the same pipeline finds them.
+    if (!pipelining_) settle();
     switch (req.type) {
       case MsgType::kPut: ec = co_await handle_put(req); break;
       case MsgType::kGet: ec = co_await handle_get(req); break;
@@ -369,21 +372,23 @@ void Session::queue(const Frame& f, std::span<const std::uint8_t> body) {
 }
 
 void Session::settle(std::string_view note) {
-  if (unsynced_.empty()) return;
-  auto batch = std::exchange(unsynced_, {});
-  // A streamed batch publishes dozens of files into one folder between two reads: one
-  // fsync of that folder makes all their renames durable (it was one fsync per file). One
-  // per descriptor: uploads alternating between folders may hold several for one folder.
-  std::vector<std::pair<int, bool>> synced;  // folder descriptor, whether its fsync worked
-  for (auto& u : batch) {
-    auto it = std::find_if(synced.begin(), synced.end(), [&](const auto& p) { return p.first == u.folder.get(); });
-    if (it == synced.end()) it = synced.insert(synced.end(), {u.folder.get(), ::fsync(u.folder.get()) == 0});
-    if (it->second) {
-      log_transfer("put", u.name, u.done.size, u.start, "ok" + std::string(note));
-      protocol::encode(u.done, out_);
+  if (staged_.empty()) return;
+  auto batch = std::exchange(staged_, {});
+  // A streamed batch stages dozens of files between two reads; they are published
+  // together: one syncfs for all their data, then the renames, then one fsync per folder
+  // (Storage::publish_staged). It was an fsync per file, a journal commit each on a disk.
+  std::vector<storage::Upload*> uploads;
+  uploads.reserve(batch.size());
+  for (auto& s : batch) uploads.push_back(&s.upload);
+  const auto results = server_.storage().publish_staged(uploads);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    auto& s = batch[i];
+    if (!results[i]) {
+      log_transfer("put", s.name, s.done.size, s.start, "ok" + std::string(note));
+      protocol::encode(s.done, out_);
     } else {
-      auto [st, msg] = describe(storage::errc::not_durable, u.name);
-      log_transfer("put", u.name, u.done.size, u.start, std::string(protocol::to_string(st)) + std::string(note));
+      auto [st, msg] = describe(results[i], s.name);
+      log_transfer("put", s.name, s.done.size, s.start, std::string(protocol::to_string(st)) + std::string(note));
       protocol::encode(protocol::make_error(st, std::move(msg)), out_);
     }
   }
@@ -606,12 +611,11 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
                  "aborted: " + ec.message() + (up.record() != nullptr ? "; kept for resume" : ""));
     co_return ec;  // `up` removes the staging file, or keeps a resumable one
   }
-  // A streamed upload leaves its folder's fsync to settle(), shared with the rest of its
-  // batch; its answer waits for it.
-  storage::DirFd unsynced;
+  // A streamed upload is only staged here: settle() publishes it with the rest of its
+  // batch, and its answer waits for that.
   if (!store_ec) {
-    store_ec = up.commit(expected, has_mtime ? std::optional(req.mtime_ns) : std::nullopt, executable,
-                         streamed ? &unsynced : nullptr);
+    const auto mtime = has_mtime ? std::optional(req.mtime_ns) : std::nullopt;
+    store_ec = streamed ? up.stage(expected, mtime, executable) : up.commit(expected, mtime, executable);
   }
   if (store_ec) {
     // Gone before the client hears "nothing was stored" (a failed write left it in place;
@@ -626,9 +630,9 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   done.size = req.size;
   done.digest = expected;
   if (streamed) {
-    unsynced_.push_back({std::move(unsynced), std::move(done), req.name, start});
-    // Each holds its folder's descriptor: a burst into many folders must not hold hundreds.
-    if (unsynced_.size() >= kMaxUnsynced) settle();
+    staged_.push_back({std::move(up), std::move(done), req.name, start});
+    // Each holds its staging file open: a long burst must not hold hundreds.
+    if (staged_.size() >= kMaxStaged) settle();
     co_return std::error_code{};
   }
   log_transfer("put", req.name, req.size - resumed_at, start, "ok" + resumed);

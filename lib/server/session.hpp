@@ -66,11 +66,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // Queues f (and `body` after it) to be written at the next flush, after the answers of
   // the uploads still waiting for their folder's fsync (settle() first).
   void queue(const protocol::Frame& f, std::span<const std::uint8_t> body = {});
-  // Group commit for pipelined uploads: fsyncs each folder descriptor of unsynced_ once and
-  // queues every one's answer in order -- kDone, or the not-durable error when its folder's
-  // fsync failed -- and logs it (its result followed by `note`). No answer of an upload
-  // leaves before its folder is synced. queue(), flush() and log_transfer() call it first,
-  // so answers and log records keep request order; also once 64 uploads wait.
+  // Group commit for pipelined uploads: publishes the verified uploads of staged_ together
+  // (Storage::publish_staged: one syncfs, the renames, one fsync per folder) and queues
+  // every one's answer in order -- kDone, or the error publishing it met -- and logs it (its
+  // result followed by `note`). No answer of an upload leaves before it is durable. The
+  // request loop calls it before any request but the next streamed PUT (so a GET behind a
+  // batch finds its files), queue(), flush() and log_transfer() call it first (answers and
+  // log records keep request order), and handle_put once 64 uploads wait.
   void settle(std::string_view note = {});
   // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();
@@ -176,15 +178,15 @@ class Session : public std::enable_shared_from_this<Session> {
   bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
   bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
   storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
-  // Pipelined uploads published (renamed into place) whose folder is not yet fsynced, in
-  // request order; answered by settle().
-  struct Unsynced {
-    storage::DirFd folder;
+  // Pipelined uploads received and verified but not yet published (Upload::stage), in
+  // request order; published and answered by settle().
+  struct Staged {
+    storage::Upload upload;
     protocol::Frame done;
     std::string name;
     std::chrono::steady_clock::time_point start;
   };
-  std::vector<Unsynced> unsynced_;
+  std::vector<Staged> staged_;
   // check_put_limits: the last statfs answer, less what this connection accepted since.
   mutable std::uint64_t free_estimate_ = 0;
   mutable std::chrono::steady_clock::time_point free_checked_{};

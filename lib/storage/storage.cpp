@@ -259,15 +259,22 @@ std::error_code Upload::write(std::span<const std::uint8_t> data) {
 }
 
 std::error_code Upload::commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                               bool executable, DirFd* unsynced) {
+                               bool executable) {
+  return publish(verify(expected), expected, mtime_ns, executable);
+}
+
+std::error_code Upload::stage(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns, bool executable) {
+  std::error_code ec = verify(expected);
+  if (!ec) ec = seal(expected, mtime_ns, executable);
+  if (ec) abort();
+  return ec;
+}
+
+std::error_code Upload::verify(const hash::Digest& expected) {
   if (staging_name_.empty()) return std::make_error_code(std::errc::bad_file_descriptor);
-  std::error_code ec;
-  if (written_ != size_) {
-    ec = errc::size_mismatch;
-  } else if (hasher_.finish() != expected) {
-    ec = errc::digest_mismatch;
-  }
-  return publish(ec, expected, mtime_ns, executable, unsynced);
+  if (written_ != size_) return errc::size_mismatch;
+  if (hasher_.finish() != expected) return errc::digest_mismatch;
+  return {};
 }
 
 std::error_code Upload::preallocate() {
@@ -308,23 +315,45 @@ std::error_code Upload::commit_written(const hash::Digest& expected, std::option
 }
 
 std::error_code Upload::publish(std::error_code ec, const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                                bool executable, DirFd* unsynced) {
-  if (!ec && executable && ::fchmod(fd_.get(), 0755) != 0) ec = last_error();
-  if (!ec && mtime_ns) ec = set_mtime(fd_.get(), *mtime_ns);
+                                bool executable) {
+  if (!ec) ec = seal(expected, mtime_ns, executable);
+  if (ec) {
+    abort();  // a resumable upload too: what it holds is not the file
+    return ec;
+  }
+  DirFd dir;
+  ec = place(/*data_synced=*/false, dir);
+  if (ec) return ec;
+  // The rename is durable only once the folder is: this is what lets the server say
+  // "stored" and mean it.
+  if (::fsync(dir.get()) != 0) return errc::not_durable;
+  return {};
+}
+
+std::error_code Upload::seal(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns, bool executable) {
+  if (executable && ::fchmod(fd_.get(), 0755) != 0) return last_error();
+  if (mtime_ns) {
+    if (auto ec = set_mtime(fd_.get(), *mtime_ns)) return ec;
+  }
   // After the mtime: the record must describe the file as published.
-  if (!ec) write_digest_record(fd_.get(), expected);
+  write_digest_record(fd_.get(), expected);
+  return {};
+}
+
+std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cache) {
+  std::error_code ec;
   // The data must be on disk before the rename makes it visible, or a crash could publish
   // a file whose blocks never arrived.
-  if (!ec && ::fsync(fd_.get()) != 0) ec = last_error();
+  if (!data_synced && ::fsync(fd_.get()) != 0) ec = last_error();
   // The folder found at begin_upload, else (it did not exist yet) found and made now.
   DirFd dir = std::move(parent_);
   std::string leaf = name_.substr(name_.rfind('/') + 1);
-  if (!ec && !dir) ec = store_->open_parent(name_, /*create=*/true, dir, leaf);
+  if (!ec && !dir) ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);
   if (!ec && ::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
     ec = last_error();
   }
   if (ec) {
-    abort();  // a resumable upload too: what it holds is not the file (or cannot be stored)
+    abort();  // a resumable upload too: what it holds cannot be stored
     return ec;
   }
   staging_name_.clear();  // it is the final file now
@@ -333,14 +362,39 @@ std::error_code Upload::publish(std::error_code ec, const hash::Digest& expected
     ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
     abort();  // drops the record's descriptor and the claim on the key
   }
-  // The rename is durable only once the folder is: this is what lets the server say
-  // "stored" and mean it.
-  if (unsynced != nullptr) {
-    *unsynced = std::move(dir);
-    return {};
-  }
-  if (::fsync(dir.get()) != 0) return errc::not_durable;
+  folder = std::move(dir);
   return {};
+}
+
+std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> uploads) const {
+  std::vector<std::error_code> results(uploads.size());
+  // On a disk, one fsync per file is one journal commit and one disk-cache flush per file
+  // (about 0.3 ms each here, ~3 s for 10,000 small files), and fsyncing them one after
+  // another commits nothing sooner: with delayed allocation each file's blocks are placed
+  // only when its own data is written out. One syncfs writes out every staged file's data
+  // and commits once. Its price: it also writes out whatever else is dirty on that
+  // filesystem, so a burst waits for that too (never longer than per-file fsyncs would take
+  // under the same load). A failed syncfs (an unrelated file's write error counts) falls
+  // back to per-file fsyncs, which say which file it was.
+  const bool synced = uploads.size() > 1 && ::syncfs(staging_fd_.get()) == 0;
+  // Each folder once, after all the renames into it: the renames are durable together.
+  std::vector<std::pair<DirFd, std::vector<std::size_t>>> folders;
+  // Uploads into a folder that did not exist when they began: the first makes it, the
+  // others find it here.
+  FolderCache made;
+  for (std::size_t i = 0; i < uploads.size(); ++i) {
+    DirFd dir;
+    results[i] = uploads[i]->place(synced, dir, &made);
+    if (results[i]) continue;
+    auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first.get() == dir.get(); });
+    if (it == folders.end()) it = folders.insert(folders.end(), {std::move(dir), {}});
+    it->second.push_back(i);
+  }
+  for (const auto& [dir, members] : folders) {
+    if (::fsync(dir.get()) == 0) continue;
+    for (const auto i : members) results[i] = errc::not_durable;
+  }
+  return results;
 }
 
 // ---------------------------------------------------------------- Storage
@@ -427,8 +481,16 @@ std::error_code Storage::prepare_upload(std::string_view name, std::uint64_t siz
   if (auto ec = check_name(name)) return ec;
   DirFd dir;
   std::string leaf;
-  auto ec = open_parent(name, /*create=*/false, dir, leaf, cache);
+  const auto slash = name.rfind('/');
+  const std::string_view folder = slash == std::string_view::npos ? std::string_view() : name.substr(0, slash);
+  // A streamed batch into a new folder: the folder is made when the first of them is
+  // published, so the others need not each look for it first. Only streamed uploads trust
+  // this (they skip the early checks anyway), and publishing opens the folder regardless.
+  const bool known_missing = streamed && cache != nullptr && !folder.empty() && cache->missing_ == folder;
+  auto ec = known_missing ? std::make_error_code(std::errc::no_such_file_or_directory)
+                          : open_parent(name, /*create=*/false, dir, leaf, cache);
   if (ec && ec != std::errc::no_such_file_or_directory) return ec;  // missing folders are made at commit
+  if (ec && streamed && cache != nullptr) cache->missing_ = std::string(folder);
   if (!ec && !streamed) {
     struct stat st {};
     if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {

@@ -95,12 +95,13 @@ class DirFd {
 // invalidates every cache when its own rm/mv runs. One per connection; not thread-safe.
 class FolderCache {
  public:
-  void clear() { path_.clear(), dir_ = DirFd(); }
+  void clear() { path_.clear(), dir_ = DirFd(), missing_.clear(); }
 
  private:
   friend class Storage;
   std::string path_;       // the folder's name ("" = nothing cached)
   DirFd dir_;
+  std::string missing_;    // a folder the last streamed upload found missing ("" = none)
   std::uint64_t generation_ = 0;
 };
 
@@ -138,20 +139,22 @@ class Upload {
   std::uint64_t written() const { return written_; }
   std::uint64_t expected_size() const { return size_; }
 
-  // Checks size and SHA-256 against the announced values, fsyncs, applies `mtime_ns`,
+  // Checks size and SHA-256 against the announced values, applies `mtime_ns`, fsyncs,
   // creates missing folders, renames over the final name and fsyncs that folder. On
   // success the file is durable and visible. On a failure before the rename the staging
   // file is removed and whatever was stored under the name before is untouched; only the
   // final folder fsync can fail after it: then the new file is in place but may not
   // survive a crash, and the result is errc::not_durable. The verified digest is kept
   // with the file (digest cache, see Storage::digest) so downloads need not hash it again.
-  //
-  // Group commit: with `unsynced` given, the final folder is not fsynced here but handed
-  // to *unsynced, and the file is visible but not yet durable: the caller must fsync that
-  // folder before it reports the file stored (one fsync can then serve many files of a
-  // batch; a failed one means errc::not_durable for each of them).
   std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                         bool executable = false, DirFd* unsynced = nullptr);
+                         bool executable = false);
+
+  // Group commit, first half: checks size and SHA-256 and applies mode, mtime and the digest
+  // record as commit() does, but neither fsyncs nor renames: the file stays invisible in the
+  // staging area until Storage::publish_staged() publishes it with others. On a failure the
+  // staging file is removed. Not for resumable uploads.
+  std::error_code stage(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
+                        bool executable = false);
 
   // Uploads whose bytes arrive out of order, over several connections (parallel streams):
   // preallocate() gives the staging file its whole size first; write_at() then stores a
@@ -183,11 +186,20 @@ class Upload {
   void release();
   // Records that the data up to written_ is on disk and hashed (resumable uploads).
   void checkpoint();
+  // Size and SHA-256 against the announced values (commit, stage).
+  std::error_code verify(const hash::Digest& expected);
   // The second half of commit() and commit_written(): with `ec` clear (the data was
-  // verified), applies mode and mtime, fsyncs, renames over the final name and fsyncs its
-  // folder; with `ec` set, or on any failure, removes the staging file and returns why.
+  // verified), seal()s, then place()s and fsyncs the folder; with `ec` set, or on any
+  // failure, removes the staging file and returns why.
   std::error_code publish(std::error_code ec, const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
-                          bool executable, DirFd* unsynced = nullptr);
+                          bool executable);
+  // Applies mode, mtime and then the digest record to the staging file.
+  std::error_code seal(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns, bool executable);
+  // fsyncs the data (unless `data_synced`: the caller made it durable), creates missing
+  // folders and renames the staging file over the final name. On success the file is
+  // visible, `folder` is its folder, and it is durable once the caller has fsynced that
+  // folder. On a failure the staging file is removed.
+  std::error_code place(bool data_synced, DirFd& folder, FolderCache* cache = nullptr);
 
   const Storage* store_ = nullptr;
   std::string name_;          // final name
@@ -248,6 +260,14 @@ class Storage {
                                         bool executable, const hash::Digest& source,
                                         const std::optional<hash::Digest>& digest, Upload& out,
                                         FolderCache* cache = nullptr) const;
+
+  // Group commit, second half: publishes uploads stage()d on this store, in order -- their
+  // data made durable (one syncfs of the filesystem for several, an fsync for one), each
+  // renamed over its final name, then each folder fsynced once. results[i] is uploads[i]'s
+  // outcome, as commit() would have returned it: on success the file is durable and
+  // visible; errc::not_durable when only its folder's fsync failed (the file is in place);
+  // any other error means nothing was stored (its staging file is gone).
+  std::vector<std::error_code> publish_staged(std::span<Upload* const> uploads) const;
 
   // Removes partial uploads (and stray files in the partial/ folder) that made no progress
   // for `ttl`, except those being sent right now. Returns how many were removed.

@@ -210,6 +210,86 @@ TEST_F(StorageTest, CommitAppliesTheGivenMtime) {
   EXPECT_EQ(f.mtime_ns, mtime);
 }
 
+// Group commit (a pipelined batch): stage() verifies and seals each upload, and nothing is
+// visible until publish_staged() publishes them together, in order.
+class StagedTest : public StorageTest {
+ protected:
+  static std::string text(const std::filesystem::path& p) {
+    const auto bytes = read_file(p);
+    return {bytes.begin(), bytes.end()};
+  }
+  // Begins a streamed upload of `content` to `name` (as a batch does) and stages it.
+  std::error_code stage(Storage& s, FolderCache& cache, const std::string& name, const std::string& content,
+                        Upload& up, std::optional<hash::Digest> digest = std::nullopt,
+                        std::optional<std::int64_t> mtime = std::nullopt) {
+    if (auto ec = s.begin_upload(name, content.size(), up, &cache, /*streamed=*/true)) return ec;
+    const auto* p = reinterpret_cast<const std::uint8_t*>(content.data());
+    if (auto ec = up.write({p, content.size()})) return ec;
+    return up.stage(digest.value_or(hash::sha256(content)), mtime);
+  }
+};
+
+TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
+  Storage s(root());
+  FolderCache cache;
+  std::vector<Upload> ups(4);
+  // Two into a folder that does not exist yet (made once, by the first to be published).
+  ASSERT_FALSE(stage(s, cache, "new/one", "1", ups[0]));
+  ASSERT_FALSE(stage(s, cache, "new/two", "22", ups[1], std::nullopt, 1'000'000'000'000'000'007));
+  ASSERT_FALSE(stage(s, cache, "top", "333", ups[2]));
+  ASSERT_FALSE(stage(s, cache, "new/deeper/three", "4444", ups[3]));
+  EXPECT_FALSE(std::filesystem::exists(root() / "new"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "top"));
+  EXPECT_EQ(test::staging_files(staging()).size(), 4u);
+
+  std::vector<Upload*> batch{&ups[0], &ups[1], &ups[2], &ups[3]};
+  const auto results = s.publish_staged(batch);
+  ASSERT_EQ(results.size(), 4u);
+  for (const auto& ec : results) EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(text(root() / "new/one"), "1");
+  EXPECT_EQ(text(root() / "new/two"), "22");
+  EXPECT_EQ(text(root() / "top"), "333");
+  EXPECT_EQ(text(root() / "new/deeper/three"), "4444");
+  EXPECT_TRUE(test::staging_files(staging()).empty());
+  // Sealed as commit() seals: the mtime given, and the verified digest kept with the file.
+  ReadFile f;
+  ASSERT_FALSE(s.open_file("new/two", f));
+  EXPECT_EQ(f.mtime_ns, 1'000'000'000'000'000'007);
+  hash::Digest d{};
+  ASSERT_TRUE(s.cached_digest(f, d));
+  EXPECT_EQ(d, hash::sha256("22"));
+}
+
+TEST_F(StagedTest, OneThatCannotBePublishedFailsAloneAndTheLaterOfTwoSameNamesWins) {
+  Storage s(root());
+  std::filesystem::create_directories(root() / "dir");
+  FolderCache cache;
+  std::vector<Upload> ups(3);
+  ASSERT_FALSE(stage(s, cache, "same", "first", ups[0]));
+  // A streamed upload is not checked against a folder of its name until it is published.
+  ASSERT_FALSE(stage(s, cache, "dir", "x", ups[1]));
+  ASSERT_FALSE(stage(s, cache, "same", "second", ups[2]));
+  std::vector<Upload*> batch{&ups[0], &ups[1], &ups[2]};
+  const auto results = s.publish_staged(batch);
+  EXPECT_FALSE(results[0]);
+  EXPECT_TRUE(results[1]);
+  EXPECT_NE(results[1], errc::not_durable);  // nothing was stored for it
+  EXPECT_FALSE(results[2]);
+  EXPECT_EQ(text(root() / "same"), "second");
+  EXPECT_TRUE(std::filesystem::is_directory(root() / "dir"));
+  EXPECT_TRUE(test::staging_files(staging()).empty());
+}
+
+TEST_F(StagedTest, AWrongDigestIsRefusedAtStageAndLeavesNothing) {
+  Storage s(root());
+  ASSERT_FALSE(store(s, "kept", "old"));
+  FolderCache cache;
+  Upload up;
+  EXPECT_EQ(stage(s, cache, "kept", "new", up, hash::sha256("other")), errc::digest_mismatch);
+  EXPECT_TRUE(test::staging_files(staging()).empty());
+  EXPECT_EQ(text(root() / "kept"), "old");
+}
+
 TEST_F(StorageTest, RootThatIsAFileIsRefused) {
   write_file(dir_ / "plain", "x");
   EXPECT_THROW(Storage s(dir_ / "plain"), std::system_error);
