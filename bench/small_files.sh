@@ -7,7 +7,9 @@
 # For each tool and direction: the median wall time of RUNS runs, files/s, MB/s, the ratio to
 # ftx (ftx time / this time, so above 1 is faster than ftx; the stream is compared with ftx
 # up) and the CPU seconds of client + server. Every root and local folder is on /dev/shm, so
-# the disk is not what is measured. Each run starts from an empty destination and its copy is
+# the disk is not what is measured -- or under BASE: BASE=/var/tmp puts them on the disk,
+# where each tool's way of making files durable (ftx: one syncfs per burst of up to 64
+# files, on both sides; rsync: none) is part of the price. Each run starts from an empty destination and its copy is
 # checked against the source (SHA-256 of every file); a failed or wrong run marks its row
 # "failed" and the benchmark goes on. A benchmark, not a test: it asserts nothing.
 #
@@ -15,7 +17,7 @@
 #   the same as environment variables FILES, SIZE, RUNS; SMOKE=1 means FILES=200 RUNS=1 (seconds)
 #   STRICT=1: exit 1 when any row failed (CI runs SMOKE=1 STRICT=1)
 #   FTX=path/to/ftx (default build/apps/ftx/ftx, else build/ftx), TOOLS="ftx rsync tarnc",
-#   RUN_TIMEOUT=seconds a single run may take (300)
+#   RUN_TIMEOUT=seconds a single run may take (300), BASE=folder for roots and copies (/dev/shm)
 # rsync and netcat-openbsd are installed with apt-get when missing.
 set -euo pipefail
 
@@ -31,7 +33,12 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/bench/lib.sh"
 FTX=$(ftx_binary "$REPO")
 
-W=$(mktemp -d /dev/shm/ftx-bench.XXXX)
+BASE=${BASE:-/dev/shm}
+W=$(mktemp -d "$BASE"/ftx-bench.XXXX)
+FSTYPE=$(stat -f -c %T "$BASE")
+# On a disk every run starts with nothing dirty: what the last run (or the rm before this
+# one) left in the page cache is written out first, so no tool pays for another's writes.
+quiesce() { [ "$FSTYPE" = tmpfs ] || sync -f "$W"; }
 PIDS=()     # the servers this script started; killed at exit
 CLIENT=     # the client run in flight, if any
 RECV=       # the tar|nc receiver in flight, if any
@@ -119,6 +126,7 @@ fail() {  # fail TOOL DIR REASON
 # running server, then the copy in CHECK_DIR is verified; records the time and the CPU seconds
 one_run() {
   local tool=$1 dir=$2 run=$3 server=$4 check=$5 alt=$6 c0 c1 rc=0; shift 6
+  quiesce
   c0=$(cpu_ticks "$server")
   run_client "$W/$tool-$dir.err" "$@" || rc=$?
   children_done "$server"
@@ -203,6 +211,7 @@ bench_tarnc() {  # the receiver is started afresh for every run and counts as th
   if [ -z "$NC" ]; then fail tar\|nc stream "no usable nc (netcat-openbsd)"; return; fi
   for r in $(seq "$RUNS"); do
     rm -rf "$W/stream"; mkdir "$W/stream"
+    quiesce
     port=$(free_port)
     rm -f "$W/time.recv"
     rtime=(); [ ${#TIME[@]} = 0 ] || rtime=(/usr/bin/time -o "$W/time.recv" -f '%U %S')
@@ -265,7 +274,7 @@ for row in "ftx up" "ftx down" "rsync up" "rsync down" "tar|nc stream"; do
     printf "%-7s %-7s %7s %9.3f %9.0f %8.1f %7s %8s\n", t, d, f, s, f / s, mb / s,
       (ref == "" ? "-" : sprintf("%.2f", ref / s)), (cpu == "" ? "-" : sprintf("%.2f", cpu)) }'
 done
-echo "$FILES files of $SIZE B ($mb MB, $PER_DIR a folder), median of $RUNS run(s), 127.0.0.1, roots on /dev/shm, $(nproc) cores"
+echo "$FILES files of $SIZE B ($mb MB, $PER_DIR a folder), median of $RUNS run(s), 127.0.0.1, roots on $BASE ($FSTYPE), $(nproc) cores"
 echo "ratio = ftx time / this time (above 1: faster than ftx; the stream against ftx up); CPU s = client + server user+sys"
 for row in "${!FAIL[@]}"; do echo "failed: $row: ${FAIL[$row]}"; done | sort
 # CI's smoke run (STRICT=1): a row that failed fails the run (times are never judged).

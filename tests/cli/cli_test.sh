@@ -87,6 +87,34 @@ start_server "$T/root"
 check "staging leftover removed" test ! -e "$T/root/.ftx-staging/0123.part"
 grep -q "removed 1 unfinished upload" "$T/serve.log" && ok || bad "leftover removal not logged"
 
+# ---- serve raises its soft limit on open files to the hard one (1024 soft is fewer than the
+# default --max-connections needs), and warns when the hard limit itself is too low
+# limited_server LOG SOFT HARD ARGS...: a server started with those limits; sets LIMITED_PID
+limited_server() {
+  local log=$1 soft=$2 hard=$3; shift 3
+  ( ulimit -Sn "$soft" && ulimit -Hn "$hard" && exec "$FTX" serve --listen 127.0.0.1:0 "$@" 2>"$log" ) &
+  LIMITED_PID=$!
+  for _ in $(seq 100); do
+    grep -q ' on 127\.0\.0\.1:[0-9]* with ' "$log" 2>/dev/null && return 0
+    kill -0 "$LIMITED_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  bad "limited server did not start: $(cat "$log")"
+}
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] && hard=1048576
+if [ "$hard" -ge 8192 ]; then
+  limited_server "$T/rl1.log" 256 8192 --root "$T/rl1" --max-connections 1000
+  check "serve raised its soft open-files limit to the hard one" \
+    test "$(awk '/^Max open files/ {print $4}' "/proc/$LIMITED_PID/limits")" = 8192
+  check "no warning when the limit is enough" test -z "$(grep 'open files allowed' "$T/rl1.log")"
+  kill -TERM "$LIMITED_PID"; wait "$LIMITED_PID" || true
+  limited_server "$T/rl2.log" 256 512 --root "$T/rl2" --max-connections 1000
+  check "a hard limit too low for --max-connections is warned about" \
+    grep -q 'only 512 open files allowed (ulimit -n); 1000 connections may need 4064' "$T/rl2.log"
+  kill -TERM "$LIMITED_PID"; wait "$LIMITED_PID" || true
+fi
+
 expect_exit 0 "$FTX" ping
 grep -q "^pong from $FTX_SERVER in " "$T/out" && ok || bad "ping output: $(cat "$T/out")"
 
