@@ -373,9 +373,10 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   // another commits nothing sooner: with delayed allocation each file's blocks are placed
   // only when its own data is written out. One syncfs writes out every staged file's data
   // and commits once. Its price: it also writes out whatever else is dirty on that
-  // filesystem, so a burst waits for that too (never longer than per-file fsyncs would take
-  // under the same load). A failed syncfs (an unrelated file's write error counts) falls
-  // back to per-file fsyncs, which say which file it was.
+  // filesystem, so a burst waits for all of it, which can take far longer than per-file
+  // fsyncs (docs/operations.md names the known gaps: the shared descriptor, FUSE). A
+  // failed syncfs (an unrelated file's write error counts) falls back to per-file fsyncs,
+  // which say which file it was.
   const bool synced = uploads.size() > 1 && ::syncfs(staging_fd_.get()) == 0;
   // Each folder once, after all the renames into it: the renames are durable together.
   std::vector<std::pair<DirFd, std::vector<std::size_t>>> folders;
