@@ -169,6 +169,16 @@ std::string printable(std::string_view s) {
 
 std::string errno_text(const std::error_code& ec) { return ec.message(); }
 
+// Why a verified download could not be saved. errc::not_durable: it was, but its folder's
+// fsync failed, so a crash may still lose its name -- not "saved", and not "untouched" either.
+Error commit_failure(const std::filesystem::path& target, const std::error_code& ec) {
+  if (ec == storage::errc::not_durable) {
+    return Error(Failure::kLocalIo, target.string() + " was saved, but its folder could not be synced: it may not "
+                                                      "survive a crash; check the disk, then download it again");
+  }
+  return Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + errno_text(ec));
+}
+
 bool is_stdout(const std::filesystem::path& p) { return p == "-" || p == "/dev/stdout"; }
 
 // The staging file of a download to `target`: the resumable one unless resume is off (its
@@ -875,7 +885,7 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
   }
   if (!to_stdout) {
     if (auto ec = staged->commit(has_mtime ? std::optional(reply.mtime_ns) : std::nullopt, executable)) {
-      throw Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + errno_text(ec));
+      throw commit_failure(target, ec);
     }
   }
   return {reply.size, digest, to_stdout ? std::filesystem::path("-") : target, executable};
@@ -1112,20 +1122,35 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
       if (p.file) files.push_back(&*p.file);
     }
     const auto published = publish_staged(files);
-    std::vector<std::string> folders;
+    // Each folder once, after every rename into it; a file is saved only once its name is
+    // durable too.
+    std::vector<std::pair<std::string, std::error_code>> folders;
     std::size_t k = 0;
     for (auto& p : batch) {
       if (!p.file) continue;
       auto& r = p.result;
       if (const auto ec = published[k++]) {
-        r.error = Error(Failure::kLocalIo, "cannot write " + r.result.local.string() + ": " + ec.message());
+        r.error = commit_failure(r.result.local, ec);
         r.result = {};
         continue;
       }
       const std::string_view folder = folder_text(r.result.local);
-      if (std::find(folders.begin(), folders.end(), folder) == folders.end()) folders.emplace_back(folder);
+      if (std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first == folder; }) ==
+          folders.end()) {
+        folders.emplace_back(folder, std::error_code{});
+      }
     }
-    for (const auto& f : folders) sync_folder(f);
+    for (auto& [folder, ec] : folders) ec = sync_folder(folder);
+    for (auto& p : batch) {
+      auto& r = p.result;
+      if (!p.file || r.error) continue;
+      const std::string_view folder = folder_text(r.result.local);
+      const auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first == folder; });
+      if (it != folders.end() && it->second) {
+        r.error = commit_failure(r.result.local, storage::errc::not_durable);
+        r.result = {};
+      }
+    }
     for (auto& p : batch) b.on_result(p.result);
   };
   const auto report = [&](BatchResult r, std::optional<StagedFile> file) {
@@ -1731,9 +1756,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
                                          " does not match the SHA-256 the server announced; " + target.string() +
                                          " was left untouched");
   }
-  if (auto ec = staged->commit(info.mtime_ns, info.executable)) {
-    throw Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + errno_text(ec));
-  }
+  if (auto ec = staged->commit(info.mtime_ns, info.executable)) throw commit_failure(target, ec);
   return {info.size, digest, target, info.executable};
 }
 

@@ -20,6 +20,8 @@
 #include <chrono>
 #include <utility>
 
+#include "storage/names.hpp"
+
 namespace ftx::client {
 namespace {
 
@@ -141,16 +143,18 @@ std::filesystem::path folder_of(const std::filesystem::path& target) { return fo
 
 // Keeps the last folder's descriptor open: a folder download commits thousands of files
 // into the same few folders.
-void sync_folder(const std::filesystem::path& dir) {
+std::error_code sync_folder(const std::filesystem::path& dir) {
   static std::mutex mutex;
   static std::filesystem::path last;
   static storage::UniqueFd fd;
   const std::lock_guard lock(mutex);
   if (!fd || last.native() != dir.native()) {
     fd.reset(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-    last = dir;
+    last = fd ? dir : std::filesystem::path();
+    if (!fd) return storage::last_error();
   }
-  if (fd) ::fsync(fd.get());  // best effort: the file itself is already durable
+  // The files are durable already; without this their names may not be.
+  return ::fsync(fd.get()) == 0 ? std::error_code{} : storage::last_error();
 }
 
 void install_interrupt_cleanup() {
@@ -374,7 +378,7 @@ std::error_code StagedFile::commit(std::optional<std::int64_t> mtime_ns, std::op
                                    bool sync) {
   if (auto ec = seal(mtime_ns, executable)) return ec;
   if (auto ec = place(/*data_synced=*/false)) return ec;
-  if (sync) sync_folder(folder_of(target_));
+  if (sync && sync_folder(folder_of(target_))) return storage::errc::not_durable;
   return {};
 }
 
@@ -432,6 +436,10 @@ std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files) 
   // price is that it also writes out whatever else is dirty there. The folders of a folder
   // download may be on different filesystems (a mount inside it): one fstat per change of
   // folder tells. A failed syncfs leaves those files to their own fsync, which says which.
+  // The syncfs goes to the first file of each filesystem: the kernel reports a write-back
+  // error to the files opened before it, and the files come in the order they were made,
+  // so every byte of the group was written after that one was opened. Where syncfs would
+  // not say that some data was lost (storage::syncfs_covers), each file fsyncs.
   std::vector<bool> synced(files.size(), false);
   if (files.size() > 1) {
     struct Device {
@@ -458,7 +466,7 @@ std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files) 
       if (current < devices.size()) devices[current].members.push_back(i);
     }
     for (const auto& d : devices) {
-      if (d.members.size() < 2 || ::syncfs(d.fd) != 0) continue;
+      if (d.members.size() < 2 || !storage::syncfs_covers(d.fd) || ::syncfs(d.fd) != 0) continue;
       for (const auto i : d.members) synced[i] = true;
     }
   }

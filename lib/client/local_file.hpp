@@ -66,7 +66,8 @@ class StagedFile {
   // read is allowed, as chmod +x would under the umask), renames over the target and
   // fsyncs the folder -- unless `sync_folder` is false: then the caller calls
   // client::sync_folder() for the target's folder before it reports the file saved (one
-  // fsync for a group of files).
+  // fsync for a group of files). storage::errc::not_durable when only that folder fsync
+  // failed: the file is in place, but its name may not survive a crash.
   std::error_code commit(std::optional<std::int64_t> mtime_ns, std::optional<bool> executable = std::nullopt,
                          bool sync_folder = true);
 
@@ -106,15 +107,17 @@ std::filesystem::path folder_of(const std::filesystem::path& target);
 // file, where building a path (and comparing paths part by part) was most of its own work.
 std::string_view folder_text(const std::filesystem::path& target);
 
-// Group commit, second half: publishes files seal()ed, in order -- their data made durable
-// together (one syncfs per filesystem they are on, else each its own fsync), each renamed
+// Group commit, second half: publishes files seal()ed, given in the order they were created
+// -- their data made durable together (one syncfs per filesystem they are on where it
+// reports every write-back failure, storage::syncfs_covers; else each its own fsync), each renamed
 // over its target. results[i] is files[i]'s outcome, as commit() would have returned it; the
 // caller then sync_folder()s their folders before it reports them saved.
 std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files);
 
-// fsyncs the folder `dir` (best effort: the files in it are durable already, this makes
-// their names so). Keeps the last folder's descriptor open. Thread-safe.
-void sync_folder(const std::filesystem::path& dir);
+// fsyncs the folder `dir`: the files in it are durable already, this makes their names
+// so. The error of the open or the fsync, if any. Keeps the last folder's descriptor open.
+// Thread-safe.
+std::error_code sync_folder(const std::filesystem::path& dir);
 
 // Makes SIGINT, SIGTERM and SIGHUP remove the staging file in progress before the process
 // dies, so Ctrl-C during `ftx get` leaves nothing behind -- but for a resumable download

@@ -6,6 +6,8 @@
 #include <sys/random.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <vector>
@@ -74,6 +76,36 @@ std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t of
     got += static_cast<std::size_t>(n);
   }
   return {};
+}
+
+bool syncfs_covers(std::string_view kernel_release, long fs_type) {
+  // Write-back errors reach syncfs from 5.8 on (commit 735e4ae5ba28, "vfs: track per-sb
+  // writeback errors and report them to syncfs"). An unreadable release is taken as too old.
+  unsigned major = 0, minor = 0;
+  std::size_t i = 0;
+  const auto number = [&](unsigned& out) {
+    const std::size_t begin = i;
+    while (i < kernel_release.size() && kernel_release[i] >= '0' && kernel_release[i] <= '9' && i - begin < 6) {
+      out = out * 10 + static_cast<unsigned>(kernel_release[i++] - '0');
+    }
+    return i > begin;
+  };
+  if (!number(major) || i >= kernel_release.size() || kernel_release[i++] != '.' || !number(minor)) return false;
+  if (major < 5 || (major == 5 && minor < 8)) return false;
+  // linux/magic.h: the filesystems whose sync_fs writes out every dirty file's data and
+  // records a failure where syncfs finds it. Anything else gets an fsync per file.
+  constexpr long kExt4 = 0xEF53, kXfs = 0x58465342, kBtrfs = 0x9123683E, kTmpfs = 0x01021994;
+  return fs_type == kExt4 || fs_type == kXfs || fs_type == kBtrfs || fs_type == kTmpfs;
+}
+
+bool syncfs_covers(int fd) {
+  static const std::string release = [] {
+    utsname u{};
+    return ::uname(&u) == 0 ? std::string(u.release) : std::string();
+  }();
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0) return false;
+  return syncfs_covers(release, static_cast<long>(fs.f_type));
 }
 
 std::int64_t mtime_ns(const struct ::stat& st) {

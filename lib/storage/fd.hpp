@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 struct stat;
@@ -70,6 +71,19 @@ long sendfile_nosignal(int socket, int fd, std::uint64_t offset, std::size_t n);
 // True for a sendfile errno that means "this file or socket does not support it" (the
 // caller then copies through user space instead).
 bool sendfile_unsupported(int err);
+
+// Whether one syncfs(2) may stand in for an fsync of each file written on `fd`'s
+// filesystem: it must write out all their data and report a failure to (a descriptor
+// opened before the data was written: the kernel tells each open file of such an error
+// once, so a descriptor shared by several writers can have it taken by another). True on
+// Linux 5.8 or later -- before, syncfs reported no write-back error at all -- for the
+// filesystems known to do both: ext2/3/4, xfs, btrfs, tmpfs. False for the rest (FUSE
+// filesystems such as mergerfs, sshfs or ntfs-3g do not pass syncfs on; overlayfs, network
+// filesystems), where callers fsync each file.
+bool syncfs_covers(int fd);
+// The same test on a kernel release ("6.1.0-13-amd64") and a statfs f_type: what
+// syncfs_covers() asks of the running system, as a pure function for tests.
+bool syncfs_covers(std::string_view kernel_release, long fs_type);
 
 // Modification time of `st` in ns since the Unix epoch.
 std::int64_t mtime_ns(const struct ::stat& st);

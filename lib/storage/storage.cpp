@@ -187,6 +187,7 @@ Upload& Upload::operator=(Upload&& o) noexcept {
     hasher_ = std::move(o.hasher_);
     size_ = o.size_;
     written_ = o.written_;
+    opened_ = o.opened_;
   }
   return *this;
 }
@@ -374,10 +375,20 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   // only when its own data is written out. One syncfs writes out every staged file's data
   // and commits once. Its price: it also writes out whatever else is dirty on that
   // filesystem, so a burst waits for all of it, which can take far longer than per-file
-  // fsyncs (docs/operations.md names the known gaps: the shared descriptor, FUSE). A
-  // failed syncfs (an unrelated file's write error counts) falls back to per-file fsyncs,
-  // which say which file it was.
-  const bool synced = uploads.size() > 1 && ::syncfs(staging_fd_.get()) == 0;
+  // fsyncs. A failed syncfs (an unrelated file's write error counts) falls back to
+  // per-file fsyncs, which say which file it was.
+  //
+  // syncfs reports a write-back error once per open file, to those opened before it
+  // happened: called on a descriptor the whole server shares, another connection's burst
+  // could take the error meant for this one, which would then answer DONE for lost data.
+  // So it is called on this burst's own staging file opened first: every byte of the burst
+  // was written after that open, and no other burst uses that descriptor.
+  bool synced = false;
+  if (uploads.size() > 1) {
+    const Upload* first = *std::min_element(uploads.begin(), uploads.end(),
+                                            [](const Upload* a, const Upload* b) { return a->opened_ < b->opened_; });
+    synced = first->fd_ && syncfs_covers(first->fd_.get()) && ::syncfs(first->fd_.get()) == 0;
+  }
   // Each folder once, after all the renames into it: the renames are durable together.
   std::vector<std::pair<DirFd, std::vector<std::size_t>>> folders;
   // Uploads into a folder that did not exist when they began: the first makes it, the
@@ -431,8 +442,9 @@ std::size_t Storage::clean_staging() const {
   return removed;
 }
 
-std::string Storage::next_staging_name() const {
-  return staging_prefix_ + std::to_string(staging_counter_.fetch_add(1, std::memory_order_relaxed)) + ".part";
+std::string Storage::next_staging_name(std::uint64_t& seq) const {
+  seq = staging_counter_.fetch_add(1, std::memory_order_relaxed);
+  return staging_prefix_ + std::to_string(seq) + ".part";
 }
 
 std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& dir, std::string& leaf,
@@ -506,7 +518,7 @@ std::error_code Storage::prepare_upload(std::string_view name, std::uint64_t siz
 }
 
 std::error_code Storage::create_staging(Upload& up) const {
-  up.staging_name_ = next_staging_name();
+  up.staging_name_ = next_staging_name(up.opened_);
   up.staging_dir_ = staging_fd_.get();
   // Readable too: commit_written() hashes what parallel streams wrote.
   up.fd_.reset(::openat(staging_fd_.get(), up.staging_name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));

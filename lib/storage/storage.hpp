@@ -214,6 +214,7 @@ class Upload {
   hash::Sha256 hasher_;
   std::uint64_t size_ = 0;
   std::uint64_t written_ = 0;
+  std::uint64_t opened_ = 0;  // plain uploads: when the staging file was made, in this store's order
 };
 
 class Storage {
@@ -262,7 +263,8 @@ class Storage {
                                         FolderCache* cache = nullptr) const;
 
   // Group commit, second half: publishes uploads stage()d on this store, in order -- their
-  // data made durable (one syncfs of the filesystem for several, an fsync for one), each
+  // data made durable (one syncfs of the filesystem for several where it reports every
+  // write-back failure, storage::syncfs_covers; else an fsync each), each
   // renamed over its final name, then each folder fsynced once. results[i] is uploads[i]'s
   // outcome, as commit() would have returned it: on success the file is durable and
   // visible; errc::not_durable when only its folder's fsync failed (the file is in place);
@@ -328,8 +330,8 @@ class Storage {
   // commands that act on one; symlinks and special files are refused.
   std::error_code lookup(std::string_view name, DirFd& dir, std::string& leaf, struct ::stat& st) const;
   // A new file name inside the staging folder, unique in this process and (by its random
-  // prefix) among processes sharing the root.
-  std::string next_staging_name() const;
+  // prefix) among processes sharing the root; `seq` receives its number (rising).
+  std::string next_staging_name(std::uint64_t& seq) const;
   std::size_t clean_staging() const;
   // begin_upload's checks (name, parent folders, not a folder unless `streamed`), filling in
   // `up` without a staging file yet; create_staging() then makes its plain staging file.

@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 #include <linux/fs.h>
 #include <fcntl.h>
+#include <unistd.h>
 
 #include "hash/sha256.hpp"
 #include "support/test_support.hpp"
@@ -288,6 +289,87 @@ TEST_F(StagedTest, AWrongDigestIsRefusedAtStageAndLeavesNothing) {
   EXPECT_EQ(stage(s, cache, "kept", "new", up, hash::sha256("other")), errc::digest_mismatch);
   EXPECT_TRUE(test::staging_files(staging()).empty());
   EXPECT_EQ(text(root() / "kept"), "old");
+}
+
+TEST(SyncfsCovers, OnlyKernelsThatReportWriteBackErrorsAndFilesystemsThatPassItOn) {
+  constexpr long kExt4 = 0xEF53, kXfs = 0x58465342, kBtrfs = 0x9123683E, kTmpfs = 0x01021994;
+  constexpr long kFuse = 0x65735546, kOverlay = 0x794C7630, kNfs = 0x6969;
+  for (const long fs : {kExt4, kXfs, kBtrfs, kTmpfs}) {
+    EXPECT_TRUE(syncfs_covers("5.8.0", fs)) << std::hex << fs;
+    EXPECT_TRUE(syncfs_covers("6.1.0-13-amd64", fs)) << std::hex << fs;
+    EXPECT_TRUE(syncfs_covers("10.0", fs)) << std::hex << fs;
+    // Before 5.8 syncfs reported no write-back error at all.
+    EXPECT_FALSE(syncfs_covers("5.7.19", fs)) << std::hex << fs;
+    EXPECT_FALSE(syncfs_covers("4.19.0-21-amd64", fs)) << std::hex << fs;
+    EXPECT_FALSE(syncfs_covers("", fs));
+    EXPECT_FALSE(syncfs_covers("six.one", fs));
+    EXPECT_FALSE(syncfs_covers("6", fs));
+  }
+  for (const long fs : {kFuse, kOverlay, kNfs, 0L}) EXPECT_FALSE(syncfs_covers("6.1.0", fs)) << std::hex << fs;
+  // The running system: /proc is no place for data.
+  const UniqueFd proc(::open("/proc", O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(proc);
+  EXPECT_FALSE(syncfs_covers(proc.get()));
+  EXPECT_FALSE(syncfs_covers(-1));
+}
+
+// Two connections' bursts, staged one after the other on a disk that cannot write their data
+// out, then published one after the other. The kernel reports a write-back error once per
+// open file: a syncfs through a descriptor the first burst already asked would tell the
+// second burst nothing, and it would be acknowledged with its data lost. Whatever
+// publish_staged() calls stored must read back from the device after a remount.
+TEST(GroupCommitOnAFailingDisk, NoBurstIsAcknowledgedWhoseDataTheDiskLost) {
+  test::FailingDisk disk(2 << 20);
+  if (!disk.available()) GTEST_SKIP() << disk.why();
+  constexpr std::size_t kFiles = 4, kSize = 1 << 20;
+  std::vector<std::pair<std::string, std::vector<std::uint8_t>>> files;
+  std::vector<std::error_code> results(2 * kFiles);
+  {
+    Storage s(disk.path() / "root");
+    // The folders reach the device while it has room: only the files' data is at stake.
+    const UniqueFd fs(::open(disk.path().c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+    ASSERT_EQ(::syncfs(fs.get()), 0);
+    std::vector<Upload> bursts[2];
+    FolderCache caches[2];
+    for (std::size_t b = 0; b < 2; ++b) {
+      bursts[b].resize(kFiles);
+      for (std::size_t i = 0; i < kFiles; ++i) {
+        const std::string name = "burst" + std::to_string(b) + "-" + std::to_string(i);
+        auto data = test::random_bytes(kSize, b * kFiles + i);
+        auto& up = bursts[b][i];
+        ASSERT_FALSE(s.begin_upload(name, data.size(), up, &caches[b], /*streamed=*/true));
+        ASSERT_FALSE(up.write(data));
+        ASSERT_FALSE(up.stage(hash::sha256(data), std::nullopt));
+        files.emplace_back(name, std::move(data));
+      }
+    }
+    // The later burst first: its syncfs writes out (and fails on) the earlier one's data too.
+    for (const std::size_t b : {1, 0}) {
+      std::vector<Upload*> batch;
+      for (auto& up : bursts[b]) batch.push_back(&up);
+      const auto r = s.publish_staged(batch);
+      ASSERT_EQ(r.size(), kFiles);
+      std::copy(r.begin(), r.end(), results.begin() + static_cast<std::ptrdiff_t>(b * kFiles));
+    }
+  }
+  disk.remount();
+  std::size_t failed = 0;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& [name, data] = files[i];
+    if (results[i]) {
+      ++failed;
+      continue;
+    }
+    const auto path = disk.path() / "root" / name;
+    std::error_code ec;  // a damaged inode reads as EBADMSG
+    if (!std::filesystem::exists(path, ec)) {
+      ADD_FAILURE() << name << " was acknowledged but is gone (" << ec.message() << ")";
+      continue;
+    }
+    EXPECT_TRUE(read_file(path) == data) << name << " was acknowledged but its data did not reach the disk";
+  }
+  // Otherwise the disk lost nothing, and the test proved nothing.
+  EXPECT_GT(failed, 0u);
 }
 
 TEST_F(StorageTest, RootThatIsAFileIsRefused) {

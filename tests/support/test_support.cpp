@@ -1,5 +1,8 @@
 #include "support/test_support.hpp"
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <stdexcept>
@@ -16,6 +19,58 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+namespace {
+
+// Runs a shell command quietly; true when it exited 0.
+bool run(const std::string& command) { return std::system((command + " >/dev/null 2>&1").c_str()) == 0; }
+
+std::string quoted(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
+
+}  // namespace
+
+FailingDisk::FailingDisk(std::uint64_t backing_bytes)
+    : backing_(dir_ / "backing"), image_(backing_ / "disk.img"), mount_(dir_ / "fs") {
+  if (::geteuid() != 0) {
+    why_ = "needs root (mount, loop devices)";
+    return;
+  }
+  std::filesystem::create_directories(backing_);
+  std::filesystem::create_directories(mount_);
+  if (!run("mount -t tmpfs -o size=" + std::to_string(backing_bytes) + " ftx-test " + quoted(backing_))) {
+    why_ = "cannot mount a tmpfs";
+    return;
+  }
+  backing_mounted_ = true;
+  // No journal and few inodes keep the metadata small; noinit_itable stops the kernel from
+  // zeroing inode tables in the background, which would eat the backing space at random.
+  if (!run("truncate -s 64M " + quoted(image_)) ||
+      !run("mkfs.ext4 -q -F -b 4096 -O ^has_journal -N 128 -E nodiscard,lazy_itable_init=0 " + quoted(image_))) {
+    why_ = "cannot make an ext4 image (mkfs.ext4)";
+    return;
+  }
+  if (!run("mount -o loop,noinit_itable,errors=continue " + quoted(image_) + " " + quoted(mount_))) {
+    why_ = "cannot mount a loop device";
+    return;
+  }
+  mounted_ = true;
+}
+
+FailingDisk::~FailingDisk() {
+  // Lazily if something still holds it open: the folders go with dir_ either way.
+  if (mounted_ && !run("umount " + quoted(mount_))) run("umount -l " + quoted(mount_));
+  if (backing_mounted_ && !run("umount " + quoted(backing_))) run("umount -l " + quoted(backing_));
+}
+
+void FailingDisk::remount() {
+  if (!mounted_) throw std::runtime_error("FailingDisk::remount: not mounted (" + why_ + ")");
+  mounted_ = false;
+  if (!run("umount " + quoted(mount_))) throw std::runtime_error("cannot unmount " + mount_.string());
+  if (!run("mount -o loop,noinit_itable,errors=continue " + quoted(image_) + " " + quoted(mount_))) {
+    throw std::runtime_error("cannot mount " + image_.string() + " again");
+  }
+  mounted_ = true;
 }
 
 std::vector<std::uint8_t> random_bytes(std::size_t n, std::uint64_t seed) {

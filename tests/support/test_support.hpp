@@ -26,6 +26,35 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// A real ext4 filesystem whose device runs out of room underneath it, as a thin-provisioned
+// disk does: a loop device on a sparse 64 MiB image that lives in a tmpfs of only
+// `backing_bytes`. Writes into the page cache succeed (the filesystem shows plenty of free
+// space); writing the data out fails (EIO/ENOSPC from the device) once the tmpfs is full,
+// and what was lost reads back as something else after remount(). Needs root and loop
+// devices: where they are missing, available() is false and why() says so.
+class FailingDisk {
+ public:
+  explicit FailingDisk(std::uint64_t backing_bytes);
+  ~FailingDisk();
+  FailingDisk(const FailingDisk&) = delete;
+  FailingDisk& operator=(const FailingDisk&) = delete;
+
+  bool available() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  // The ext4 filesystem's mount point.
+  const std::filesystem::path& path() const { return mount_; }
+  // Unmounts and mounts it again: what is read afterwards comes from the device, not from
+  // the page cache. Throws std::runtime_error when it cannot.
+  void remount();
+
+ private:
+  TempDir dir_;
+  std::filesystem::path backing_, image_, mount_;
+  bool backing_mounted_ = false;
+  bool mounted_ = false;
+  std::string why_;
+};
+
 // Deterministic pseudo-random bytes (so failures reproduce).
 std::vector<std::uint8_t> random_bytes(std::size_t n, std::uint64_t seed);
 void write_file(const std::filesystem::path& p, const std::vector<std::uint8_t>& data);
