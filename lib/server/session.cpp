@@ -233,7 +233,7 @@ asio::awaitable<void> Session::serve() {
     pipelining_ = req.type == MsgType::kPut && (req.flags & protocol::kFlagStreamed) != 0;
     // Anything but the next upload of a batch sees the batch's files in place: a GET, LIST
     // or MV right behind them in the same pipeline finds them.
-    if (!pipelining_) settle();
+    if (!pipelining_) co_await settle_off_thread();
     switch (req.type) {
       case MsgType::kPut: ec = co_await handle_put(req); break;
       case MsgType::kGet: ec = co_await handle_get(req); break;
@@ -265,7 +265,7 @@ asio::awaitable<void> Session::serve() {
       break;
     }
   }
-  settle();
+  co_await settle_off_thread();
   if (!out_.empty()) {
     // Answers already earned (e.g. uploads published before a stop) still go out.
     closing_ = true;
@@ -377,10 +377,35 @@ void Session::settle(std::string_view note) {
   // A streamed batch stages dozens of files between two reads; they are published
   // together: one syncfs for all their data, then the renames, then one fsync per folder
   // (Storage::publish_staged). It was an fsync per file, a journal commit each on a disk.
+  answer_staged(batch, server_.storage().publish_staged(staged_uploads(batch)), note);
+}
+
+asio::awaitable<void> Session::settle_off_thread() {
+  if (staged_.empty()) co_return;
+  auto batch = std::exchange(staged_, {});
+  const bool quick = batch.size() == 1 && batch.front().done.size <= kSmallBody;
+  if (quick) {
+    // One small file's fsync costs what a plain PUT's does on this thread.
+    answer_staged(batch, server_.storage().publish_staged(staged_uploads(batch)), {});
+    co_return;
+  }
+  // A syncfs waits for everything dirty on the filesystem, other writers' gigabytes too:
+  // on the blocking pool, so this I/O thread's other connections go on meanwhile. The
+  // batch is this coroutine's alone while it waits.
+  auto job = [&storage = server_.storage(), uploads = staged_uploads(batch)] { return storage.publish_staged(uploads); };
+  const auto results = co_await offload(std::move(job));
+  answer_staged(batch, results, {});
+}
+
+std::vector<storage::Upload*> Session::staged_uploads(std::vector<Staged>& batch) {
   std::vector<storage::Upload*> uploads;
   uploads.reserve(batch.size());
   for (auto& s : batch) uploads.push_back(&s.upload);
-  const auto results = server_.storage().publish_staged(uploads);
+  return uploads;
+}
+
+void Session::answer_staged(std::vector<Staged>& batch, const std::vector<std::error_code>& results,
+                            std::string_view note) {
   for (std::size_t i = 0; i < batch.size(); ++i) {
     auto& s = batch[i];
     if (!results[i]) {
@@ -395,7 +420,7 @@ void Session::settle(std::string_view note) {
 }
 
 asio::awaitable<std::error_code> Session::flush() {
-  settle();
+  co_await settle_off_thread();
   // The log lines of the requests answered here go first: whoever reads the answer may look
   // for them at once.
   log::flush();
@@ -632,7 +657,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   if (streamed) {
     staged_.push_back({std::move(up), std::move(done), req.name, start});
     // Each holds its staging file open: a long burst must not hold hundreds.
-    if (staged_.size() >= kMaxStaged) settle();
+    if (staged_.size() >= kMaxStaged) co_await settle_off_thread();
     co_return std::error_code{};
   }
   log_transfer("put", req.name, req.size - resumed_at, start, "ok" + resumed);

@@ -74,6 +74,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // batch finds its files), queue(), flush() and log_transfer() call it first (answers and
   // log records keep request order), and handle_put once 64 uploads wait.
   void settle(std::string_view note = {});
+  // settle() with the publishing on the blocking pool (Session::offload): a syncfs can wait
+  // for other writers' dirty data, and must not hold this I/O thread's other connections
+  // meanwhile. A single small upload is published here, as a plain PUT is. The request
+  // loop, flush() and handle_put use this one; settle() stays for the places that cannot
+  // wait (the destructor, and as queue()'s and log_transfer()'s guard, which then find
+  // nothing staged).
+  asio::awaitable<void> settle_off_thread();
   // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();
   asio::awaitable<std::error_code> write_all(std::span<const std::uint8_t> data);
@@ -187,6 +194,9 @@ class Session : public std::enable_shared_from_this<Session> {
     std::chrono::steady_clock::time_point start;
   };
   std::vector<Staged> staged_;
+  static std::vector<storage::Upload*> staged_uploads(std::vector<Staged>& batch);
+  // Queues and logs each staged upload's answer: kDone, or the error publishing it met.
+  void answer_staged(std::vector<Staged>& batch, const std::vector<std::error_code>& results, std::string_view note);
   // check_put_limits: the last statfs answer, less what this connection accepted since.
   mutable std::uint64_t free_estimate_ = 0;
   mutable std::chrono::steady_clock::time_point free_checked_{};
