@@ -568,6 +568,14 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   if (streamed) {
     // Small files of a batch: nothing worth resuming, and no partial to look for.
     begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed);
+    // Each staged upload keeps its file open until its burst is published, up to kMaxStaged
+    // a connection: where that ran out of descriptors (ulimit -n), publishing the burst
+    // now gives them back, and this file need not fail.
+    if ((begin_ec == std::errc::too_many_files_open || begin_ec == std::errc::too_many_files_open_in_system) &&
+        !staged_.empty()) {
+      co_await settle_off_thread();
+      begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed);
+    }
   } else {
     // A resumable upload must carry its digest after the body: the client cannot know it
     // before it has read its file, and a resumed one reads only the rest.

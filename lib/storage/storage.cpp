@@ -346,6 +346,9 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
   // The data must be on disk before the rename makes it visible, or a crash could publish
   // a file whose blocks never arrived.
   if (!data_synced && ::fsync(fd_.get()) != 0) ec = last_error();
+  // From here on the file is known by its name: a burst being published holds no
+  // descriptor per upload while it opens and makes folders (ulimit -n).
+  fd_.reset();
   // The folder found at begin_upload, else (it did not exist yet) found and made now.
   DirFd dir = std::move(parent_);
   std::string leaf = name_.substr(name_.rfind('/') + 1);
@@ -358,7 +361,6 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
     return ec;
   }
   staging_name_.clear();  // it is the final file now
-  fd_.reset();
   if (resumable_) {
     ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
     abort();  // drops the record's descriptor and the claim on the key
@@ -388,6 +390,11 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
     const Upload* first = *std::min_element(uploads.begin(), uploads.end(),
                                             [](const Upload* a, const Upload* b) { return a->opened_ < b->opened_; });
     synced = first->fd_ && syncfs_covers(first->fd_.get()) && ::syncfs(first->fd_.get()) == 0;
+  }
+  // Their data is durable: each is a name to rename now, and its descriptor would only
+  // crowd out the folders the renames may have to open (ulimit -n).
+  if (synced) {
+    for (auto* up : uploads) up->fd_.reset();
   }
   // Each folder once, after all the renames into it: the renames are durable together.
   std::vector<std::pair<DirFd, std::vector<std::size_t>>> folders;
