@@ -141,18 +141,12 @@ std::string_view folder_text(const std::filesystem::path& target) {
 
 std::filesystem::path folder_of(const std::filesystem::path& target) { return folder_text(target); }
 
-// Keeps the last folder's descriptor open: a folder download commits thousands of files
-// into the same few folders.
 std::error_code sync_folder(const std::filesystem::path& dir) {
-  static std::mutex mutex;
-  static std::filesystem::path last;
-  static storage::UniqueFd fd;
-  const std::lock_guard lock(mutex);
-  if (!fd || last.native() != dir.native()) {
-    fd.reset(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-    last = fd ? dir : std::filesystem::path();
-    if (!fd) return storage::last_error();
-  }
+  // Not kept open between calls: a folder download syncs each folder once per group of
+  // files, and a descriptor held for the process's life would keep its filesystem busy
+  // (no unmount) in a program that uses this library.
+  const storage::UniqueFd fd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+  if (!fd) return storage::last_error();
   // The files are durable already; without this their names may not be.
   return ::fsync(fd.get()) == 0 ? std::error_code{} : storage::last_error();
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include <map>
 
@@ -304,6 +305,49 @@ TEST_F(ServerTest, GetManyDownloadsEveryFileWithMtimeAndExecutableBit) {
   EXPECT_FALSE(is_executable(dir_ / "out/f6"));
   // No staging files left beside the targets.
   for (const auto& name : list_dir(dir_ / "out")) EXPECT_EQ(name.find(".part"), std::string::npos) << name;
+}
+
+// A folder download onto a disk that cannot write the data out: the client publishes
+// its files in groups (one syncfs, the renames, one folder fsync), and whatever it reports
+// saved must read back from the device after a remount; the rest is reported failed.
+TEST_F(ServerTest, GetManyReportsNothingSavedThatTheDiskLost) {
+  FailingDisk disk;
+  if (!disk.available()) GTEST_SKIP() << disk.why();
+  std::filesystem::create_directories(disk.path() / "out");
+  disk.fill_device();  // the folder is on the device: only the files' data is at stake
+  std::vector<client::BatchItem> items;
+  std::map<std::string, std::vector<std::uint8_t>> expected;
+  for (int i = 0; i < 8; ++i) {
+    const auto data = random_bytes(512 * 1024, 900 + i);
+    const std::string remote = "lost/f" + std::to_string(i);
+    write_file(root() / remote, data);
+    expected[remote] = data;
+    items.push_back({disk.path() / "out" / ("f" + std::to_string(i)), remote});
+  }
+  std::vector<client::BatchResult> results;
+  {
+    client::Client c(address());
+    c.get_many(items, client::BatchOptions{}, [&](const client::BatchResult& r) { results.push_back(r); });
+  }
+  ASSERT_EQ(results.size(), items.size());
+  disk.remount();
+  std::size_t failed = 0;
+  for (const auto& r : results) {
+    const auto& item = items[r.index];
+    if (r.error) {
+      EXPECT_EQ(r.error->kind(), client::Failure::kLocalIo) << r.error->what();
+      ++failed;
+      continue;
+    }
+    std::error_code ec;  // a damaged inode reads as EBADMSG
+    if (!std::filesystem::exists(item.local, ec)) {
+      ADD_FAILURE() << item.local << " was reported saved but is gone (" << ec.message() << ")";
+      continue;
+    }
+    EXPECT_TRUE(read_file(item.local) == expected[item.remote]) << item.local << " was reported saved but its data is lost";
+  }
+  // Otherwise the disk lost nothing, and the test proved nothing.
+  EXPECT_GT(failed, 0u);
 }
 
 TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {

@@ -319,16 +319,14 @@ TEST(SyncfsCovers, OnlyKernelsThatReportWriteBackErrorsAndFilesystemsThatPassItO
 // second burst nothing, and it would be acknowledged with its data lost. Whatever
 // publish_staged() calls stored must read back from the device after a remount.
 TEST(GroupCommitOnAFailingDisk, NoBurstIsAcknowledgedWhoseDataTheDiskLost) {
-  test::FailingDisk disk(2 << 20);
+  test::FailingDisk disk;
   if (!disk.available()) GTEST_SKIP() << disk.why();
   constexpr std::size_t kFiles = 4, kSize = 1 << 20;
   std::vector<std::pair<std::string, std::vector<std::uint8_t>>> files;
   std::vector<std::error_code> results(2 * kFiles);
   {
     Storage s(disk.path() / "root");
-    // The folders reach the device while it has room: only the files' data is at stake.
-    const UniqueFd fs(::open(disk.path().c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-    ASSERT_EQ(::syncfs(fs.get()), 0);
+    disk.fill_device();  // the folders are on the device: only the files' data is at stake
     std::vector<Upload> bursts[2];
     FolderCache caches[2];
     for (std::size_t b = 0; b < 2; ++b) {

@@ -1,7 +1,9 @@
 #include "support/test_support.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -30,15 +32,14 @@ std::string quoted(const std::filesystem::path& p) { return "'" + p.string() + "
 
 }  // namespace
 
-FailingDisk::FailingDisk(std::uint64_t backing_bytes)
-    : backing_(dir_ / "backing"), image_(backing_ / "disk.img"), mount_(dir_ / "fs") {
+FailingDisk::FailingDisk() : backing_(dir_ / "backing"), image_(backing_ / "disk.img"), mount_(dir_ / "fs") {
   if (::geteuid() != 0) {
     why_ = "needs root (mount, loop devices)";
     return;
   }
   std::filesystem::create_directories(backing_);
   std::filesystem::create_directories(mount_);
-  if (!run("mount -t tmpfs -o size=" + std::to_string(backing_bytes) + " ftx-test " + quoted(backing_))) {
+  if (!run("mount -t tmpfs -o size=4m ftx-test " + quoted(backing_))) {
     why_ = "cannot mount a tmpfs";
     return;
   }
@@ -61,6 +62,19 @@ FailingDisk::~FailingDisk() {
   // Lazily if something still holds it open: the folders go with dir_ either way.
   if (mounted_ && !run("umount " + quoted(mount_))) run("umount -l " + quoted(mount_));
   if (backing_mounted_ && !run("umount " + quoted(backing_))) run("umount -l " + quoted(backing_));
+}
+
+void FailingDisk::fill_device() {
+  if (!mounted_) throw std::runtime_error("FailingDisk::fill_device: not mounted (" + why_ + ")");
+  if (!run("sync -f " + quoted(mount_))) throw std::runtime_error("cannot sync " + mount_.string());
+  const int fd = ::open((backing_ / "filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::system_error(errno, std::system_category(), "cannot create the filler");
+  static const std::vector<char> zeros(4096);
+  while (::write(fd, zeros.data(), zeros.size()) > 0) {
+  }
+  const int err = errno;
+  ::close(fd);
+  if (err != ENOSPC) throw std::system_error(err, std::system_category(), "filling the device's backing");
 }
 
 void FailingDisk::remount() {

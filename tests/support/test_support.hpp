@@ -27,14 +27,14 @@ class TempDir {
 };
 
 // A real ext4 filesystem whose device runs out of room underneath it, as a thin-provisioned
-// disk does: a loop device on a sparse 64 MiB image that lives in a tmpfs of only
-// `backing_bytes`. Writes into the page cache succeed (the filesystem shows plenty of free
-// space); writing the data out fails (EIO/ENOSPC from the device) once the tmpfs is full,
-// and what was lost reads back as something else after remount(). Needs root and loop
-// devices: where they are missing, available() is false and why() says so.
+// disk does: a loop device on a sparse 64 MiB image that lives in a small tmpfs. After
+// fill_device(), writes into the page cache still succeed (the filesystem shows plenty of
+// free space), but writing new data out to the device fails (EIO/ENOSPC), and what was lost
+// reads back as something else after remount(). Needs root and loop devices: where they
+// are missing, available() is false and why() says so.
 class FailingDisk {
  public:
-  explicit FailingDisk(std::uint64_t backing_bytes);
+  FailingDisk();
   ~FailingDisk();
   FailingDisk(const FailingDisk&) = delete;
   FailingDisk& operator=(const FailingDisk&) = delete;
@@ -43,6 +43,12 @@ class FailingDisk {
   const std::string& why() const { return why_; }
   // The ext4 filesystem's mount point.
   const std::filesystem::path& path() const { return mount_; }
+  // Writes out everything dirty on the filesystem (the folders made so far), then fills
+  // what backs the device. Filled to the last page, not left with a little room: the loop
+  // driver takes a write that fits only in part for a whole one, so a file written across
+  // the point where room ran out would be lost without an error. Throws std::runtime_error
+  // when it cannot.
+  void fill_device();
   // Unmounts and mounts it again: what is read afterwards comes from the device, not from
   // the page cache. Throws std::runtime_error when it cannot.
   void remount();
