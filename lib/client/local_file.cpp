@@ -146,9 +146,13 @@ std::error_code sync_folder(const std::filesystem::path& dir) {
   // files, and a descriptor held for the process's life would keep its filesystem busy
   // (no unmount) in a program that uses this library.
   const storage::UniqueFd fd(::open(dir.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-  if (!fd) return storage::last_error();
-  // The files are durable already; without this their names may not be.
-  return ::fsync(fd.get()) == 0 ? std::error_code{} : storage::last_error();
+  // A folder one may write into but not read cannot be opened to sync; nothing to be done
+  // there but what the filesystem does by itself (PostgreSQL's fsync_fname takes it so).
+  if (!fd) return errno == EACCES ? std::error_code{} : storage::last_error();
+  // The files are durable already; without this their names may not be. Some filesystems
+  // cannot fsync a folder at all (EINVAL, ENOTSUP): not a failure of this download.
+  if (::fsync(fd.get()) == 0 || errno == EINVAL || errno == ENOTSUP || errno == EBADF) return {};
+  return storage::last_error();
 }
 
 void install_interrupt_cleanup() {

@@ -115,7 +115,9 @@ std::string_view folder_text(const std::filesystem::path& target);
 std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files);
 
 // fsyncs the folder `dir`: the files in it are durable already, this makes their names
-// so. The error of the open or the fsync, if any. Thread-safe.
+// so. The error of the open or the fsync, if any -- but for a folder that cannot be opened
+// for reading (EACCES) or a filesystem that cannot sync folders (EINVAL, ENOTSUP), where
+// nothing more can be done and the download is not failed for it. Thread-safe.
 std::error_code sync_folder(const std::filesystem::path& dir);
 
 // Makes SIGINT, SIGTERM and SIGHUP remove the staging file in progress before the process

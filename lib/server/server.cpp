@@ -32,6 +32,7 @@ Server::Server(ServerOptions opts)
   threads_ = opts_.threads != 0 ? opts_.threads : std::max(1u, std::thread::hardware_concurrency());
   io_ = std::make_unique<asio::io_context>(static_cast<int>(threads_));
   blocking_.emplace(std::max(2u, threads_));
+  disk_.emplace(std::max(2u, threads_));
   strand_.emplace(asio::make_strand(*io_));
   acceptor_.emplace(*strand_);
 
@@ -61,13 +62,16 @@ Server::~Server() {
     std::lock_guard lock(mutex_);
     destroying_ = true;
   }
-  // The blocking pool goes first, while the io_context lives: a job that began finishes (it
+  // The blocking pools go first, while the io_context lives: a job that began finishes (it
   // posts its result to the stopped io_context, where it is dropped); one still queued is
   // abandoned, and destroying it destroys the session coroutine waiting for it, whose socket
   // and timers belong to that io_context. No I/O thread runs now to queue another.
   blocking_->stop();
+  disk_->stop();
   blocking_->join();
+  disk_->join();
   blocking_.reset();
+  disk_.reset();
   drain_timer_.reset();
   expire_timer_.reset();
   signals_.reset();

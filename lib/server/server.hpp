@@ -143,6 +143,11 @@ class Server {
   // would stall meanwhile (Session::offload). Stopped and joined in ~Server before the
   // io_context and the storage its jobs use go.
   std::optional<asio::thread_pool> blocking_;
+  // Waits for the disk (a burst's syncfs, a large upload's fsync: seconds on a busy
+  // filesystem) run here, apart from blocking_, so that they neither hold an I/O thread
+  // nor keep the hashing jobs of other connections waiting (Session::offload_disk).
+  // Stopped and joined with blocking_.
+  std::optional<asio::thread_pool> disk_;
   unsigned threads_ = 1;
   std::uint16_t port_ = 0;
 };

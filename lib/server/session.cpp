@@ -75,10 +75,16 @@ Session::Session(Server& server, std::unique_ptr<Stream> stream)
 Session::~Session() {
   // Uploads received and verified whose answer never went out (the coroutine died with an
   // exception, or was destroyed at a forced stop): still published, durably, and logged.
-  if (!staged_.empty()) {
-    settle(" (not answered)");
-    log::flush();
+  // A batch that was on the disk pool then: published there if its job ran (the pools are
+  // joined before sessions go), else here.
+  if (!publishing_.empty()) {
+    const auto results = published_.size() == publishing_.size()
+                             ? published_
+                             : server_.storage().publish_staged(staged_uploads(publishing_));
+    answer_staged(publishing_, results, " (not answered)");
   }
+  if (!staged_.empty()) settle(" (not answered)");
+  log::flush();
   server_.remove_session(this);
 }
 
@@ -137,12 +143,22 @@ void Session::shutdown() {
 // twice (a double free seen here).
 template <typename Fn>
 asio::awaitable<std::invoke_result_t<Fn&>> Session::offload(Fn fn) {
+  return offload_on(*server_.blocking_, std::move(fn));
+}
+
+template <typename Fn>
+asio::awaitable<std::invoke_result_t<Fn&>> Session::offload_disk(Fn fn) {
+  return offload_on(*server_.disk_, std::move(fn));
+}
+
+template <typename Fn>
+asio::awaitable<std::invoke_result_t<Fn&>> Session::offload_on(asio::thread_pool& pool, Fn fn) {
   using R = std::invoke_result_t<Fn&>;
   // The job's time is not the client's: no header or send deadline runs out meanwhile (the
   // reply that follows arms its own).
   if (!closing_) arm(std::chrono::hours(24 * 365), "blocking work");
   return asio::co_spawn(
-      server_.blocking_->get_executor(), [fn = std::move(fn)]() mutable -> asio::awaitable<R> { co_return fn(); },
+      pool.get_executor(), [fn = std::move(fn)]() mutable -> asio::awaitable<R> { co_return fn(); },
       asio::use_awaitable);
 }
 
@@ -203,6 +219,7 @@ asio::awaitable<void> Session::serve() {
     if (server_.stopping()) break;
     std::error_code ec = co_await read_frame();
     if (ec) {
+      co_await settle_off_thread();  // a burst read before the failure is answered first
       if (expired_ != nullptr) {
         spdlog::info("{} closed: {} timeout", peer_, expired_);
         // Between requests there is nothing to answer; a request that stopped half-way
@@ -382,19 +399,20 @@ void Session::settle(std::string_view note) {
 
 asio::awaitable<void> Session::settle_off_thread() {
   if (staged_.empty()) co_return;
-  auto batch = std::exchange(staged_, {});
-  const bool quick = batch.size() == 1 && batch.front().done.size <= kSmallBody;
-  if (quick) {
-    // One small file's fsync costs what a plain PUT's does on this thread.
-    answer_staged(batch, server_.storage().publish_staged(staged_uploads(batch)), {});
+  if (staged_.size() == 1 && staged_.front().done.size <= kSmallBody) {
+    settle();  // one small file's fsync costs what a plain PUT's does on this thread
     co_return;
   }
   // A syncfs waits for everything dirty on the filesystem, other writers' gigabytes too:
-  // on the blocking pool, so this I/O thread's other connections go on meanwhile. The
-  // batch is this coroutine's alone while it waits.
-  auto job = [&storage = server_.storage(), uploads = staged_uploads(batch)] { return storage.publish_staged(uploads); };
-  const auto results = co_await offload(std::move(job));
-  answer_staged(batch, results, {});
+  // on the disk pool, so this I/O thread's other connections go on meanwhile.
+  publishing_ = std::exchange(staged_, {});
+  published_.clear();
+  auto job = [self = shared_from_this(), uploads = staged_uploads(publishing_)] {
+    self->published_ = self->server_.storage().publish_staged(uploads);
+  };
+  co_await offload_disk(std::move(job));
+  auto batch = std::exchange(publishing_, {});
+  answer_staged(batch, std::exchange(published_, {}), {});
 }
 
 std::vector<storage::Upload*> Session::staged_uploads(std::vector<Staged>& batch) {
@@ -540,6 +558,7 @@ std::optional<std::pair<Status, std::string>> Session::check_put_limits(const Fr
 
 asio::awaitable<std::error_code> Session::refuse_put(const Frame& req, Status st, std::string message,
                                                     std::chrono::steady_clock::time_point start) {
+  co_await settle_off_thread();  // the burst before it is answered first
   log_transfer("put", req.name, 0, start, protocol::to_string(st));
   if ((req.flags & protocol::kFlagStreamed) == 0) co_return co_await send_error(st, std::move(message));
   // A streamed body is already on its way. Up to the size limit (and at least up to one
@@ -640,6 +659,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   const std::string resumed = resumed_at > 0 ? " (resumed at byte " + std::to_string(resumed_at) + ")" : "";
   if (read_ec || trailer_ec) {
     const auto ec = read_ec ? read_ec : trailer_ec;
+    co_await settle_off_thread();  // the burst before it is answered first
     log_transfer("put", req.name, up.written() - resumed_at, start,
                  "aborted: " + ec.message() + (up.record() != nullptr ? "; kept for resume" : ""));
     co_return ec;  // `up` removes the staging file, or keeps a resumable one
@@ -654,16 +674,20 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
       store_ec = up.commit(expected, mtime, executable);
     } else {
       // The fsync writes out whatever the kernel has not yet (a third of a second for 1 GiB
-      // here, seconds on a slow disk): on the blocking pool, not holding this I/O thread's
-      // other connections. `up` stays this coroutine's while it waits.
-      auto job = [&up, &expected, mtime, executable] { return up.commit(expected, mtime, executable); };
-      store_ec = co_await offload(std::move(job));
+      // here, seconds on a slow disk): on the disk pool, not holding this I/O thread's
+      // other connections. The job holds the upload: should the server stop before it ran,
+      // destroying it removes the staging file (or keeps a resumable one).
+      auto shared = std::make_shared<storage::Upload>(std::move(up));
+      auto job = [shared, expected, mtime, executable] { return shared->commit(expected, mtime, executable); };
+      store_ec = co_await offload_disk(std::move(job));
+      up = std::move(*shared);
     }
   }
   if (store_ec) {
     // Gone before the client hears "nothing was stored" (a failed write left it in place;
     // a failed commit already removed it).
     up.abort();
+    co_await settle_off_thread();  // the burst before it is answered first
     auto [st, msg] = describe(store_ec, req.name);
     log_transfer("put", req.name, req.size - resumed_at, start, std::string(protocol::to_string(st)) + resumed);
     co_return co_await send_error(st, std::move(msg));

@@ -74,12 +74,14 @@ class Session : public std::enable_shared_from_this<Session> {
   // batch finds its files), queue(), flush() and log_transfer() call it first (answers and
   // log records keep request order), and handle_put once 64 uploads wait.
   void settle(std::string_view note = {});
-  // settle() with the publishing on the blocking pool (Session::offload): a syncfs can wait
-  // for other writers' dirty data, and must not hold this I/O thread's other connections
-  // meanwhile. A single small upload is published here, as a plain PUT is. The request
-  // loop, flush() and handle_put use this one; settle() stays for the places that cannot
-  // wait (the destructor, and as queue()'s and log_transfer()'s guard, which then find
-  // nothing staged).
+  // settle() with the publishing on the disk pool (offload_disk): a syncfs can wait for
+  // other writers' dirty data, and must not hold this I/O thread's other connections
+  // meanwhile. A single small upload is published here, as a plain PUT is. Every place in
+  // the request path that answers or logs while uploads may be staged calls this first;
+  // settle() stays for the destructor and as queue()'s and log_transfer()'s guard, which
+  // then find nothing staged. While the batch is away it is publishing_ (and its results
+  // published_), so that a forced stop that destroys this coroutine meanwhile still has
+  // the destructor publish (if the job never ran) and log it.
   asio::awaitable<void> settle_off_thread();
   // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();
@@ -156,6 +158,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // without waiting for it.
   template <typename Fn>
   asio::awaitable<std::invoke_result_t<Fn&>> offload(Fn fn);
+  // offload() onto the pool for waits on the disk (Server::disk_): syncfs, fsync.
+  template <typename Fn>
+  asio::awaitable<std::invoke_result_t<Fn&>> offload_disk(Fn fn);
+  template <typename Fn>
+  asio::awaitable<std::invoke_result_t<Fn&>> offload_on(asio::thread_pool& pool, Fn fn);
   // Sets in_'s capacity; only while it holds no unread bytes.
   void resize_in(std::size_t capacity);
 
@@ -194,6 +201,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::chrono::steady_clock::time_point start;
   };
   std::vector<Staged> staged_;
+  std::vector<Staged> publishing_;             // settle_off_thread's batch, while on the pool
+  std::vector<std::error_code> published_;     // its results, once the job ran (set there)
   static std::vector<storage::Upload*> staged_uploads(std::vector<Staged>& batch);
   // Queues and logs each staged upload's answer: kDone, or the error publishing it met.
   void answer_staged(std::vector<Staged>& batch, const std::vector<std::error_code>& results, std::string_view note);

@@ -79,8 +79,10 @@ std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t of
 }
 
 bool syncfs_covers(std::string_view kernel_release, long fs_type) {
-  // Write-back errors reach syncfs from 5.8 on (commit 735e4ae5ba28, "vfs: track per-sb
-  // writeback errors and report them to syncfs"). An unreadable release is taken as too old.
+  // Write-back errors reach syncfs from 5.8 on ("vfs: track per-sb writeback errors and
+  // report them to syncfs"), and the filesystem's own sync_fs errors (a failed journal
+  // commit) from 5.17 on ("vfs: make sync_filesystem return errors from ->sync_fs"). An
+  // unreadable release is taken as too old.
   unsigned major = 0, minor = 0;
   std::size_t i = 0;
   const auto number = [&](unsigned& out) {
@@ -91,7 +93,7 @@ bool syncfs_covers(std::string_view kernel_release, long fs_type) {
     return i > begin;
   };
   if (!number(major) || i >= kernel_release.size() || kernel_release[i++] != '.' || !number(minor)) return false;
-  if (major < 5 || (major == 5 && minor < 8)) return false;
+  if (major < 5 || (major == 5 && minor < 17)) return false;
   // linux/magic.h: the filesystems whose sync_fs writes out every dirty file's data and
   // records a failure where syncfs finds it. Anything else gets an fsync per file.
   constexpr long kExt4 = 0xEF53, kXfs = 0x58465342, kBtrfs = 0x9123683E, kTmpfs = 0x01021994;

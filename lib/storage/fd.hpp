@@ -76,8 +76,9 @@ bool sendfile_unsupported(int err);
 // filesystem: it must write out all their data and report a failure to (a descriptor
 // opened before the data was written: the kernel tells each open file of such an error
 // once, so a descriptor shared by several writers can have it taken by another). True on
-// Linux 5.8 or later -- before, syncfs reported no write-back error at all -- for the
-// filesystems known to do both: ext2/3/4, xfs, btrfs, tmpfs. False for the rest (FUSE
+// Linux 5.17 or later -- before 5.8 syncfs reported no write-back error at all, before 5.17
+// not the filesystem's own (a failed journal commit) -- for the filesystems known to do
+// both: ext2/3/4, xfs, btrfs, tmpfs. False for the rest (FUSE
 // filesystems such as mergerfs, sshfs or ntfs-3g do not pass syncfs on; overlayfs, network
 // filesystems), where callers fsync each file.
 bool syncfs_covers(int fd);

@@ -391,10 +391,13 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
                                             [](const Upload* a, const Upload* b) { return a->opened_ < b->opened_; });
     synced = first->fd_ && syncfs_covers(first->fd_.get()) && ::syncfs(first->fd_.get()) == 0;
   }
-  // Their data is durable: each is a name to rename now, and its descriptor would only
-  // crowd out the folders the renames may have to open (ulimit -n).
-  if (synced) {
-    for (auto* up : uploads) up->fd_.reset();
+  // Every file's data is made durable before any rename, and its descriptor closed: each
+  // is then a name to rename, and the descriptors would only crowd out the folders the
+  // renames may have to open (ulimit -n).
+  std::vector<std::error_code> data(uploads.size());
+  for (std::size_t i = 0; i < uploads.size(); ++i) {
+    if (!synced && ::fsync(uploads[i]->fd_.get()) != 0) data[i] = last_error();
+    uploads[i]->fd_.reset();
   }
   // Each folder once, after all the renames into it: the renames are durable together.
   std::vector<std::pair<DirFd, std::vector<std::size_t>>> folders;
@@ -403,7 +406,12 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   FolderCache made;
   for (std::size_t i = 0; i < uploads.size(); ++i) {
     DirFd dir;
-    results[i] = uploads[i]->place(synced, dir, &made);
+    if (data[i]) {
+      uploads[i]->abort();
+      results[i] = data[i];
+      continue;
+    }
+    results[i] = uploads[i]->place(/*data_synced=*/true, dir, &made);
     if (results[i]) continue;
     auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first.get() == dir.get(); });
     if (it == folders.end()) it = folders.insert(folders.end(), {std::move(dir), {}});
@@ -471,7 +479,8 @@ std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& 
     UniqueFd next(::openat(cur.get(), comp.c_str(), kDirFlags));
     if (!next && errno == ENOENT && create) {
       if (::mkdirat(cur.get(), comp.c_str(), 0755) != 0 && errno != EEXIST) return last_error();
-      ::fsync(cur.get());  // make the new folder's entry durable along with the file
+      // The new folder's entry must be as durable as the file that will be put in it.
+      if (::fsync(cur.get()) != 0) return last_error();
       next.reset(::openat(cur.get(), comp.c_str(), kDirFlags));
     }
     if (!next) return classify_open_error(cur.get(), comp, errno);

@@ -255,7 +255,7 @@ if command -v prlimit >/dev/null; then
   for i in $(seq 300); do echo "file $i" >"$T/fdsrc/f$i"; done
   "$FTX" ping >/dev/null  # a first connection comes and goes: what the server holds now is its own
   limit=$(( $(ls "/proc/$SERVER_PID/fd" | wc -l) + 6 ))
-  prlimit --pid "$SERVER_PID" --nofile="$limit:$limit"
+  check "prlimit lowered the server's open-files limit" prlimit --pid "$SERVER_PID" --nofile="$limit:$limit"
   expect_exit 0 "$FTX" put -r -q "$T/fdsrc" fd
   check "every file of a burst stored with few descriptors to spare" diff -r "$T/fdsrc" "$T/fdroot/fd"
   stop_server

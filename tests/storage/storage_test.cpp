@@ -295,10 +295,12 @@ TEST(SyncfsCovers, OnlyKernelsThatReportWriteBackErrorsAndFilesystemsThatPassItO
   constexpr long kExt4 = 0xEF53, kXfs = 0x58465342, kBtrfs = 0x9123683E, kTmpfs = 0x01021994;
   constexpr long kFuse = 0x65735546, kOverlay = 0x794C7630, kNfs = 0x6969;
   for (const long fs : {kExt4, kXfs, kBtrfs, kTmpfs}) {
-    EXPECT_TRUE(syncfs_covers("5.8.0", fs)) << std::hex << fs;
+    EXPECT_TRUE(syncfs_covers("5.17.0", fs)) << std::hex << fs;
     EXPECT_TRUE(syncfs_covers("6.1.0-13-amd64", fs)) << std::hex << fs;
     EXPECT_TRUE(syncfs_covers("10.0", fs)) << std::hex << fs;
-    // Before 5.8 syncfs reported no write-back error at all.
+    // Before 5.8 syncfs reported no write-back error at all, before 5.17 not sync_fs's.
+    EXPECT_FALSE(syncfs_covers("5.16.20", fs)) << std::hex << fs;
+    EXPECT_FALSE(syncfs_covers("5.15.0-91-generic", fs)) << std::hex << fs;
     EXPECT_FALSE(syncfs_covers("5.7.19", fs)) << std::hex << fs;
     EXPECT_FALSE(syncfs_covers("4.19.0-21-amd64", fs)) << std::hex << fs;
     EXPECT_FALSE(syncfs_covers("", fs));

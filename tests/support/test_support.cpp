@@ -79,8 +79,9 @@ void FailingDisk::fill_device() {
 
 void FailingDisk::remount() {
   if (!mounted_) throw std::runtime_error("FailingDisk::remount: not mounted (" + why_ + ")");
-  mounted_ = false;
+  // Still mounted if this fails: the destructor then unmounts it lazily.
   if (!run("umount " + quoted(mount_))) throw std::runtime_error("cannot unmount " + mount_.string());
+  mounted_ = false;
   if (!run("mount -o loop,noinit_itable,errors=continue " + quoted(image_) + " " + quoted(mount_))) {
     throw std::runtime_error("cannot mount " + image_.string() + " again");
   }
