@@ -407,8 +407,22 @@ asio::awaitable<void> Session::settle_off_thread() {
   // on the disk pool, so this I/O thread's other connections go on meanwhile.
   publishing_ = std::exchange(staged_, {});
   published_.clear();
-  auto job = [self = shared_from_this(), uploads = staged_uploads(publishing_)] {
-    self->published_ = self->server_.storage().publish_staged(uploads);
+  auto job = [self = shared_from_this(), uploads = staged_uploads(publishing_)]() mutable {
+    std::vector<std::error_code> results(uploads.size(), make_error_code(std::errc::not_enough_memory));
+    try {
+      results = self->server_.storage().publish_staged(uploads);
+    } catch (const std::exception&) {
+      // Out of memory half-way: what was renamed is in place, its folder perhaps not
+      // synced; the rest is still staged (and removed with its Upload). Answered so,
+      // rather than published a second time by ~Session.
+      for (std::size_t i = 0; i < uploads.size(); ++i) {
+        if (!uploads[i]->staged()) results[i] = storage::errc::not_durable;
+      }
+    }
+    self->published_ = std::move(results);
+    // Never the last reference: the coroutine waiting for this job holds one, and the
+    // session must end on its own executor, not on a pool thread.
+    self.reset();
   };
   co_await offload_disk(std::move(job));
   auto batch = std::exchange(publishing_, {});

@@ -479,8 +479,14 @@ std::error_code Storage::open_parent(std::string_view name, bool create, DirFd& 
     UniqueFd next(::openat(cur.get(), comp.c_str(), kDirFlags));
     if (!next && errno == ENOENT && create) {
       if (::mkdirat(cur.get(), comp.c_str(), 0755) != 0 && errno != EEXIST) return last_error();
-      // The new folder's entry must be as durable as the file that will be put in it.
-      if (::fsync(cur.get()) != 0) return last_error();
+      // The new folder's entry must be as durable as the file that will be put in it. If it
+      // cannot be made so, the folder goes again (best effort): the next upload into it
+      // would otherwise find it and never sync its entry.
+      if (::fsync(cur.get()) != 0) {
+        const auto ec = last_error();
+        ::unlinkat(cur.get(), comp.c_str(), AT_REMOVEDIR);
+        return ec;
+      }
       next.reset(::openat(cur.get(), comp.c_str(), kDirFlags));
     }
     if (!next) return classify_open_error(cur.get(), comp, errno);

@@ -137,6 +137,8 @@ class Upload {
   // Appends body bytes and feeds them to the running SHA-256.
   std::error_code write(std::span<const std::uint8_t> data);
   std::uint64_t written() const { return written_; }
+  // Whether the staging file is still there: not yet published, nor removed.
+  bool staged() const { return !staging_name_.empty(); }
   std::uint64_t expected_size() const { return size_; }
 
   // Checks size and SHA-256 against the announced values, applies `mtime_ns`, fsyncs,
