@@ -1123,30 +1123,27 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
     }
     const auto published = publish_staged(files);
     // Each folder once, after every rename into it; a file is saved only once its name is
-    // durable too.
-    std::vector<std::pair<std::string, std::error_code>> folders;
+    // durable too. in_folder[i]: batch[i]'s index in folders (published files only).
+    std::vector<std::pair<std::string_view, std::error_code>> folders;
+    std::vector<std::size_t> in_folder(batch.size(), SIZE_MAX);  // SIZE_MAX: none
     std::size_t k = 0;
-    for (auto& p : batch) {
-      if (!p.file) continue;
-      auto& r = p.result;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (!batch[i].file) continue;
+      auto& r = batch[i].result;
       if (const auto ec = published[k++]) {
         r.error = commit_failure(r.result.local, ec);
         r.result = {};
         continue;
       }
-      const std::string_view folder = folder_text(r.result.local);
-      if (std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first == folder; }) ==
-          folders.end()) {
-        folders.emplace_back(folder, std::error_code{});
-      }
+      const std::string_view folder = folder_text(r.result.local);  // a view into batch[i]
+      const auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first == folder; });
+      in_folder[i] = static_cast<std::size_t>(it - folders.begin());
+      if (it == folders.end()) folders.emplace_back(folder, std::error_code{});
     }
     for (auto& [folder, ec] : folders) ec = sync_folder(folder);
-    for (auto& p : batch) {
-      auto& r = p.result;
-      if (!p.file || r.error) continue;
-      const std::string_view folder = folder_text(r.result.local);
-      const auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first == folder; });
-      if (it != folders.end() && it->second) {
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& r = batch[i].result;
+      if (in_folder[i] < folders.size() && folders[in_folder[i]].second) {
         r.error = commit_failure(r.result.local, storage::errc::not_durable);
         r.result = {};
       }

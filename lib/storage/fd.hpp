@@ -78,9 +78,9 @@ bool sendfile_unsupported(int err);
 // once, so a descriptor shared by several writers can have it taken by another). True on
 // Linux 5.17 or later -- before 5.8 syncfs reported no write-back error at all, before 5.17
 // not the filesystem's own (a failed journal commit) -- for the filesystems known to do
-// both: ext2/3/4, xfs, btrfs, tmpfs. False for the rest (FUSE
-// filesystems such as mergerfs, sshfs or ntfs-3g do not pass syncfs on; overlayfs, network
-// filesystems), where callers fsync each file.
+// both: ext2/3/4, xfs, btrfs, tmpfs. False for the rest, where callers fsync each file:
+// FUSE filesystems such as mergerfs, sshfs or ntfs-3g (they do not pass syncfs on),
+// overlayfs, network filesystems.
 bool syncfs_covers(int fd);
 // The same test on a kernel release ("6.1.0-13-amd64") and a statfs f_type: what
 // syncfs_covers() asks of the running system, as a pure function for tests.
