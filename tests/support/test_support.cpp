@@ -9,6 +9,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "storage/fd.hpp"
+
 namespace ftx::test {
 
 TempDir::TempDir() {
@@ -44,18 +46,25 @@ FailingDisk::FailingDisk() : backing_(dir_ / "backing"), image_(backing_ / "disk
     return;
   }
   backing_mounted_ = true;
-  // No journal and few inodes keep the metadata small; noinit_itable stops the kernel from
-  // zeroing inode tables in the background, which would eat the backing space at random.
+  // No journal and few inodes keep the metadata small, and all of it is written now
+  // (lazy_itable_init=0, one block group): later metadata writes land on blocks the backing
+  // already holds, so only new file data can fail once it is full.
   if (!run("truncate -s 64M " + quoted(image_)) ||
       !run("mkfs.ext4 -q -F -b 4096 -O ^has_journal -N 128 -E nodiscard,lazy_itable_init=0 " + quoted(image_))) {
     why_ = "cannot make an ext4 image (mkfs.ext4)";
     return;
   }
-  if (!run("mount -o loop,noinit_itable,errors=continue " + quoted(image_) + " " + quoted(mount_))) {
+  if (!mount_image()) {
     why_ = "cannot mount a loop device";
     return;
   }
   mounted_ = true;
+}
+
+bool FailingDisk::mount_image() const {
+  // errors=continue: a failed write-back is reported to the writer, not turned into a
+  // read-only filesystem; noinit_itable: no background zeroing of inode tables.
+  return run("mount -o loop,noinit_itable,errors=continue " + quoted(image_) + " " + quoted(mount_));
 }
 
 FailingDisk::~FailingDisk() {
@@ -67,14 +76,12 @@ FailingDisk::~FailingDisk() {
 void FailingDisk::fill_device() {
   if (!mounted_) throw std::runtime_error("FailingDisk::fill_device: not mounted (" + why_ + ")");
   if (!run("sync -f " + quoted(mount_))) throw std::runtime_error("cannot sync " + mount_.string());
-  const int fd = ::open((backing_ / "filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) throw std::system_error(errno, std::system_category(), "cannot create the filler");
+  const storage::UniqueFd fd(::open((backing_ / "filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) throw std::system_error(storage::last_error(), "cannot create the filler");
   static const std::vector<char> zeros(4096);
-  while (::write(fd, zeros.data(), zeros.size()) > 0) {
+  while (::write(fd.get(), zeros.data(), zeros.size()) > 0) {
   }
-  const int err = errno;
-  ::close(fd);
-  if (err != ENOSPC) throw std::system_error(err, std::system_category(), "filling the device's backing");
+  if (errno != ENOSPC) throw std::system_error(storage::last_error(), "filling the device's backing");
 }
 
 void FailingDisk::remount() {
@@ -82,9 +89,7 @@ void FailingDisk::remount() {
   // Still mounted if this fails: the destructor then unmounts it lazily.
   if (!run("umount " + quoted(mount_))) throw std::runtime_error("cannot unmount " + mount_.string());
   mounted_ = false;
-  if (!run("mount -o loop,noinit_itable,errors=continue " + quoted(image_) + " " + quoted(mount_))) {
-    throw std::runtime_error("cannot mount " + image_.string() + " again");
-  }
+  if (!mount_image()) throw std::runtime_error("cannot mount " + image_.string() + " again");
   mounted_ = true;
 }
 

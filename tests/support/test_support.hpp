@@ -54,6 +54,8 @@ class FailingDisk {
   void remount();
 
  private:
+  bool mount_image() const;  // the image on mount_, as a loop device
+
   TempDir dir_;
   std::filesystem::path backing_, image_, mount_;
   bool backing_mounted_ = false;
