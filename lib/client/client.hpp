@@ -107,7 +107,7 @@ struct BatchResult {
 };
 
 struct BatchOptions {
-  std::size_t window_files = 64;             // requests in flight at most (0 counts as 1)
+  std::size_t window_files = 256;            // requests in flight at most (0 counts as 1)
   std::uint64_t window_bytes = 16ull << 20;  // unanswered upload bytes at most (one file always fits)
 };
 

@@ -61,7 +61,8 @@ Session::Session(Server& server, std::unique_ptr<Stream> stream)
     : server_(server),
       stream_(std::move(stream)),
       socket_(stream_->socket()),
-      watchdog_(socket_.get_executor()) {
+      watchdog_(socket_.get_executor()),
+      publish_wake_(socket_.get_executor()) {
   resize_in(kInBufferSize);
   std::error_code ec;
   const auto ep = socket_.remote_endpoint(ec);
@@ -77,6 +78,7 @@ Session::~Session() {
   // exception, or was destroyed at a forced stop): still published, durably, and logged.
   // A batch that was on the disk pool then: published there if its job ran (the pools are
   // joined before sessions go), else here.
+  publish_running_ = false;
   if (!publishing_.empty()) {
     const auto results = published_.size() == publishing_.size()
                              ? published_
@@ -305,7 +307,9 @@ asio::awaitable<void> Session::serve() {
 asio::awaitable<std::error_code> Session::read_frame() {
   decoder_.reset();
   const auto& opts = server_.options();
-  bool started = false;  // the header deadline runs from a request's first byte
+  // The header deadline runs from a request's first byte; set again before each read, as
+  // answering (a send, the wait for a burst on the disk pool) arms deadlines of its own.
+  std::optional<std::chrono::steady_clock::time_point> header_deadline;
   for (;;) {
     if (in_begin_ < in_end_) {
       const auto step = decoder_.put(std::span(in_.get() + in_begin_, in_end_ - in_begin_));
@@ -315,7 +319,7 @@ asio::awaitable<std::error_code> Session::read_frame() {
     }
     // The decoder took every buffered byte and wants more: first answer what was done.
     in_begin_ = in_end_ = 0;
-    if (auto ec = co_await flush()) co_return ec;
+    if (auto ec = co_await answer_before_reading()) co_return ec;
     resize_in(pipelining_ ? kBusyInBufferSize : kInBufferSize);
     idle_ = decoder_.at_boundary();
     // A stop that came while the flush above was suspended found this session busy and
@@ -330,9 +334,9 @@ asio::awaitable<std::error_code> Session::read_frame() {
       }
       if (out_.capacity() > kSmallBody) out_ = {};
       arm(opts.idle_timeout, "idle");
-    } else if (!started) {
-      started = true;
-      arm(opts.header_timeout, "header");
+    } else {
+      if (!header_deadline) header_deadline = std::chrono::steady_clock::now() + opts.header_timeout;
+      arm_at(*header_deadline, "header");
     }
     const auto wait_start = std::chrono::steady_clock::now();
     auto [ec, n] = co_await stream_->read_some(asio::buffer(in_.get(), in_capacity_));
@@ -389,7 +393,7 @@ void Session::queue(const Frame& f, std::span<const std::uint8_t> body) {
 }
 
 void Session::settle(std::string_view note) {
-  if (staged_.empty()) return;
+  if (staged_.empty() || publish_running_) return;  // see the header: not reached so
   auto batch = std::exchange(staged_, {});
   // A streamed batch stages dozens of files between two reads; they are published
   // together: one syncfs for all their data, then the renames, then one fsync per folder
@@ -398,15 +402,21 @@ void Session::settle(std::string_view note) {
 }
 
 asio::awaitable<void> Session::settle_off_thread() {
+  co_await finish_publish();
   if (staged_.empty()) co_return;
   if (staged_.size() == 1 && staged_.front().done.size <= kSmallBody) {
     settle();  // one small file's fsync costs what a plain PUT's does on this thread
     co_return;
   }
-  // A syncfs waits for everything dirty on the filesystem, other writers' gigabytes too:
-  // on the disk pool, so this I/O thread's other connections go on meanwhile.
+  start_publish();
+  co_await finish_publish();
+}
+
+void Session::start_publish() {
   publishing_ = std::exchange(staged_, {});
   published_.clear();
+  publish_running_ = true;
+  publish_ready_ = false;
   auto job = [self = shared_from_this(), uploads = staged_uploads(publishing_)]() mutable {
     std::vector<std::error_code> results(uploads.size(), make_error_code(std::errc::not_enough_memory));
     try {
@@ -419,14 +429,45 @@ asio::awaitable<void> Session::settle_off_thread() {
         if (!uploads[i]->staged()) results[i] = storage::errc::not_durable;
       }
     }
+    // Set here, read on the strand only after the post below (or by ~Session, after the
+    // pools are joined).
     self->published_ = std::move(results);
-    // Never the last reference: the coroutine waiting for this job holds one, and the
-    // session must end on its own executor, not on a pool thread.
-    self.reset();
+    // The session ends on its own executor, never on a pool thread: the reference goes
+    // back there with the news.
+    auto ex = self->socket_.get_executor();
+    asio::post(ex, [self = std::move(self)] {
+      self->publish_ready_ = true;
+      self->publish_wake_.cancel();
+    });
   };
-  co_await offload_disk(std::move(job));
+  asio::post(*server_.disk_, std::move(job));
+}
+
+asio::awaitable<void> Session::finish_publish() {
+  if (!publish_running_) co_return;
+  if (!publish_ready_) {
+    // The job's time is not the client's: no header or send deadline runs out meanwhile
+    // (what follows arms its own).
+    if (!closing_) arm(std::chrono::hours(24 * 365), "blocking work");
+    while (!publish_ready_) {
+      publish_wake_.expires_at(asio::steady_timer::time_point::max());
+      co_await publish_wake_.async_wait(kTuple);
+    }
+  }
+  publish_running_ = false;
   auto batch = std::exchange(publishing_, {});
   answer_staged(batch, std::exchange(published_, {}), {});
+}
+
+asio::awaitable<std::error_code> Session::answer_before_reading() {
+  // Only while the client keeps streaming: otherwise it may be waiting for these answers,
+  // and nothing else would send them.
+  if (pipelining_ && stream_->input_pending()) {
+    if (publish_running_ && publish_ready_) co_await finish_publish();  // no wait: it is done
+    if (!publish_running_ && !staged_.empty()) start_publish();
+    co_return co_await write_out();
+  }
+  co_return co_await flush();
 }
 
 std::vector<storage::Upload*> Session::staged_uploads(std::vector<Staged>& batch) {
@@ -441,11 +482,11 @@ void Session::answer_staged(std::vector<Staged>& batch, const std::vector<std::e
   for (std::size_t i = 0; i < batch.size(); ++i) {
     auto& s = batch[i];
     if (!results[i]) {
-      log_transfer("put", s.name, s.done.size, s.start, "ok" + std::string(note));
+      log_record("put", s.name, s.done.size, s.start, "ok" + std::string(note));
       protocol::encode(s.done, out_);
     } else {
       auto [st, msg] = describe(results[i], s.name);
-      log_transfer("put", s.name, s.done.size, s.start, std::string(protocol::to_string(st)) + std::string(note));
+      log_record("put", s.name, s.done.size, s.start, std::string(protocol::to_string(st)) + std::string(note));
       protocol::encode(protocol::make_error(st, std::move(msg)), out_);
     }
   }
@@ -453,6 +494,10 @@ void Session::answer_staged(std::vector<Staged>& batch, const std::vector<std::e
 
 asio::awaitable<std::error_code> Session::flush() {
   co_await settle_off_thread();
+  co_return co_await write_out();
+}
+
+asio::awaitable<std::error_code> Session::write_out() {
   // The log lines of the requests answered here go first: whoever reads the answer may look
   // for them at once.
   log::flush();
@@ -515,6 +560,12 @@ void Session::log_transfer(std::string_view op, const std::string& name, std::ui
                            std::chrono::steady_clock::time_point start, std::string_view result,
                            const std::string* to) {
   settle();  // the records of earlier uploads still waiting for their folder's fsync go first
+  log_record(op, name, amount, start, result, to);
+}
+
+void Session::log_record(std::string_view op, const std::string& name, std::uint64_t amount,
+                         std::chrono::steady_clock::time_point start, std::string_view result,
+                         const std::string* to) {
   log::RequestRecord r;
   r.peer = peer_;
   r.op = op;
@@ -712,8 +763,14 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
   done.digest = expected;
   if (streamed) {
     staged_.push_back({std::move(up), std::move(done), req.name, start});
-    // Each holds its staging file open: a long burst must not hold hundreds.
-    if (staged_.size() >= kMaxStaged) co_await settle_off_thread();
+    // Each holds its staging file open: a long burst must not hold hundreds. The burst
+    // before, if still on the pool, is waited for; its answers go out now, so that the
+    // client's window moves on while this one is published.
+    if (staged_.size() >= kMaxStaged) {
+      co_await finish_publish();
+      start_publish();
+      co_return co_await write_out();
+    }
     co_return std::error_code{};
   }
   log_transfer("put", req.name, req.size - resumed_at, start, "ok" + resumed);

@@ -67,24 +67,38 @@ class Session : public std::enable_shared_from_this<Session> {
   // the uploads still waiting for their folder's fsync (settle() first).
   void queue(const protocol::Frame& f, std::span<const std::uint8_t> body = {});
   // Group commit for pipelined uploads: publishes the verified uploads of staged_ together
-  // (Storage::publish_staged: one syncfs, the renames, one fsync per folder) and queues
-  // every one's answer in order -- kDone, or the error publishing it met -- and logs it (its
-  // result followed by `note`). No answer of an upload leaves before it is durable. The
-  // request loop calls it before any request but the next streamed PUT (so a GET behind a
-  // batch finds its files), queue(), flush() and log_transfer() call it first (answers and
-  // log records keep request order), and handle_put once 64 uploads wait.
+  // (Storage::publish_staged: the seals, one syncfs, the renames, one fsync per folder) and
+  // queues every one's answer in order -- kDone, or the error publishing it met -- and logs
+  // it (its result followed by `note`). No answer of an upload leaves before it is durable.
+  // Here, on this thread: for the destructor and as queue()'s and log_transfer()'s guard,
+  // which in the request path find nothing staged (settle_off_thread ran first). Never
+  // while a burst is on the disk pool: its answers come first.
   void settle(std::string_view note = {});
-  // settle() with the publishing on the disk pool (offload_disk): a syncfs can wait for
-  // other writers' dirty data, and must not hold this I/O thread's other connections
-  // meanwhile. A single small upload is published here, as a plain PUT is. Every place in
-  // the request path that answers or logs while uploads may be staged calls this first;
-  // settle() stays for the destructor and as queue()'s and log_transfer()'s guard, which
-  // then find nothing staged. While the batch is away it is publishing_ (and its results
-  // published_), so that a forced stop that destroys this coroutine meanwhile still has
-  // the destructor publish (if the job never ran) and log it.
+  // Publishes everything staged and answers it, in order: first the burst already on the
+  // disk pool (finish_publish), then staged_ there too (a syncfs can wait for other
+  // writers' dirty data, and must not hold this I/O thread's other connections meanwhile);
+  // a single small upload is published here, as a plain PUT is. The request loop calls it
+  // before any request but the next streamed PUT (so a GET behind a batch finds its files),
+  // and every place in the request path that answers or logs calls it first (answers and
+  // log records keep request order).
   asio::awaitable<void> settle_off_thread();
+  // Pipelining of a batch's bursts: start_publish() hands staged_ to the disk pool and
+  // returns at once, so this connection reads and stages the next burst while the last is
+  // sealed, synced and renamed. One burst at a time is away: it is publishing_ (its
+  // results published_, set by the job), so that a forced stop that destroys this
+  // coroutine meanwhile still has the destructor publish (if the job never ran) and log it.
+  // finish_publish() waits for that burst, if any, and queues its answers and log records.
+  void start_publish();
+  asio::awaitable<void> finish_publish();
+  // Before waiting for more input: a client still streaming a batch (its next requests are
+  // already here) gets the answers of the burst published so far, and the burst staged
+  // meanwhile goes to the disk pool; otherwise everything is settled and answered (flush).
+  asio::awaitable<std::error_code> answer_before_reading();
   // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();
+  // Writes out_ as it is (log records first) and empties it: only where everything in it
+  // comes before whatever is still staged.
+  asio::awaitable<std::error_code> write_out();
   asio::awaitable<std::error_code> write_all(std::span<const std::uint8_t> data);
   asio::awaitable<std::error_code> send_error(protocol::Status st, std::string message);
 
@@ -148,6 +162,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void log_transfer(std::string_view op, const std::string& name, std::uint64_t amount,
                     std::chrono::steady_clock::time_point start, std::string_view result,
                     const std::string* to = nullptr);
+  // log_transfer() without settling first (answer_staged: the next burst may be staged).
+  void log_record(std::string_view op, const std::string& name, std::uint64_t amount,
+                  std::chrono::steady_clock::time_point start, std::string_view result,
+                  const std::string* to = nullptr);
   // Sends a last error with a short deadline of its own; the connection closes after it.
   asio::awaitable<void> send_final_error(protocol::Status st, std::string message);
   // A body buffer of at least min(n, kChunkSize) bytes, kept between requests.
@@ -201,8 +219,11 @@ class Session : public std::enable_shared_from_this<Session> {
     std::chrono::steady_clock::time_point start;
   };
   std::vector<Staged> staged_;
-  std::vector<Staged> publishing_;             // settle_off_thread's batch, while on the pool
+  std::vector<Staged> publishing_;             // start_publish's burst, while on the pool
   std::vector<std::error_code> published_;     // its results, once the job ran (set there)
+  bool publish_running_ = false;               // publishing_ is away: finish_publish() pending
+  bool publish_ready_ = false;                 // its job has finished (set on this strand)
+  asio::steady_timer publish_wake_;            // cancelled when the job finishes
   static std::vector<storage::Upload*> staged_uploads(std::vector<Staged>& batch);
   // Queues and logs each staged upload's answer: kDone, or the error publishing it met.
   void answer_staged(std::vector<Staged>& batch, const std::vector<std::error_code>& results, std::string_view note);

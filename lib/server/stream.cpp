@@ -62,6 +62,10 @@ class TlsStream final : public Stream {
     co_return co_await stream_.async_write_some(buf, kTuple);
   }
   asio::ip::tcp::socket& socket() override { return stream_.next_layer(); }
+  bool input_pending() override {
+    // Records OpenSSL has already decrypted count too.
+    return SSL_pending(stream_.native_handle()) > 0 || Stream::input_pending();
+  }
   std::string peer_subject() const override {
     X509* cert = SSL_get0_peer_certificate(const_cast<SSL*>(stream_.native_handle()));
     if (cert == nullptr) return {};
@@ -76,6 +80,11 @@ class TlsStream final : public Stream {
 };
 
 }  // namespace
+
+bool Stream::input_pending() {
+  std::error_code ec;
+  return socket().available(ec) > 0 && !ec;
+}
 
 asio::awaitable<Stream::Result> Stream::send_file(int, std::uint64_t, std::size_t) {
   co_return Result{asio::error::operation_not_supported, 0};

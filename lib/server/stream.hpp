@@ -21,6 +21,10 @@ class Stream {
   virtual asio::awaitable<std::error_code> handshake() = 0;
   virtual asio::awaitable<Result> read_some(asio::mutable_buffer buf) = 0;
   virtual asio::awaitable<Result> write_some(asio::const_buffer buf) = 0;
+  // Whether more input has already arrived: a read_some now would not wait for the peer
+  // (for TLS, not long: the rest of a record). A hint, not a promise: false may still be
+  // followed by data at once.
+  virtual bool input_pending();
   // Whether send_file works: plain TCP only (TLS must encrypt in user space).
   virtual bool can_send_file() const { return false; }
   // Writes up to n bytes of file `fd` from `offset` straight from the page cache

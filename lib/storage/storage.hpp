@@ -151,10 +151,10 @@ class Upload {
   std::error_code commit(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
                          bool executable = false);
 
-  // Group commit, first half: checks size and SHA-256 and applies mode, mtime and the digest
-  // record as commit() does, but neither fsyncs nor renames: the file stays invisible in the
-  // staging area until Storage::publish_staged() publishes it with others. On a failure the
-  // staging file is removed. Not for resumable uploads.
+  // Group commit, first half: checks size and SHA-256 as commit() does and remembers mode,
+  // mtime and digest; Storage::publish_staged() applies them, makes the data durable and
+  // renames, with others. Until then the file stays invisible in the staging area. On a
+  // failure the staging file is removed. Not for resumable uploads.
   std::error_code stage(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns,
                         bool executable = false);
 
@@ -217,6 +217,13 @@ class Upload {
   std::uint64_t size_ = 0;
   std::uint64_t written_ = 0;
   std::uint64_t opened_ = 0;  // plain uploads: when the staging file was made, in this store's order
+  // stage(): what publish_staged() seals the file with.
+  struct Seal {
+    hash::Digest digest{};
+    std::optional<std::int64_t> mtime_ns;
+    bool executable = false;
+  };
+  std::optional<Seal> seal_;
 };
 
 class Storage {
