@@ -307,8 +307,9 @@ asio::awaitable<void> Session::serve() {
 asio::awaitable<std::error_code> Session::read_frame() {
   decoder_.reset();
   const auto& opts = server_.options();
-  // The header deadline runs from a request's first byte; set again before each read, as
-  // answering (a send, the wait for a burst on the disk pool) arms deadlines of its own.
+  // The header deadline runs from a request's first byte, not counting the server's own
+  // time answering (a send, the wait for a burst on the disk pool), which arms deadlines of
+  // its own: it is set again before each read, moved back by that time.
   std::optional<std::chrono::steady_clock::time_point> header_deadline;
   for (;;) {
     if (in_begin_ < in_end_) {
@@ -319,7 +320,9 @@ asio::awaitable<std::error_code> Session::read_frame() {
     }
     // The decoder took every buffered byte and wants more: first answer what was done.
     in_begin_ = in_end_ = 0;
+    const auto answer_start = std::chrono::steady_clock::now();
     if (auto ec = co_await answer_before_reading()) co_return ec;
+    if (header_deadline) *header_deadline += std::chrono::steady_clock::now() - answer_start;
     resize_in(pipelining_ ? kBusyInBufferSize : kInBufferSize);
     idle_ = decoder_.at_boundary();
     // A stop that came while the flush above was suspended found this session busy and
@@ -418,15 +421,17 @@ void Session::start_publish() {
   publish_running_ = true;
   publish_ready_ = false;
   auto job = [self = shared_from_this(), uploads = staged_uploads(publishing_)]() mutable {
-    std::vector<std::error_code> results(uploads.size(), make_error_code(std::errc::not_enough_memory));
+    // On the pool an exception would end the server: publish_staged's is caught here.
+    std::vector<std::error_code> results;
     try {
       results = self->server_.storage().publish_staged(uploads);
     } catch (const std::exception&) {
       // Out of memory half-way: what was renamed is in place, its folder perhaps not
-      // synced; the rest is still staged (and removed with its Upload). Answered so,
-      // rather than published a second time by ~Session.
+      // synced; the rest is still staged (and removed with its Upload) or was refused.
+      // Answered so, rather than published a second time by ~Session.
+      results.assign(uploads.size(), make_error_code(std::errc::not_enough_memory));
       for (std::size_t i = 0; i < uploads.size(); ++i) {
-        if (!uploads[i]->staged()) results[i] = storage::errc::not_durable;
+        if (uploads[i]->placed()) results[i] = storage::errc::not_durable;
       }
     }
     // Set here, read on the strand only after the post below (or by ~Session, after the
@@ -653,10 +658,11 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
     // Small files of a batch: nothing worth resuming, and no partial to look for.
     begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed);
     // Each staged upload keeps its file open until its burst is published, up to kMaxStaged
-    // a connection: where that ran out of descriptors (ulimit -n), publishing the burst
-    // now gives them back, and this file need not fail.
+    // a connection, and as many again in the burst on the disk pool: where that ran out of
+    // descriptors (ulimit -n), publishing both now gives them back, and this file need not
+    // fail.
     if ((begin_ec == std::errc::too_many_files_open || begin_ec == std::errc::too_many_files_open_in_system) &&
-        !staged_.empty()) {
+        (!staged_.empty() || publish_running_)) {
       co_await settle_off_thread();
       begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed);
     }

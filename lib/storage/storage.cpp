@@ -189,6 +189,7 @@ Upload& Upload::operator=(Upload&& o) noexcept {
     written_ = o.written_;
     opened_ = o.opened_;
     seal_ = std::exchange(o.seal_, std::nullopt);
+    placed_ = std::exchange(o.placed_, false);
   }
   return *this;
 }
@@ -367,6 +368,7 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
     return ec;
   }
   staging_name_.clear();  // it is the final file now
+  placed_ = true;
   if (resumable_) {
     ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
     abort();  // drops the record's descriptor and the claim on the key

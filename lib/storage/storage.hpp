@@ -139,6 +139,8 @@ class Upload {
   std::uint64_t written() const { return written_; }
   // Whether the staging file is still there: not yet published, nor removed.
   bool staged() const { return !staging_name_.empty(); }
+  // Whether it was renamed over its final name (its folder perhaps not yet synced).
+  bool placed() const { return placed_; }
   std::uint64_t expected_size() const { return size_; }
 
   // Checks size and SHA-256 against the announced values, applies `mtime_ns`, fsyncs,
@@ -224,6 +226,7 @@ class Upload {
     bool executable = false;
   };
   std::optional<Seal> seal_;
+  bool placed_ = false;
 };
 
 class Storage {
