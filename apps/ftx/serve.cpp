@@ -16,7 +16,8 @@ namespace {
 
 // Descriptors a connection usually holds: its socket, the file being sent or received, its
 // folder and the folder cached for the next request. (A pipelined upload batch holds more
-// for a moment: up to 64 staged files, each with its folder.)
+// for a moment: up to 64 staged files, and 64 more in the burst being published, with the
+// folders that burst opens; a streamed upload that runs out waits for them and retries.)
 constexpr rlim_t kDescriptorsPerConnection = 4;
 
 // The soft limit on open descriptors is 1024 on most systems: fewer than the default

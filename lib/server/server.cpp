@@ -64,8 +64,11 @@ Server::~Server() {
   }
   // The blocking pools go first, while the io_context lives: a job that began finishes (it
   // posts its result to the stopped io_context, where it is dropped); one still queued is
-  // abandoned, and destroying it destroys the session coroutine waiting for it, whose socket
-  // and timers belong to that io_context. No I/O thread runs now to queue another.
+  // abandoned. Destroying an offload() or offload_disk() job destroys the session coroutine
+  // waiting for it, whose socket and timers belong to that io_context; a burst's publishing
+  // job (Session::start_publish) holds the session itself, not a coroutine, and destroying
+  // it only drops that reference: ~Session then publishes the burst itself. No I/O thread
+  // runs now to queue another.
   blocking_->stop();
   disk_->stop();
   blocking_->join();

@@ -40,7 +40,8 @@ constexpr std::size_t kSendFileStep = 64u << 20;
 constexpr auto kPartialBusyWait = std::chrono::milliseconds(50);
 constexpr int kPartialBusyTries = 60;
 
-// At most this many pipelined uploads wait, staged, to be published together (settle()).
+// At most this many pipelined uploads wait, staged, to be published together
+// (start_publish); as many more may be in the burst on the disk pool meanwhile.
 constexpr std::size_t kMaxStaged = 64;
 
 // How long check_put_limits trusts a free-space answer (less what it accepted since).
@@ -735,8 +736,8 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
                  "aborted: " + ec.message() + (up.record() != nullptr ? "; kept for resume" : ""));
     co_return ec;  // `up` removes the staging file, or keeps a resumable one
   }
-  // A streamed upload is only staged here: settle() publishes it with the rest of its
-  // batch, and its answer waits for that.
+  // A streamed upload is only staged here: it is published with the rest of its burst
+  // (start_publish or settle_off_thread), and its answer waits for that.
   if (!store_ec) {
     const auto mtime = has_mtime ? std::optional(req.mtime_ns) : std::nullopt;
     if (streamed) {

@@ -211,7 +211,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
   storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
   // Pipelined uploads received and verified but not yet published (Upload::stage), in
-  // request order; published and answered by settle().
+  // request order; handed to the disk pool as a burst by start_publish() and answered by
+  // finish_publish(), or published and answered by settle_off_thread() (settle() for a lone
+  // small one and in the destructor).
   struct Staged {
     storage::Upload upload;
     protocol::Frame done;

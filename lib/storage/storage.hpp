@@ -274,9 +274,10 @@ class Storage {
                                         const std::optional<hash::Digest>& digest, Upload& out,
                                         FolderCache* cache = nullptr) const;
 
-  // Group commit, second half: publishes uploads stage()d on this store, in order -- their
-  // data made durable (one syncfs of the filesystem for several where it reports every
-  // write-back failure, storage::syncfs_covers; else an fsync each), each
+  // Group commit, second half: publishes uploads stage()d on this store, in order -- each
+  // sealed (mode, mtime, digest record), their data made durable (one syncfs of the
+  // filesystem for several where it reports every write-back failure,
+  // storage::syncfs_covers, and every seal succeeded; else an fsync each), each
   // renamed over its final name, then each folder fsynced once. results[i] is uploads[i]'s
   // outcome, as commit() would have returned it: on success the file is durable and
   // visible; errc::not_durable when only its folder's fsync failed (the file is in place);
