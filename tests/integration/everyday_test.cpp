@@ -102,6 +102,51 @@ TEST_F(ServerTest, GroupCommittedUploadsAnswerInOrderAroundAFailureAndOtherReque
   EXPECT_TRUE(staging_files(staging()).empty());
 }
 
+TEST_F(ServerTest, ABatchStreamingInWhileItsBurstsArePublishedIsAnsweredInOrder) {
+  // Enough uploads in one stream that the server publishes one burst on its disk pool while
+  // it reads and stages the next (and waits for it once 64 are staged): failures spread
+  // through the batch (a folder where a file should go), a ping in the middle and a stat at
+  // the end must still come back exactly in request order, every upload in place.
+  constexpr std::size_t kFiles = 1200;
+  std::vector<std::string> names;
+  std::vector<std::vector<std::uint8_t>> bodies;
+  std::vector<std::uint8_t> wire;
+  for (std::size_t i = 0; i < kFiles; ++i) {
+    names.push_back("s/" + std::to_string(i / 100) + "/f" + std::to_string(i));
+    if (i % 97 == 13) std::filesystem::create_directories(root() / names.back());  // taken
+    bodies.push_back(random_bytes(3000 + i % 7, static_cast<int>(i)));
+    append(wire, streamed_put(names[i], bodies.back()), bodies.back());
+    if (i == kFiles / 2) append(wire, frame(MsgType::kPing));
+  }
+  append(wire, frame(MsgType::kStat, names.back()));
+  RawPeer peer(server_->port());
+  peer.send_bytes(wire);
+  for (std::size_t i = 0; i < kFiles; ++i) {
+    const Frame f = peer.read_frame();
+    if (i % 97 == 13) {
+      ASSERT_EQ(f.type, MsgType::kError) << "answer " << i;
+      EXPECT_EQ(f.status, Status::kConflict) << "answer " << i;
+    } else {
+      ASSERT_EQ(f.type, MsgType::kDone) << "answer " << i;
+      EXPECT_EQ(f.digest, hash::sha256(bodies[i])) << "answer " << i;
+    }
+    if (i == kFiles / 2) {
+      ASSERT_EQ(peer.read_frame().type, MsgType::kPong) << "after answer " << i;
+    }
+  }
+  const Frame st = peer.read_frame();
+  ASSERT_EQ(st.type, MsgType::kEntry);
+  EXPECT_EQ(st.size, bodies.back().size());
+  for (std::size_t i = 0; i < kFiles; ++i) {
+    if (i % 97 == 13) {
+      EXPECT_TRUE(std::filesystem::is_directory(root() / names[i])) << names[i];
+    } else {
+      EXPECT_EQ(read_file(root() / names[i]), bodies[i]) << names[i];
+    }
+  }
+  EXPECT_TRUE(staging_files(staging()).empty());
+}
+
 TEST_F(ServerTest, GetManyKeepsTheModeOfAFileItReplacesAndGivesNewOnesTheUmasks) {
   const auto data = random_bytes(4000, 77);
   write_file(root() / "m/old", data);
