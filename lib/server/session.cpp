@@ -403,6 +403,7 @@ void Session::settle(std::string_view note) {
   // together: one syncfs for all their data, then the renames, then one fsync per folder
   // (Storage::publish_staged). It was an fsync per file, a journal commit each on a disk.
   answer_staged(batch, server_.storage().publish_staged(staged_uploads(batch)), note);
+  folders_.forget_missing();
 }
 
 asio::awaitable<void> Session::settle_off_thread() {
@@ -461,6 +462,7 @@ asio::awaitable<void> Session::finish_publish() {
     }
   }
   publish_running_ = false;
+  folders_.forget_missing();
   auto batch = std::exchange(publishing_, {});
   answer_staged(batch, std::exchange(published_, {}), {});
 }

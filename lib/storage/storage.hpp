@@ -96,6 +96,10 @@ class DirFd {
 class FolderCache {
  public:
   void clear() { path_.clear(), dir_ = DirFd(), missing_.clear(); }
+  // After a burst was published, the folder found missing may exist now: look again, so
+  // that the uploads that follow hold it open from the start instead of each burst's
+  // publishing opening it anew.
+  void forget_missing() { missing_.clear(); }
 
  private:
   friend class Storage;

@@ -249,12 +249,14 @@ unset FTX_TOKEN XDG_CONFIG_HOME
 # ---- a put -r burst holds one staging file open per upload until it is published: where the
 # server's descriptors run out mid-burst, it publishes what it holds and goes on, and no file
 # fails (until 2026-12-06, 47 of 300 did with 6 descriptors to spare). 2,000 files of 4 KiB:
-# enough that a burst is on the disk pool while the next one arrives and runs out
+# enough that a burst is on the disk pool while the next one arrives and runs out. Into a
+# folder that exists: one the disk pool has to make can lose the last descriptor to the
+# connection's next staging file (docs/operations.md, open files)
 if command -v prlimit >/dev/null; then
   start_server "$T/fdroot"
   mkdir -p "$T/fdsrc"
   head -c $((2000 * 4096)) /dev/urandom | split -b 4096 -a 4 - "$T/fdsrc/f"
-  "$FTX" ping >/dev/null  # a first connection comes and goes: what the server holds now is its own
+  "$FTX" mkdir fd >/dev/null  # a first connection comes and goes: what the server holds now is its own
   limit=$(( $(ls "/proc/$SERVER_PID/fd" | wc -l) + 6 ))
   check "prlimit lowered the server's open-files limit" prlimit --pid "$SERVER_PID" --nofile="$limit:$limit"
   expect_exit 0 "$FTX" put -r -q "$T/fdsrc" fd
