@@ -103,10 +103,12 @@ TEST_F(TlsServer, RoundTripsAllSizesWithACa) {
 
 TEST_F(TlsServer, PipelinedBatchesWorkOverTls) {
   // The batch sender and receiver use the TLS stream at the same time (one write, one read).
+  // Enough files that the server publishes bursts while it reads on (Stream::input_pending
+  // over TLS).
   std::vector<client::BatchItem> up;
   std::vector<client::BatchItem> down;
   std::filesystem::create_directories(dir_ / "out");
-  for (int i = 0; i < 100; ++i) {
+  for (int i = 0; i < 600; ++i) {
     const auto local = dir_ / ("f" + std::to_string(i));
     write_file(local, random_bytes(i == 9 ? protocol::kChunkSize * 3 : 1000 + i, 700 + i));
     up.push_back({local, "tlsbatch/f" + std::to_string(i)});
@@ -116,7 +118,7 @@ TEST_F(TlsServer, PipelinedBatchesWorkOverTls) {
   std::size_t ok = 0;
   c->put_many(up, {}, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
   c->get_many(down, {}, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
-  EXPECT_EQ(ok, 200u);
+  EXPECT_EQ(ok, 1200u);
   for (std::size_t i = 0; i < up.size(); ++i) EXPECT_EQ(read_file(down[i].local), read_file(up[i].local)) << i;
 }
 
