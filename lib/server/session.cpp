@@ -79,12 +79,11 @@ Session::~Session() {
   // exception, or was destroyed at a forced stop): still published, durably, and logged.
   // A batch that was on the disk pool then: published there if its job ran (the pools are
   // joined before sessions go), else here.
-  publish_running_ = false;
-  if (!publishing_.empty()) {
-    const auto results = published_.size() == publishing_.size()
-                             ? published_
-                             : server_.storage().publish_staged(staged_uploads(publishing_));
-    answer_staged(publishing_, results, " (not answered)");
+  if (burst_away()) {
+    auto batch = std::exchange(publishing_, {});  // settle() below must not wait for it
+    const auto results =
+        published_.size() == batch.size() ? published_ : server_.storage().publish_staged(staged_uploads(batch));
+    answer_staged(batch, results, " (not answered)");
   }
   if (!staged_.empty()) settle(" (not answered)");
   log::flush();
@@ -397,7 +396,7 @@ void Session::queue(const Frame& f, std::span<const std::uint8_t> body) {
 }
 
 void Session::settle(std::string_view note) {
-  if (staged_.empty() || publish_running_) return;  // see the header: not reached so
+  if (staged_.empty() || burst_away()) return;  // see the header: not reached so
   auto batch = std::exchange(staged_, {});
   // A streamed batch stages dozens of files between two reads; they are published
   // together: one syncfs for all their data, then the renames, then one fsync per folder
@@ -420,7 +419,6 @@ asio::awaitable<void> Session::settle_off_thread() {
 void Session::start_publish() {
   publishing_ = std::exchange(staged_, {});
   published_.clear();
-  publish_running_ = true;
   publish_ready_ = false;
   auto job = [self = shared_from_this(), uploads = staged_uploads(publishing_)]() mutable {
     // On the pool an exception would end the server: publish_staged's is caught here.
@@ -451,7 +449,7 @@ void Session::start_publish() {
 }
 
 asio::awaitable<void> Session::finish_publish() {
-  if (!publish_running_) co_return;
+  if (!burst_away()) co_return;
   if (!publish_ready_) {
     // The job's time is not the client's: no header or send deadline runs out meanwhile
     // (what follows arms its own).
@@ -461,7 +459,6 @@ asio::awaitable<void> Session::finish_publish() {
       co_await publish_wake_.async_wait(kTuple);
     }
   }
-  publish_running_ = false;
   folders_.forget_missing();
   auto batch = std::exchange(publishing_, {});
   answer_staged(batch, std::exchange(published_, {}), {});
@@ -471,8 +468,8 @@ asio::awaitable<std::error_code> Session::answer_before_reading() {
   // Only while the client keeps streaming: otherwise it may be waiting for these answers,
   // and nothing else would send them.
   if (pipelining_ && stream_->input_pending()) {
-    if (publish_running_ && publish_ready_) co_await finish_publish();  // no wait: it is done
-    if (!publish_running_ && !staged_.empty()) start_publish();
+    if (burst_away() && publish_ready_) co_await finish_publish();  // no wait: it is done
+    if (!burst_away() && !staged_.empty()) start_publish();
     co_return co_await write_out();
   }
   co_return co_await flush();
@@ -665,7 +662,7 @@ asio::awaitable<std::error_code> Session::handle_put(const Frame& req) {
     // descriptors (ulimit -n), publishing both now gives them back, and this file need not
     // fail.
     if ((begin_ec == std::errc::too_many_files_open || begin_ec == std::errc::too_many_files_open_in_system) &&
-        (!staged_.empty() || publish_running_)) {
+        (!staged_.empty() || burst_away())) {
       co_await settle_off_thread();
       begin_ec = server_.storage().begin_upload(req.name, req.size, up, &folders_, streamed);
     }

@@ -223,7 +223,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<Staged> staged_;
   std::vector<Staged> publishing_;             // start_publish's burst, while on the pool
   std::vector<std::error_code> published_;     // its results, once the job ran (set there)
-  bool publish_running_ = false;               // publishing_ is away: finish_publish() pending
+  // A burst is on the disk pool (start_publish never sends an empty one): finish_publish()
+  // pending.
+  bool burst_away() const { return !publishing_.empty(); }
   bool publish_ready_ = false;                 // its job has finished (set on this strand)
   asio::steady_timer publish_wake_;            // cancelled when the job finishes
   static std::vector<storage::Upload*> staged_uploads(std::vector<Staged>& batch);

@@ -414,11 +414,15 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   }
   // Every file's data is made durable before any rename, and its descriptor closed: each
   // is then a name to rename, and the descriptors would only crowd out the folders the
-  // renames may have to open (ulimit -n).
-  std::vector<std::error_code> data(uploads.size());
+  // renames may have to open (ulimit -n). A file whose data could not be made durable is
+  // not published.
   for (std::size_t i = 0; i < uploads.size(); ++i) {
     if (results[i]) continue;
-    if (!synced && ::fsync(uploads[i]->fd_.get()) != 0) data[i] = last_error();
+    if (!synced && ::fsync(uploads[i]->fd_.get()) != 0) {
+      results[i] = last_error();
+      uploads[i]->abort();
+      continue;
+    }
     uploads[i]->fd_.reset();
   }
   // Each folder once, after all the renames into it: the renames are durable together.
@@ -427,13 +431,8 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   // others find it here.
   FolderCache made;
   for (std::size_t i = 0; i < uploads.size(); ++i) {
-    DirFd dir;
     if (results[i]) continue;
-    if (data[i]) {
-      uploads[i]->abort();
-      results[i] = data[i];
-      continue;
-    }
+    DirFd dir;
     results[i] = uploads[i]->place(/*data_synced=*/true, dir, &made);
     if (results[i]) continue;
     auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first.get() == dir.get(); });

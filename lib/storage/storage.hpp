@@ -141,8 +141,6 @@ class Upload {
   // Appends body bytes and feeds them to the running SHA-256.
   std::error_code write(std::span<const std::uint8_t> data);
   std::uint64_t written() const { return written_; }
-  // Whether the staging file is still there: not yet published, nor removed.
-  bool staged() const { return !staging_name_.empty(); }
   // Whether it was renamed over its final name (its folder perhaps not yet synced).
   bool placed() const { return placed_; }
   std::uint64_t expected_size() const { return size_; }
