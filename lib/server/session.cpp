@@ -115,6 +115,10 @@ void Session::arm_at(std::chrono::steady_clock::time_point deadline, const char*
   if (deadline < watchdog_.expiry()) watchdog_.cancel();
 }
 
+void Session::arm_for_blocking_work() {
+  if (!closing_) arm(std::chrono::hours(24 * 365), "blocking work");
+}
+
 asio::awaitable<void> Session::watchdog() {
   while (!done_) {
     watchdog_.expires_at(deadline_);
@@ -156,9 +160,7 @@ asio::awaitable<std::invoke_result_t<Fn&>> Session::offload_disk(Fn fn) {
 template <typename Fn>
 asio::awaitable<std::invoke_result_t<Fn&>> Session::offload_on(asio::thread_pool& pool, Fn fn) {
   using R = std::invoke_result_t<Fn&>;
-  // The job's time is not the client's: no header or send deadline runs out meanwhile (the
-  // reply that follows arms its own).
-  if (!closing_) arm(std::chrono::hours(24 * 365), "blocking work");
+  arm_for_blocking_work();
   return asio::co_spawn(
       pool.get_executor(), [fn = std::move(fn)]() mutable -> asio::awaitable<R> { co_return fn(); },
       asio::use_awaitable);
@@ -451,9 +453,7 @@ void Session::start_publish() {
 asio::awaitable<void> Session::finish_publish() {
   if (!burst_away()) co_return;
   if (!publish_ready_) {
-    // The job's time is not the client's: no header or send deadline runs out meanwhile
-    // (what follows arms its own).
-    if (!closing_) arm(std::chrono::hours(24 * 365), "blocking work");
+    arm_for_blocking_work();
     while (!publish_ready_) {
       publish_wake_.expires_at(asio::steady_timer::time_point::max());
       co_await publish_wake_.async_wait(kTuple);

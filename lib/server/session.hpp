@@ -53,6 +53,10 @@ class Session : public std::enable_shared_from_this<Session> {
   asio::awaitable<void> watchdog();
   void arm(std::chrono::milliseconds timeout, const char* what);
   void arm_at(std::chrono::steady_clock::time_point deadline, const char* what);
+  // While this coroutine waits for a job on a pool: the job's time is not the client's, so
+  // no header or send deadline runs out meanwhile (what follows arms its own). Not while a
+  // last error is sent (closing_ keeps its short deadline).
+  void arm_for_blocking_work();
 
   // Reads one request frame into decoder_. Returns {} with a frame, asio::error::eof for a
   // clean close at a message boundary, or the error (protocol or socket).
