@@ -111,6 +111,8 @@ struct BatchOptions {
   std::uint64_t window_bytes = 16ull << 20;  // unanswered upload bytes at most (one file always fits)
 };
 
+struct ReceivedBody;  // a small download held in memory (client.cpp)
+
 class Client {
  public:
   static constexpr std::chrono::seconds kDefaultTimeout{300};
@@ -265,13 +267,16 @@ class Client {
   asio::awaitable<void> put_receiver(Batch& b);
   asio::awaitable<void> get_sender(Batch& b);
   asio::awaitable<void> get_receiver(Batch& b);
-  // get_receiver's loop: each file's result goes to `report`, with the file sealed but not yet
-  // under its name when it arrived intact (report publishes such files in groups: one syncfs
-  // for the group, then renames, then one fsync per folder); `settle` publishes and reports
-  // what is pending, called before the loop waits for the server.
+  // get_receiver's loop: each file's result goes to `report`, with the file -- when it
+  // arrived intact -- either written and sealed but not yet under its name, or (up to
+  // 64 KiB) verified and still in memory; report publishes such files in groups (one syncfs
+  // for the group, then renames, then one fsync per folder) on a thread of its own.
+  // `settle` hands on what is pending and reports what is published, called before the
+  // loop waits for the server; `catch_up` waits until what was handed on is published and
+  // reports it, called before a larger file is staged on this thread.
   asio::awaitable<void> get_receiver_loop(
-      Batch& b, const std::function<void(BatchResult, std::optional<StagedFile>)>& report,
-      const std::function<void()>& settle);
+      Batch& b, const std::function<void(BatchResult, std::optional<StagedFile>, std::optional<ReceivedBody>)>& report,
+      const std::function<void()>& settle, const std::function<void()>& catch_up);
   // Runs `op` to completion on io_, giving up (and closing the connection) when no
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>
