@@ -1124,8 +1124,9 @@ namespace {
 constexpr std::uint64_t kInMemoryFile = 64 * 1024;
 constexpr std::size_t kSyncEvery = 64;  // files published together: one syncfs, one fsync per folder
 // Groups waiting for the publishing thread, besides the one it publishes: with the group
-// being received, at most four groups' small files are in memory (16 MiB).
-constexpr std::size_t kGroupsQueued = 2;
+// being received, at most three groups' small files are in memory (12 MiB), and a receiver
+// that waits for the publishing thread (catch_up) waits for two groups at most.
+constexpr std::size_t kGroupsQueued = 1;
 
 // One file of a download group, from its arrival until it is reported.
 struct PendingDownload {
@@ -1134,11 +1135,29 @@ struct PendingDownload {
   std::optional<ReceivedBody> body;  // or still in memory: to write, seal and publish
 };
 
+// A group handed to the publishing thread. `done` is set last, by that thread; until then
+// the receiving thread touches nothing in it.
+struct DownloadGroup {
+  std::vector<PendingDownload> files;
+  std::exception_ptr failed;  // publish_group threw (std::bad_alloc): none is reported saved
+  std::atomic<bool> done{false};
+};
+
 // Publishes one group: writes and seals the files still in memory, then the group's data
 // made durable together, the renames and one fsync per folder (publish_staged,
 // sync_folder). Leaves each file's outcome in its result. Runs on the publishing thread.
 void publish_group(std::vector<PendingDownload>& group) {
-  for (auto& p : group) {
+  // publish_staged wants the files in the order they were opened (its syncfs goes through
+  // the first, which reports write-back errors only for what happened after it was
+  // opened): those staged on the receiving thread first, then those made here. For a
+  // folder download the targets differ, so the renames' order does not matter.
+  std::vector<std::size_t> order;  // indexes into group, by opening
+  order.reserve(group.size());
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    if (group[i].file) order.push_back(i);
+  }
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    auto& p = group[i];
     if (!p.body) continue;
     auto& r = p.result;
     const auto failed = [&](const std::string& why) {
@@ -1153,6 +1172,7 @@ void publish_group(std::vector<PendingDownload>& group) {
         failed("cannot write " + r.result.local.string() + ": " + ec2.message());
       } else {
         p.file.emplace(std::move(f));
+        order.push_back(i);
       }
     } catch (const std::system_error& e) {
       failed(e.what());
@@ -1160,26 +1180,26 @@ void publish_group(std::vector<PendingDownload>& group) {
     p.body.reset();
   }
   std::vector<StagedFile*> files;
-  for (auto& p : group) {
-    if (p.file) files.push_back(&*p.file);
-  }
+  files.reserve(order.size());
+  for (const auto i : order) files.push_back(&*group[i].file);
+  // Everything this needs after the renames is allocated before them, so that a
+  // std::bad_alloc never reports a file failed that is in place.
+  std::vector<std::pair<std::string_view, std::error_code>> folders;
+  folders.reserve(order.size());
+  std::vector<std::size_t> in_folder(group.size(), SIZE_MAX);  // group[i]'s index in folders; SIZE_MAX: none
   const auto published = publish_staged(files);
   // Each folder once, after every rename into it; a file is saved only once its name is
-  // durable too. in_folder[i]: group[i]'s index in folders (published files only).
-  std::vector<std::pair<std::string_view, std::error_code>> folders;
-  std::vector<std::size_t> in_folder(group.size(), SIZE_MAX);  // SIZE_MAX: none
-  std::size_t k = 0;
-  for (std::size_t i = 0; i < group.size(); ++i) {
-    if (!group[i].file) continue;
-    auto& r = group[i].result;
-    if (const auto ec = published[k++]) {
+  // durable too.
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    auto& r = group[order[k]].result;
+    if (const auto ec = published[k]) {
       r.error = commit_failure(r.result.local, ec);
       r.result = {};
       continue;
     }
-    const std::string_view folder = folder_text(r.result.local);  // a view into group[i]
+    const std::string_view folder = folder_text(r.result.local);  // a view into the group
     const auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first == folder; });
-    in_folder[i] = static_cast<std::size_t>(it - folders.begin());
+    in_folder[order[k]] = static_cast<std::size_t>(it - folders.begin());
     if (it == folders.end()) folders.emplace_back(folder, std::error_code{});
   }
   for (auto& [folder, ec] : folders) ec = sync_folder(folder);
@@ -1192,28 +1212,44 @@ void publish_group(std::vector<PendingDownload>& group) {
   }
 }
 
-// The results of published groups, handed from the publishing thread to the receiving one.
-class PublishedResults {
- public:
-  void add(std::vector<PendingDownload>& group) {
-    const std::lock_guard lock(mutex_);
-    for (auto& p : group) results_.push_back(std::move(p.result));
-    any_.store(true, std::memory_order_release);
-  }
-  // What has been published since the last call, in order.
-  std::vector<BatchResult> take() {
-    std::vector<BatchResult> out;
-    if (!any_.load(std::memory_order_acquire)) return out;  // the common case: no lock
-    const std::lock_guard lock(mutex_);
-    out.swap(results_);
-    any_.store(false, std::memory_order_relaxed);
-    return out;
-  }
+// The groups a download handed to its publishing thread, in order, and their reporting.
+// Used on the receiving (io) thread only: by get_receiver, and by the handler each finished
+// group posts there, so that results are reported while the receiver waits for the server.
+struct DownloadReports {
+  std::deque<std::shared_ptr<DownloadGroup>> handed;
+  const std::function<void(const BatchResult&)>* on_result = nullptr;  // null once get_receiver ended
+  std::exception_ptr callback_failed;  // the first exception on_result threw: no more calls
 
- private:
-  std::mutex mutex_;
-  std::vector<BatchResult> results_;
-  std::atomic<bool> any_{false};
+  // Reports every finished group at the front, in order. A throwing on_result stops all
+  // reporting; its exception is kept in callback_failed.
+  void report() {
+    while (on_result != nullptr && !callback_failed && !handed.empty() &&
+           handed.front()->done.load(std::memory_order_acquire)) {
+      const auto group = std::move(handed.front());  // taken out first: nothing is reported twice
+      handed.pop_front();
+      try {
+        for (auto& p : group->files) {
+          if (group->failed && !p.result.error) {
+            p.result.error = Error(Failure::kLocalIo, "cannot save " + p.result.result.local.string() + ": " +
+                                                          what_of(group->failed));
+            p.result.result = {};
+          }
+          (*on_result)(p.result);
+        }
+      } catch (...) {
+        callback_failed = std::current_exception();
+      }
+    }
+  }
+  static std::string what_of(const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    } catch (...) {
+      return "unknown error";
+    }
+  }
 };
 
 }  // namespace
@@ -1221,30 +1257,37 @@ class PublishedResults {
 asio::awaitable<void> Client::get_receiver(Batch& b) {
   // Group commit: each file is verified as it arrives, and every kSyncEvery files (or when
   // the receiver is about to wait for the server) they go to the publishing thread as a
-  // group (publish_group). Results are reported only after that, in order: a group's as
-  // soon as the receiver finds it published, and all of them before this returns.
+  // group (publish_group). Results are reported only after that, in order, on this thread:
+  // when the group's handler runs (posted when it is published), at the receiver's next
+  // settle, and before this returns.
   std::vector<PendingDownload> pending;
-  PublishedResults published;
-  SerialWorker publisher(kGroupsQueued);
+  const auto reports = std::make_shared<DownloadReports>();
+  reports->on_result = &b.on_result;
+  std::optional<SerialWorker> publisher;
+  try {
+    publisher.emplace(kGroupsQueued);
+  } catch (const std::system_error& e) {
+    throw Error(Failure::kLocalIo, std::string("cannot start the thread that saves the files: ") + e.what());
+  }
   const auto report_published = [&] {
-    for (const auto& r : published.take()) b.on_result(r);
+    reports->report();
+    if (reports->callback_failed) std::rethrow_exception(reports->callback_failed);
   };
   const auto settle = [&] {
     report_published();
     if (pending.empty()) return;
-    // Taken out first: a callback that throws must not have these reported again.
-    auto group = std::make_shared<std::vector<PendingDownload>>(std::exchange(pending, {}));
-    publisher.push([group, &published] {
+    auto group = std::make_shared<DownloadGroup>();
+    group->files = std::exchange(pending, {});
+    reports->handed.push_back(group);
+    // The job allocates nothing outside publish_group's try: it must not throw.
+    publisher->push([group, reports, &io = io_] {
       try {
-        publish_group(*group);
-      } catch (const std::exception& e) {  // std::bad_alloc: none of the group is reported saved
-        for (auto& p : *group) {
-          if (p.result.error) continue;
-          p.result.error = Error(Failure::kLocalIo, "cannot save " + p.result.result.local.string() + ": " + e.what());
-          p.result.result = {};
-        }
+        publish_group(group->files);
+      } catch (...) {
+        group->failed = std::current_exception();
       }
-      published.add(*group);
+      group->done.store(true, std::memory_order_release);
+      asio::post(io, [reports] { reports->report(); });
     });
   };
   const auto report = [&](BatchResult r, std::optional<StagedFile> file, std::optional<ReceivedBody> body) {
@@ -1252,11 +1295,10 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
     if (pending.size() >= kSyncEvery) settle();
   };
   // Before a larger file is staged here: what the publishing thread has is finished and
-  // reported first. So at most two groups' staging files are open at once (this one's and
-  // the one being published), and a long body does not hold back the results handed on
-  // before it. What is pending stays so: such files still go out in groups.
+  // reported first. So the staging files open at once are this thread's or the publishing
+  // thread's, never both (64 at most); what is pending stays so, to go out in a group.
   const auto catch_up = [&] {
-    publisher.drain();
+    publisher->drain();
     report_published();
   };
   std::exception_ptr failed;
@@ -1265,10 +1307,17 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   } catch (...) {
     failed = std::current_exception();
   }
-  // What arrived verified before a failure is published and reported too.
-  settle();
-  publisher.drain();
-  report_published();
+  // What arrived verified before a failure is published and reported too -- but after a
+  // callback threw, nothing more is reported (the files stay saved).
+  try {
+    settle();
+  } catch (...) {
+    if (!failed) failed = std::current_exception();
+  }
+  publisher->drain();
+  reports->report();
+  reports->on_result = nullptr;  // handlers still queued on io_ find nothing to do
+  if (!failed) failed = reports->callback_failed;
   if (failed) std::rethrow_exception(failed);
 }
 
@@ -1290,8 +1339,8 @@ asio::awaitable<void> Client::get_receiver_loop(
       continue;
     }
     const auto context = [&] { return "get " + storage::quote_name(item.remote); };  // for errors only
-    // About to wait for the server: what is done meanwhile is made durable and reported now,
-    // not held back until the next 64 files.
+    // About to wait for the server: what arrived meanwhile goes to be published now, not
+    // held back until the next 64 files (and is reported when it is).
     if (in_begin_ == in_end_) settle();
     const Frame reply = co_await co_read_frame();
     if (reply.type == MsgType::kError) {

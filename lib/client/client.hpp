@@ -184,8 +184,10 @@ class Client {
   // waiting for the answers to earlier ones (at most `opts` ahead), so small files are not
   // one round trip each. Every file is verified and published atomically as with put/get.
   // on_result is called once per item, in order; a failed file does not stop the others.
-  // on_bytes is called with the number of body bytes each time some moved. Throws Error
-  // only when the connection itself fails; items not yet reported then did not complete.
+  // on_bytes is called with the number of body bytes each time some moved. Both are called
+  // on the caller's thread. Throws Error only when the connection itself fails; items not
+  // yet reported then did not complete. If on_result throws, the batch ends with that
+  // exception, and no more items are reported (some of them may have been saved).
   // For get_many, items' local paths are final target paths whose folders exist.
   void put_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                 const std::function<void(const BatchResult&)>& on_result,

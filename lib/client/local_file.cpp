@@ -1,6 +1,7 @@
 #include "client/local_file.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -29,8 +30,9 @@ namespace {
 // each guarded by a lock-free atomic (free -> writing -> armed), so downloads on several
 // threads each register their own file. Past kSlots at once, a file is not registered
 // (it is still removed by the destructor, and by the next download after a kill). A folder
-// download holds up to 64 files sealed and waiting for their group commit, plus the one
-// arriving.
+// download holds up to 64 files waiting for their group commit, staged either by its
+// receiving thread or by its publishing thread (a file staged on the receiving thread
+// first waits until the publishing thread has finished).
 constexpr std::size_t kSlots = 128;
 struct Slot {
   std::atomic<int> state{0};  // 0 free, 1 being written, 2 armed
@@ -57,12 +59,31 @@ void disarm_cleanup(Slot* slot) {
   if (slot != nullptr) slot->state.store(0);
 }
 
+// A get -r makes staging files on its publishing thread while the handler may run on
+// another; a file made behind the handler's sweep, or made and not yet looked after when
+// the process dies, would be left. So the handler sets g_dying before it sweeps, and
+// waits (briefly: it may have interrupted the very thread making one) until no thread is
+// inside StagedFile's making of a file (g_making). That thread looks at g_dying first (and
+// then makes nothing) and again once the file exists and its slot is armed (and then
+// removes it itself): a file is either swept or removed by its maker before the end.
+std::atomic<bool> g_dying{false};
+std::atomic<int> g_making{0};
+static_assert(std::atomic<bool>::is_always_lock_free && std::atomic<int>::is_always_lock_free,
+              "signal handlers need lock-free atomics");
+
 extern "C" void on_fatal_signal(int sig) {
+  g_dying.store(true);
   for (auto& slot : g_slots) {
     if (slot.state.load() == 2) ::unlink(slot.path);
   }
+  for (int i = 0; i < 100000 && g_making.load() != 0; ++i) ::sched_yield();
   std::signal(sig, SIG_DFL);
   std::raise(sig);
+}
+
+// Never returns: the handler is ending the process.
+[[noreturn]] void wait_for_the_end() {
+  for (;;) ::pause();
 }
 
 // Staging names carry the pid; a folder download names thousands of them (getpid(2) is a
@@ -185,9 +206,27 @@ StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)
   staging.append(".").append(leaf).append(".ftx-").append(std::to_string(own_pid()));
   staging.append("-").append(unique_suffix()).append(".part");
   staging_ = std::move(staging);
-  fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
-  if (!fd_) throw std::system_error(storage::last_error(), "cannot create " + staging_.string());
+  // Armed before the file exists, with g_dying looked at before and after: see
+  // on_fatal_signal.
+  g_making.fetch_add(1);
+  if (g_dying.load()) {
+    g_making.fetch_sub(1);
+    wait_for_the_end();
+  }
   cleanup_slot_ = arm_cleanup(staging_);
+  fd_.reset(::open(staging_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
+  const auto ec = fd_ ? std::error_code{} : storage::last_error();
+  if (g_dying.load()) {
+    if (fd_) ::unlink(staging_.c_str());
+    g_making.fetch_sub(1);
+    wait_for_the_end();
+  }
+  g_making.fetch_sub(1);
+  if (ec) {
+    disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
+    cleanup_slot_ = nullptr;
+    throw std::system_error(ec, "cannot create " + staging_.string());
+  }
 }
 
 namespace {

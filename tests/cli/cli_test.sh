@@ -209,6 +209,29 @@ check "Ctrl-C ended the get (exit $rc)" test "$rc" = 130
 check "Ctrl-C before the first chunk left nothing beside the target" test -z "$(ls -A "$T/intr")"
 kill "$SILENT" 2>/dev/null; wait "$SILENT" 2>/dev/null
 
+# ---- Ctrl-C during a get -r of many small files leaves no staging file behind: they are
+# made on the client's publishing thread while the signal handler sweeps on another. Five
+# rounds, each interrupted as soon as the first file is in place (looked for without sleeping)
+python3 -c '
+import os, sys
+for d in range(4):
+    os.makedirs(f"{sys.argv[1]}/d{d}")
+    for i in range(400):
+        with open(f"{sys.argv[1]}/d{d}/f{i}", "wb") as f: f.write(os.urandom(2048))' "$T/many"
+"$FTX" put -r -q "$T/many" many >/dev/null
+for round in 1 2 3 4 5; do
+  "$FTX" get -r -q many "$T/many-back$round" >/dev/null 2>&1 &
+  CLIENT=$!
+  END_BY=$((SECONDS + 10))
+  while [ -z "$(find "$T/many-back$round" -name 'f*' -print -quit 2>/dev/null)" ] && [ "$SECONDS" -lt "$END_BY" ]; do :; done
+  kill -INT "$CLIENT" 2>/dev/null
+  rc=0; wait "$CLIENT" || rc=$?
+  # 0 if it finished before the signal came
+  check "Ctrl-C ended get -r (round $round, exit $rc)" test "$rc" = 130 -o "$rc" = 0
+  left=$(find "$T/many-back$round" -name '*.part')
+  check "Ctrl-C during get -r left no staging file (round $round): $left" test -z "$left"
+done
+
 # ---- the server logged one line per transfer and stops cleanly on SIGTERM
 grep -qE 'put "big.bin" bytes=3000000 ms=[0-9.]+ result=ok' "$T/serve.log" && ok || bad "no transfer log line"
 grep -qE 'get "no-such-file" bytes=0 ms=[0-9.]+ result=not-found' "$T/serve.log" && ok || bad "no failure log line"

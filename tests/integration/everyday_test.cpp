@@ -417,15 +417,15 @@ TEST_F(ServerTest, GetManyReportsEachLocalFailureInOrderWhetherHeldInMemoryOrNot
 // its files in groups (one syncfs, the renames, one folder fsync), and whatever it reports
 // saved must read back from the device after a remount; the rest is reported failed.
 void expect_nothing_lost_reported_saved(const protocol::Address& server, const std::filesystem::path& root,
-                                        std::size_t files, std::size_t file_size) {
+                                        const std::vector<std::size_t>& sizes) {
   FailingDisk disk;
   if (!disk.available()) GTEST_SKIP() << disk.why();
   std::filesystem::create_directories(disk.path() / "out");
   disk.fill_device();  // the folder is on the device: only the files' data is at stake
   std::vector<client::BatchItem> items;
   std::map<std::string, std::vector<std::uint8_t>> expected;
-  for (std::size_t i = 0; i < files; ++i) {
-    const auto data = random_bytes(file_size, 900 + i);
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const auto data = random_bytes(sizes[i], 900 + i);
     const std::string remote = "lost/f" + std::to_string(i);
     write_file(root / remote, data);
     expected[remote] = data;
@@ -458,12 +458,20 @@ void expect_nothing_lost_reported_saved(const protocol::Address& server, const s
 }
 
 TEST_F(ServerTest, GetManyReportsNothingSavedThatTheDiskLost) {
-  expect_nothing_lost_reported_saved(address(), root(), 8, 512 * 1024);  // written as they arrive
+  expect_nothing_lost_reported_saved(address(), root(), std::vector<std::size_t>(8, 512 * 1024));  // written as they arrive
 }
 
-// The same for files the client holds in memory and writes on its publishing thread.
+// The same for files the client holds in memory and writes on its publishing thread, and
+// for groups of both kinds (the files staged as they arrived were opened first, and the
+// group's syncfs must go through one of them).
 TEST_F(ServerTest, GetManyReportsNothingSavedThatTheDiskLostOfSmallFiles) {
-  expect_nothing_lost_reported_saved(address(), root(), 32, 16 * 1024);
+  expect_nothing_lost_reported_saved(address(), root(), std::vector<std::size_t>(32, 16 * 1024));
+}
+
+TEST_F(ServerTest, GetManyReportsNothingSavedThatTheDiskLostOfSmallAndLargeFiles) {
+  std::vector<std::size_t> sizes;
+  for (std::size_t i = 0; i < 24; ++i) sizes.push_back(i % 3 == 2 ? 300 * 1024 : 16 * 1024);
+  expect_nothing_lost_reported_saved(address(), root(), sizes);
 }
 
 TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
