@@ -23,9 +23,12 @@ using protocol::MsgType;
 // before the requests it answers have all arrived.
 class FakeServer {
  public:
-  explicit FakeServer(std::vector<std::uint8_t> answer, bool drain = false)
+  // drain: after the answer, read (and drop) until the client closes. end_after: also
+  // close the sending side first, so the client reads all of the answer and then its end
+  // (without it, unread requests would make the close a reset, which may cut the answer).
+  explicit FakeServer(std::vector<std::uint8_t> answer, bool drain = false, bool end_after = false)
       : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
-    thread_ = std::thread([this, answer = std::move(answer), drain] {
+    thread_ = std::thread([this, answer = std::move(answer), drain, end_after] {
       asio::ip::tcp::socket s(io_);
       acceptor_.accept(s);
       protocol::Decoder d;
@@ -36,7 +39,8 @@ class FakeServer {
         first = d.put(std::span(buf, n)).result != protocol::Decoder::Result::kNeedMore;
       }
       if (!ec) asio::write(s, asio::buffer(answer), ec);
-      while (drain && !ec) s.read_some(asio::buffer(buf), ec);
+      if (!ec && end_after) s.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+      while ((drain || end_after) && !ec) s.read_some(asio::buffer(buf), ec);
     });
   }
   ~FakeServer() { thread_.join(); }
@@ -242,6 +246,52 @@ TEST(ClientBatch, AnswersThatOvertakeTheSenderDoNotStallTheBatch) {
     EXPECT_FALSE(results[i].error) << results[i].error->what();
     EXPECT_EQ(read_file(downloads.gets[i].local), random_bytes(4096, 400 + i));
   }
+}
+
+TEST(ClientBatch, ADownloadCutOffSavesAndReportsInOrderWhatArrivedBeforeIt) {
+  // 150 small files arrive whole, then the connection ends in the middle of the next: the
+  // 150 are published (some of them still queued for the client's publishing thread when
+  // the connection ends) and reported, in order, before get_many throws; nothing else is.
+  TempDir dir;
+  std::filesystem::create_directories(dir / "out");
+  auto downloads = file_answers(dir / "out", "c", 150, 4096, 600);
+  Frame cut;
+  cut.type = MsgType::kFile;
+  cut.size = 4096;
+  const auto partial = frame_with_body(cut, random_bytes(1000, 1));
+  downloads.wire.insert(downloads.wire.end(), partial.begin(), partial.end());
+  for (int i = 150; i < 200; ++i) downloads.gets.push_back({dir / "out" / ("c" + std::to_string(i)), "c"});
+  FakeServer ending(downloads.wire, /*drain=*/false, /*end_after=*/true);
+  client::Client c(ending.address(), {}, std::chrono::seconds(5));
+  std::vector<client::BatchResult> results;
+  EXPECT_EQ(failure_of([&] { c.get_many(downloads.gets, {}, [&](const client::BatchResult& r) { results.push_back(r); }); }),
+            client::Failure::kConnection);
+  ASSERT_EQ(results.size(), 150u);
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].index, i);
+    ASSERT_FALSE(results[i].error) << results[i].error->what();
+    EXPECT_EQ(read_file(downloads.gets[i].local), random_bytes(4096, 600 + i)) << i;
+  }
+  EXPECT_EQ(list_dir(dir / "out").size(), 150u) << "no staging file, nothing past the cut";
+}
+
+TEST(ClientBatch, AThrowingResultCallbackEndsTheBatchWithItsException) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "out");
+  const auto downloads = file_answers(dir / "out", "t", 200, 2048, 700);
+  FakeServer eager(downloads.wire, /*drain=*/true);
+  client::Client c(eager.address(), {}, std::chrono::seconds(5));
+  struct Stop {};
+  std::size_t calls = 0;
+  EXPECT_THROW(c.get_many(downloads.gets, {},
+                          [&](const client::BatchResult& r) {
+                            EXPECT_EQ(r.index, calls);
+                            if (++calls == 70) throw Stop{};
+                          }),
+               Stop);
+  EXPECT_EQ(calls, 70u) << "no result is reported after the callback threw";
+  for (std::size_t i = 0; i < 70; ++i) EXPECT_EQ(read_file(downloads.gets[i].local), random_bytes(2048, 700 + i)) << i;
+  for (const auto& name : list_dir(dir / "out")) EXPECT_EQ(name.find(".part"), std::string::npos) << name;
 }
 
 TEST(ClientBatch, AWindowOfZeroMeansOne) {
