@@ -397,7 +397,7 @@ TEST_F(OneThreadTest, AListingOfAManyFileTreeDoesNotStallOtherConnections) {
     }
   });
   // Pings answered before the listing's first entry, i.e. while the tree is walked. With
-  // the walk on the I/O thread, none but one that slipped in before it began (1 in 4 runs);
+  // the walk on the I/O thread, none but one that slipped in before it began (1 in each of 4 runs);
   // on the pool, 32-169 here (280-400 under TSan, where the walk slows more than a ping).
   int answered = 0;
   while (!first_entry.load() && answered < 1000) {
