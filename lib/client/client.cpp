@@ -180,6 +180,18 @@ Error commit_failure(const std::filesystem::path& target, const std::error_code&
   return Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + errno_text(ec));
 }
 
+// A download whose bytes did not hash to what the server announced; `target` was not touched.
+Error integrity_failure(const std::string& remote, const std::filesystem::path& target) {
+  return Error(Failure::kIntegrity, "data received for " + storage::quote_name(remote) +
+                                        " does not match the SHA-256 the server announced; " + target.string() +
+                                        " was left untouched");
+}
+
+// The mtime a FILE reply carries, if it carries one.
+std::optional<std::int64_t> mtime_of(const Frame& reply) {
+  return (reply.flags & protocol::kFlagHasMtime) != 0 ? std::optional(reply.mtime_ns) : std::nullopt;
+}
+
 bool is_stdout(const std::filesystem::path& p) { return p == "-" || p == "/dev/stdout"; }
 
 // The staging file of a download to `target`: the resumable one unless resume is off (its
@@ -1162,22 +1174,20 @@ void publish_group(std::vector<PendingDownload>& group) {
     auto& p = group[i];
     if (!p.body) continue;
     auto& r = p.result;
-    const auto failed = [&](const std::string& why) {
-      r.error = Error(Failure::kLocalIo, why);
-      r.result = {};
-    };
     try {
       StagedFile f(r.result.local);
-      if (auto ec = storage::write_all(f.fd(), p.body->data)) {
-        failed("cannot write " + r.result.local.string() + ": " + ec.message());
-      } else if (auto ec2 = f.seal(p.body->mtime_ns, p.body->executable)) {
-        failed("cannot write " + r.result.local.string() + ": " + ec2.message());
+      auto ec = storage::write_all(f.fd(), p.body->data);
+      if (!ec) ec = f.seal(p.body->mtime_ns, p.body->executable);
+      if (ec) {
+        r.error = commit_failure(r.result.local, ec);
+        r.result = {};
       } else {
         p.file.emplace(std::move(f));
         order.push_back(i);
       }
     } catch (const std::system_error& e) {
-      failed(e.what());
+      r.error = Error(Failure::kLocalIo, e.what());
+      r.result = {};
     }
     p.body.reset();
   }
@@ -1362,14 +1372,12 @@ asio::awaitable<void> Client::get_receiver_loop(
         if (b.on_bytes) b.on_bytes(data.size());
       });
       if (sha.finish() != reply.digest) {
-        r.error = Error(Failure::kIntegrity, "data received for " + storage::quote_name(item.remote) +
-                                                 " does not match the SHA-256 the server announced; " +
-                                                 item.local.string() + " was left untouched");
+        r.error = integrity_failure(item.remote, item.local);
         report(std::move(r), std::nullopt, std::nullopt);
         continue;
       }
       body.executable = (reply.flags & protocol::kFlagExecutable) != 0;
-      if ((reply.flags & protocol::kFlagHasMtime) != 0) body.mtime_ns = reply.mtime_ns;
+      body.mtime_ns = mtime_of(reply);
       r.result = {reply.size, reply.digest, item.local, body.executable};
       report(std::move(r), std::nullopt, std::move(body));
       continue;
@@ -1395,13 +1403,8 @@ asio::awaitable<void> Client::get_receiver_loop(
     if (!r.error) {
       const bool executable = (reply.flags & protocol::kFlagExecutable) != 0;
       if (digest != reply.digest) {
-        r.error = Error(Failure::kIntegrity, "data received for " + storage::quote_name(item.remote) +
-                                                 " does not match the SHA-256 the server announced; " +
-                                                 item.local.string() + " was left untouched");
-      } else if (auto ec = staged->seal((reply.flags & protocol::kFlagHasMtime) != 0
-                                            ? std::optional(reply.mtime_ns)
-                                            : std::nullopt,
-                                        executable)) {
+        r.error = integrity_failure(item.remote, item.local);
+      } else if (auto ec = staged->seal(mtime_of(reply), executable)) {
         r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + ec.message());
       } else {
         r.result = {reply.size, digest, item.local, executable};
@@ -1933,9 +1936,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   const auto digest = hash_file(check.get(), info.size, staged->staging_path(), buf);
   if (digest != p.digest) {
     staged->discard();  // what it holds is not the file: the next attempt starts over
-    throw Error(Failure::kIntegrity, "data received for " + storage::quote_name(remote) +
-                                         " does not match the SHA-256 the server announced; " + target.string() +
-                                         " was left untouched");
+    throw integrity_failure(remote, target);
   }
   if (auto ec = staged->commit(info.mtime_ns, info.executable)) throw commit_failure(target, ec);
   return {info.size, digest, target, info.executable};

@@ -932,7 +932,6 @@ asio::awaitable<std::error_code> Session::handle_list_partial() {
 asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   if ((req.flags & protocol::kFlagPartial) != 0) co_return co_await handle_list_partial();
   const auto start = std::chrono::steady_clock::now();
-  std::vector<storage::FileInfo> files;
   storage::ListOptions lo;
   lo.digests = (req.flags & protocol::kFlagDigest) != 0;
   lo.folders = (req.flags & protocol::kFlagFolder) != 0;
@@ -952,8 +951,7 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
     }
     return out;
   };
-  auto [list_ec, listed] = co_await offload(std::move(job));
-  files = std::move(listed);
+  auto [list_ec, files] = co_await offload(std::move(job));
   if (auto ec = list_ec) {
     auto [st, msg] = describe(ec, req.name);
     if (ec == std::errc::no_such_file_or_directory) msg = "no such folder " + storage::quote_name(req.name);
