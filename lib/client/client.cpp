@@ -1954,6 +1954,7 @@ Entry entry_from(Frame&& f) {
   e.folder = (f.flags & protocol::kFlagFolder) != 0;
   e.executable = (f.flags & protocol::kFlagExecutable) != 0;
   if ((f.flags & protocol::kFlagDigest) != 0) e.digest = f.digest;
+  e.described = (f.flags & protocol::kFlagHasMtime) != 0;
   return e;
 }
 
@@ -1967,6 +1968,7 @@ std::uint64_t Client::list(const std::string& folder, const std::function<void(c
   req.name = folder;
   if (opts.digests) req.flags |= protocol::kFlagDigest;
   if (opts.folders) req.flags |= protocol::kFlagFolder;
+  if (opts.names_only) req.flags |= protocol::kFlagNamesOnly;
   send(req);
   std::uint64_t count = 0;
   for (;;) {

@@ -74,11 +74,15 @@ struct Entry {
   bool folder = false;
   bool executable = false;
   std::optional<protocol::Digest> digest;  // when asked for (ls -l, stat)
+  bool described = true;  // size, mtime_ns and executable were sent (false: ListOptions::names_only)
 };
 
 struct ListOptions {
   bool digests = false;  // ask for every file's stored SHA-256
   bool folders = false;  // also list folders (Entry::folder)
+  // Only names and kinds are needed: the server may leave out sizes, mtimes and modes
+  // (Entry::described false), which spares it a stat per entry. Older servers send them.
+  bool names_only = false;
 };
 
 // How put and get treat an interrupted transfer (docs/protocol.md, "resume").

@@ -89,6 +89,11 @@ inline constexpr std::uint16_t kFlagExecutable = 0x0002;  // kPut/kFile/kEntry: 
 // A refused streamed upload is still read to its end (and dropped) before the kError, so
 // the connection stays usable; only a size over the server's limit closes it.
 inline constexpr std::uint16_t kFlagStreamed = 0x0004;
+// kList, the same bit: only names and kinds are needed. The server may then send a file or
+// folder without size, mtime and mode (kEntry without kFlagHasMtime, size 0), which spares
+// it a stat per entry. A server that predates it ignores the bit (it means nothing on kList
+// there) and sends whole entries, so a client must accept both.
+inline constexpr std::uint16_t kFlagNamesOnly = 0x0004;
 // kList: also send the stored SHA-256 of every file (kEntry.digest, flagged the same way).
 // kEntry/kFile: digest holds the file's SHA-256.
 inline constexpr std::uint16_t kFlagDigest = 0x0008;

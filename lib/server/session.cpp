@@ -935,6 +935,7 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   storage::ListOptions lo;
   lo.digests = (req.flags & protocol::kFlagDigest) != 0;
   lo.folders = (req.flags & protocol::kFlagFolder) != 0;
+  lo.names_only = (req.flags & protocol::kFlagNamesOnly) != 0;
   // Digests come from the cache; the files it lacks are read and hashed.
   lo.hash_missing = false;
   // The walk too runs on the blocking pool, not on this I/O thread: it is a stat per entry
@@ -979,7 +980,7 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
 Frame Session::entry_of(const storage::FileInfo& f) {
   Frame e;
   e.type = MsgType::kEntry;
-  e.flags = protocol::kFlagHasMtime;
+  e.flags = f.described ? protocol::kFlagHasMtime : 0;  // not described: a names-only listing
   if (f.folder) e.flags |= protocol::kFlagFolder;
   if (f.executable) e.flags |= protocol::kFlagExecutable;
   if (f.digest) {

@@ -42,6 +42,7 @@ struct FileInfo {
   bool folder = false;
   bool executable = false;               // owner may execute (files only)
   std::optional<hash::Digest> digest;    // SHA-256, when asked for (files only)
+  bool described = true;  // size, mtime_ns and executable are known (false: ListOptions::names_only)
 };
 
 struct ReadFile {
@@ -63,6 +64,10 @@ struct ListOptions {
   bool folders = false;  // include folders (FileInfo::folder), e.g. to recreate empty ones
   bool digests = false;  // fill FileInfo::digest (from the digest cache, else by hashing)
   bool hash_missing = true;  // with digests: false leaves out digests the cache lacks (no hashing)
+  // Only names and kinds are needed: an entry whose kind the folder itself tells (readdir's
+  // d_type, which ext4, xfs, btrfs and tmpfs fill in) is not stat'ed, and comes with
+  // `described` false (size, mtime 0). Ignored with digests, which open every file anyway.
+  bool names_only = false;
 };
 
 // Where a successful move() put the file, and whether it replaced one.

@@ -534,6 +534,38 @@ TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
   EXPECT_EQ(failure_of([&] { c.list("nope", [](const client::Entry&) {}); }), client::Failure::kNotFound);
 }
 
+// get -r without a progress bar asks for names and kinds only: the server then skips the stat
+// of every entry whose kind readdir told it, and the entries come without size and mtime.
+TEST_F(ServerTest, ANamesOnlyListingHasTheSameNamesAndKindsWithoutTheStat) {
+  write_file(root() / "d/x", std::string("xx"));
+  write_file(root() / "d/sub/y", std::string("yyy"));
+  std::filesystem::create_directories(root() / "d/empty");
+  std::filesystem::create_symlink("x", root() / "d/link");
+  ASSERT_EQ(::mkfifo((root() / "d/fifo").c_str(), 0644), 0);
+  client::Client c(address());
+  std::vector<client::Entry> full;
+  std::vector<client::Entry> names;
+  c.list("d", [&](const client::Entry& e) { full.push_back(e); }, {.folders = true});
+  c.list("d", [&](const client::Entry& e) { names.push_back(e); }, {.folders = true, .names_only = true});
+  ASSERT_EQ(full.size(), 4u) << "d/empty, d/sub, d/sub/y, d/x: no symlink, no FIFO";
+  ASSERT_EQ(names.size(), full.size());
+  for (std::size_t i = 0; i < full.size(); ++i) {
+    EXPECT_EQ(names[i].name, full[i].name);
+    EXPECT_EQ(names[i].folder, full[i].folder) << names[i].name;
+    EXPECT_TRUE(full[i].described);
+    EXPECT_FALSE(names[i].described) << names[i].name << ": stat'ed although readdir told its kind";
+    EXPECT_EQ(names[i].size, 0u);
+  }
+  EXPECT_EQ(full[3].size, 2u);
+
+  std::vector<client::Entry> digests;  // digests open every file anyway: described
+  c.list("d", [&](const client::Entry& e) { digests.push_back(e); }, {.digests = true, .names_only = true});
+  ASSERT_EQ(digests.size(), 2u);
+  EXPECT_TRUE(digests[1].described);
+  EXPECT_EQ(digests[1].size, 2u);
+  ASSERT_TRUE(digests[1].digest);
+}
+
 TEST_F(ServerTest, RemoveTakesFilesAndEmptyFoldersOnly) {
   write_file(root() / "f", std::string("f"));
   write_file(root() / "full/inner", std::string("i"));
