@@ -6,10 +6,12 @@
 #   tar|nc  `tar -c | nc` into `nc -l | tar -x`, one direction ("stream"): the ceiling
 # For each tool and direction: the median wall time of RUNS runs, files/s, MB/s, the ratio to
 # ftx (ftx time / this time, so above 1 is faster than ftx; the stream is compared with ftx
-# up) and the CPU seconds of client + server. Every root and local folder is on /dev/shm, so
-# the disk is not what is measured -- or under BASE: BASE=/var/tmp puts them on the disk,
-# where each tool's way of making files durable (ftx: one syncfs per burst of up to 64
-# files, on both sides; rsync: none) is part of the price. Each run starts from an empty destination and its copy is
+# up) and the CPU seconds of client + server. The runs go in rounds, one of each tool and
+# direction per round, so that a machine whose speed drifts during the script moves all
+# tools alike. Every root and local folder is on /dev/shm, so the disk is not what is
+# measured -- or under BASE: BASE=/var/tmp puts them on the disk, where each tool's way of
+# making files durable (ftx: one syncfs per burst of up to 64 files, on both sides; rsync:
+# none) is part of the price. Each run starts from an empty destination and its copy is
 # checked against the source (SHA-256 of every file); a failed or wrong run marks its row
 # "failed" and the benchmark goes on. A benchmark, not a test: it asserts nothing.
 #
@@ -142,34 +144,46 @@ seed() { rm -rf "$1" && cp -a "$W/src" "$1"; }  # seed DIR: a copy of the source
 
 # ---------------------------------------------------------------- the tools
 
-bench_ftx() {
-  local root=$W/ftx-root port= pid r _
+# Each tool's server starts once; then the runs go in rounds, one run of every tool and
+# direction per round (ftx up, ftx down, rsync up, rsync down, tar|nc), so that a machine
+# that speeds up or slows down during the script (shared VMs do, by a fifth within an hour)
+# moves every tool's times alike instead of whichever tool's block of runs it fell on.
+# A row that failed once is not run again.
+FTX_PID= FTX_PORT= RSYNC_PID= RSYNC_PORT=
+failed_row() { [ -n "${FAIL[$1 $2]:-}" ]; }
+
+start_ftx() {
+  local root=$W/ftx-root r _
   if [ ! -x "$FTX" ]; then fail ftx up "no ftx binary at $FTX"; fail ftx down "no ftx binary at $FTX"; return; fi
   mkdir -p "$root"
   "$FTX" serve --root "$root" --listen 127.0.0.1:0 --min-free 0 >/dev/null 2>"$W/ftx-serve.log" &
-  pid=$!; PIDS+=("$pid")
+  FTX_PID=$!; PIDS+=("$FTX_PID")
   for _ in $(seq 100); do
-    port=$(sed -nE 's/.*serving .* on 127\.0\.0\.1:([0-9]+).*/\1/p' "$W/ftx-serve.log" | head -n 1)
-    [ -n "$port" ] || ! kill -0 "$pid" 2>/dev/null && break
+    FTX_PORT=$(sed -nE 's/.*serving .* on 127\.0\.0\.1:([0-9]+).*/\1/p' "$W/ftx-serve.log" | head -n 1)
+    [ -n "$FTX_PORT" ] || ! kill -0 "$FTX_PID" 2>/dev/null && break
     sleep 0.05
   done
-  if [ -z "$port" ]; then
+  if [ -z "$FTX_PORT" ]; then
     r="server did not start: $(last_line "$W/ftx-serve.log")"
     fail ftx up "$r"; fail ftx down "$r"; return
   fi
-  for r in $(seq "$RUNS"); do
-    rm -rf "$root/up"
-    one_run ftx up "$r" "$pid" "$root/up" src "$FTX" put -r -q "$W/src" up -s "127.0.0.1:$port" || break
-  done
   seed "$root/set"
-  for r in $(seq "$RUNS"); do
-    rm -rf "$W/down"
-    one_run ftx down "$r" "$pid" "$W/down" set "$FTX" get -r -q set "$W/down" -s "127.0.0.1:$port" || break
-  done
 }
 
-bench_rsync() {
-  local root=$W/rsync-root conf=$W/rsyncd.conf port= pid= r _
+ftx_round() {  # ftx_round RUN
+  local root=$W/ftx-root
+  if ! failed_row ftx up; then
+    rm -rf "$root/up"
+    one_run ftx up "$1" "$FTX_PID" "$root/up" src "$FTX" put -r -q "$W/src" up -s "127.0.0.1:$FTX_PORT" || true
+  fi
+  if ! failed_row ftx down; then
+    rm -rf "$W/down"
+    one_run ftx down "$1" "$FTX_PID" "$W/down" set "$FTX" get -r -q set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
+  fi
+}
+
+start_rsync() {
+  local root=$W/rsync-root conf=$W/rsyncd.conf r _
   if ! command -v rsync >/dev/null; then fail rsync up "rsync is not installed"; fail rsync down "rsync is not installed"; return; fi
   mkdir -p "$root"
   {
@@ -184,58 +198,62 @@ bench_rsync() {
     if [ "$(id -u)" = 0 ]; then echo "  uid = 0"; echo "  gid = 0"; fi
   } >"$conf"
   for _ in 1 2 3 4 5; do  # a free port may be taken before the daemon binds it: try another
-    port=$(free_port)
-    rsync --daemon --no-detach --config="$conf" --port="$port" --address=127.0.0.1 >/dev/null 2>"$W/rsyncd.err" &
-    pid=$!
-    wait_listening "$port" "$pid" && break
-    kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
+    RSYNC_PORT=$(free_port)
+    rsync --daemon --no-detach --config="$conf" --port="$RSYNC_PORT" --address=127.0.0.1 >/dev/null 2>"$W/rsyncd.err" &
+    RSYNC_PID=$!
+    wait_listening "$RSYNC_PORT" "$RSYNC_PID" && break
+    kill "$RSYNC_PID" 2>/dev/null || true; wait "$RSYNC_PID" 2>/dev/null || true; RSYNC_PID=
   done
-  if [ -z "$pid" ]; then
+  if [ -z "$RSYNC_PID" ]; then
     r="daemon did not start: $(last_line "$W/rsyncd.err")"
     fail rsync up "$r"; fail rsync down "$r"; return
   fi
-  PIDS+=("$pid")
-  for r in $(seq "$RUNS"); do
-    rm -rf "$root/up"
-    one_run rsync up "$r" "$pid" "$root/up" src rsync -a "$W/src/" "rsync://127.0.0.1:$port/mod/up/" || break
-  done
+  PIDS+=("$RSYNC_PID")
   seed "$root/set"
-  for r in $(seq "$RUNS"); do
-    rm -rf "$W/down"
-    one_run rsync down "$r" "$pid" "$W/down" set rsync -a "rsync://127.0.0.1:$port/mod/set/" "$W/down/" || break
-  done
 }
 
-bench_tarnc() {  # the receiver is started afresh for every run and counts as the server
-  local r port rc rcpu t0 rtime
-  if [ -z "$NC" ]; then fail tar\|nc stream "no usable nc (netcat-openbsd)"; return; fi
-  for r in $(seq "$RUNS"); do
-    rm -rf "$W/stream"; mkdir "$W/stream"
-    quiesce
-    port=$(free_port)
-    rm -f "$W/time.recv"
-    rtime=(); [ ${#TIME[@]} = 0 ] || rtime=(/usr/bin/time -o "$W/time.recv" -f '%U %S')
-    timeout "$RUN_TIMEOUT" "${rtime[@]}" \
-      bash -c 'set -o pipefail; "$@" </dev/null | tar -x -C "$0"' "$W/stream" "$NC" "${NC_LISTEN[@]}" "$port" \
-      >/dev/null 2>"$W/tarnc-recv.err" &
-    RECV=$!
-    if ! wait_listening "$port" "$RECV"; then
-      fail tar\|nc stream "receiver did not listen: $(last_line "$W/tarnc-recv.err")"
-      kill "$RECV" 2>/dev/null || true; wait "$RECV" 2>/dev/null || true; RECV=; return
-    fi
-    rc=0 t0=$(date +%s%N)
-    run_client "$W/tarnc-send.err" bash -c 'set -o pipefail; tar -c -C "$0" . | "$@"' "$W/src" "$NC" "${NC_SEND[@]}" 127.0.0.1 "$port" || rc=$?
-    wait "$RECV" || rc=$((rc ? rc : $?))
-    RECV=
-    # the time ends when the receiver has written the last file
-    SECS=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
-    if [ $rc != 0 ]; then fail tar\|nc stream "exit $rc: $(last_line "$W/tarnc-send.err") / $(last_line "$W/tarnc-recv.err")"; return; fi
-    verify "$W/stream" src || { fail tar\|nc stream "the copy differs from the source"; return; }
-    T["tar|nc stream"]+="$SECS "
-    rcpu=$(time_file_cpu "$W/time.recv")
-    [ -z "$CPU" ] || [ -z "$rcpu" ] || C["tar|nc stream"]+="$(awk -v a="$CPU" -v b="$rcpu" 'BEGIN { print a + b }') "
-    say "tar|nc stream run $r/$RUNS: $SECS s"
-  done
+rsync_round() {  # rsync_round RUN
+  local root=$W/rsync-root url=rsync://127.0.0.1:$RSYNC_PORT/mod
+  if ! failed_row rsync up; then
+    rm -rf "$root/up"
+    one_run rsync up "$1" "$RSYNC_PID" "$root/up" src rsync -a "$W/src/" "$url/up/" || true
+  fi
+  if ! failed_row rsync down; then
+    rm -rf "$W/down"
+    one_run rsync down "$1" "$RSYNC_PID" "$W/down" set rsync -a "$url/set/" "$W/down/" || true
+  fi
+}
+
+start_tarnc() { [ -n "$NC" ] || fail tar\|nc stream "no usable nc (netcat-openbsd)"; }
+
+tarnc_round() {  # tarnc_round RUN: the receiver is started afresh for every run and counts as the server
+  local r=$1 port rc rcpu t0 rtime
+  ! failed_row tar\|nc stream || return 0
+  rm -rf "$W/stream"; mkdir "$W/stream"
+  quiesce
+  port=$(free_port)
+  rm -f "$W/time.recv"
+  rtime=(); [ ${#TIME[@]} = 0 ] || rtime=(/usr/bin/time -o "$W/time.recv" -f '%U %S')
+  timeout "$RUN_TIMEOUT" "${rtime[@]}" \
+    bash -c 'set -o pipefail; "$@" </dev/null | tar -x -C "$0"' "$W/stream" "$NC" "${NC_LISTEN[@]}" "$port" \
+    >/dev/null 2>"$W/tarnc-recv.err" &
+  RECV=$!
+  if ! wait_listening "$port" "$RECV"; then
+    fail tar\|nc stream "receiver did not listen: $(last_line "$W/tarnc-recv.err")"
+    kill "$RECV" 2>/dev/null || true; wait "$RECV" 2>/dev/null || true; RECV=; return 0
+  fi
+  rc=0 t0=$(date +%s%N)
+  run_client "$W/tarnc-send.err" bash -c 'set -o pipefail; tar -c -C "$0" . | "$@"' "$W/src" "$NC" "${NC_SEND[@]}" 127.0.0.1 "$port" || rc=$?
+  wait "$RECV" || rc=$((rc ? rc : $?))
+  RECV=
+  # the time ends when the receiver has written the last file
+  SECS=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+  if [ $rc != 0 ]; then fail tar\|nc stream "exit $rc: $(last_line "$W/tarnc-send.err") / $(last_line "$W/tarnc-recv.err")"; return 0; fi
+  verify "$W/stream" src || { fail tar\|nc stream "the copy differs from the source"; return 0; }
+  T["tar|nc stream"]+="$SECS "
+  rcpu=$(time_file_cpu "$W/time.recv")
+  [ -z "$CPU" ] || [ -z "$rcpu" ] || C["tar|nc stream"]+="$(awk -v a="$CPU" -v b="$rcpu" 'BEGIN { print a + b }') "
+  say "tar|nc stream run $r/$RUNS: $SECS s"
 }
 
 # ---------------------------------------------------------------- main
@@ -252,7 +270,10 @@ for ((i = 0; i * PER_DIR < FILES; i++)); do
 done
 manifest "$W/src" >"$W/src.sha256"
 
-for tool in $TOOLS; do "bench_$tool"; done
+for tool in $TOOLS; do "start_$tool"; done
+for ((r = 1; r <= RUNS; r++)); do
+  for tool in $TOOLS; do "${tool}_round" "$r"; done
+done
 
 ftx_up=$(median <<<"${T[ftx up]:-}")
 ftx_down=$(median <<<"${T[ftx down]:-}")
