@@ -277,12 +277,12 @@ class Client {
   // arrived intact -- either written and sealed but not yet under its name, or (up to
   // 64 KiB) verified and still in memory; report publishes such files in groups (one syncfs
   // for the group, then renames, then one fsync per folder) on a thread of its own.
-  // `settle` hands on what is pending and reports what is published, called before the
-  // loop waits for the server; `catch_up` waits until what was handed on is published and
-  // reports it, called before a larger file is staged on this thread.
+  // `about_to_wait` reports what is published and may hand on what is pending, called
+  // before the loop waits for the server; `catch_up` waits until what was handed on is
+  // published and reports it, called before a larger file is staged on this thread.
   asio::awaitable<void> get_receiver_loop(
       Batch& b, const std::function<void(BatchResult, std::optional<StagedFile>, std::optional<ReceivedBody>)>& report,
-      const std::function<void()>& settle, const std::function<void()>& catch_up);
+      const std::function<void()>& about_to_wait, const std::function<void()>& catch_up);
   // Runs `op` to completion on io_, giving up (and closing the connection) when no
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>

@@ -29,6 +29,11 @@ void SerialWorker::drain() {
   idle_.wait(lock, [&] { return queue_.empty() && !busy_; });
 }
 
+std::size_t SerialWorker::queued() {
+  const std::lock_guard lock(mutex_);
+  return queue_.size();
+}
+
 void SerialWorker::run() {
   std::unique_lock lock(mutex_);
   for (;;) {

@@ -27,6 +27,8 @@ class SerialWorker {
   void push(std::function<void()> job);
   // Blocks until every job pushed so far has finished.
   void drain();
+  // Jobs pushed and not yet taken by the thread (the one running is not counted).
+  std::size_t queued();
 
  private:
   void run();

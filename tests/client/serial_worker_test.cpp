@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -56,6 +57,26 @@ TEST(SerialWorker, PushWaitsWhileTheQueueIsFull) {
   w.drain();
   EXPECT_LE(worst.load(), 2);
   EXPECT_EQ(returned.load(), kJobs);
+}
+
+TEST(SerialWorker, QueuedCountsTheJobsNotYetTakenButNotTheOneRunning) {
+  SerialWorker w(4);
+  EXPECT_EQ(w.queued(), 0u);
+  std::promise<void> started;
+  std::promise<void> go;
+  auto go_future = go.get_future();
+  w.push([&] {
+    started.set_value();
+    go_future.wait();
+  });
+  started.get_future().wait();
+  EXPECT_EQ(w.queued(), 0u) << "the running job is not queued";
+  w.push([] {});
+  w.push([] {});
+  EXPECT_EQ(w.queued(), 2u);
+  go.set_value();
+  w.drain();
+  EXPECT_EQ(w.queued(), 0u);
 }
 
 TEST(SerialWorker, DestructorRunsWhatIsStillQueued) {

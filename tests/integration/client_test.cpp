@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <future>
 #include <thread>
 
 #include "client/client.hpp"
@@ -273,6 +274,50 @@ TEST(ClientBatch, ADownloadCutOffSavesAndReportsInOrderWhatArrivedBeforeIt) {
     EXPECT_EQ(read_file(downloads.gets[i].local), random_bytes(4096, 600 + i)) << i;
   }
   EXPECT_EQ(list_dir(dir / "out").size(), 150u) << "no staging file, nothing past the cut";
+}
+
+TEST(ClientBatch, WhatArrivedBeforeTheServerStallsIsSavedAndReportedDuringTheStall) {
+  // 150 small files arrive, then the server sends nothing until the client has reported all
+  // 150 (or 10 s passed). The receiver hands what it holds to the publishing thread only when
+  // that thread has nothing queued; when it had (a group still being published as the last of
+  // the 150 arrived), the group that finishes must hand the rest over -- else those files
+  // sit in memory, unsaved and unreported, for as long as the server stalls.
+  for (int round = 0; round < 3; ++round) {
+    TempDir dir;
+    std::filesystem::create_directories(dir / "out");
+    const auto first = file_answers(dir / "out", "s", 150, 4096, 800);
+    const auto rest = file_answers(dir / "out", "r", 10, 4096, 950);
+    auto gets = first.gets;
+    gets.insert(gets.end(), rest.gets.begin(), rest.gets.end());
+    std::promise<void> all_reported;
+    bool released_by_client = false;
+    asio::io_context io;
+    asio::ip::tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
+    std::thread server([&] {
+      asio::ip::tcp::socket s(io);
+      acceptor.accept(s);
+      std::error_code ec;
+      asio::write(s, asio::buffer(first.wire), ec);
+      released_by_client = all_reported.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+      if (!ec) asio::write(s, asio::buffer(rest.wire), ec);
+      s.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+      std::uint8_t buf[65536];
+      while (!ec) s.read_some(asio::buffer(buf), ec);  // the requests, until the client closes
+    });
+    std::size_t reported = 0;
+    {
+      client::Client c({"127.0.0.1", acceptor.local_endpoint().port()}, {}, std::chrono::seconds(60));
+      c.get_many(gets, {}, [&](const client::BatchResult& r) {
+        EXPECT_EQ(r.index, reported);
+        EXPECT_FALSE(r.error) << r.error->what();
+        if (++reported == 150) all_reported.set_value();
+      });
+    }
+    server.join();
+    EXPECT_EQ(reported, gets.size());
+    EXPECT_TRUE(released_by_client) << "round " << round << ": the 150 were not all reported while the server waited";
+    for (std::size_t i = 0; i < 150; ++i) EXPECT_EQ(read_file(gets[i].local), random_bytes(4096, 800 + i)) << i;
+  }
 }
 
 TEST(ClientBatch, AThrowingResultCallbackEndsTheBatchWithItsException) {
