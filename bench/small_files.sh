@@ -6,9 +6,9 @@
 #   tar|nc  `tar -c | nc` into `nc -l | tar -x`, one direction ("stream"): the ceiling
 # For each tool and direction: the median wall time of RUNS runs, files/s, MB/s, the ratio to
 # ftx (ftx time / this time, so above 1 is faster than ftx; the stream is compared with ftx
-# up) and the CPU seconds of client + server. The runs go in rounds, one of each tool and
-# direction per round, so that a machine whose speed drifts during the script moves all
-# tools alike. Every root and local folder is on /dev/shm, so the disk is not what is
+# up), the median of that ratio taken within each round ("paired") and the CPU seconds of
+# client + server. The runs go in rounds, one of each tool and direction per round, so that
+# a machine whose speed drifts during the script moves all tools alike. Every root and local folder is on /dev/shm, so the disk is not what is
 # measured -- or under BASE: BASE=/var/tmp puts them on the disk, where each tool's way of
 # making files durable (ftx: one syncfs per burst of up to 64 files, on both sides; rsync:
 # none) is part of the price. Each run starts from an empty destination and its copy is
@@ -279,24 +279,36 @@ ftx_up=$(median <<<"${T[ftx up]:-}")
 ftx_down=$(median <<<"${T[ftx down]:-}")
 mb=$(awk -v f="$FILES" -v s="$SIZE" 'BEGIN { print f * s / 1e6 }')
 
+# paired REF_TIMES TIMES: the median over rounds of REF's time / this time in the same round
+# (robust to a machine whose speed drifts); nothing unless both have a time for every round.
+paired() {
+  local a=($1) b=($2) i out=""
+  [ ${#a[@]} -gt 0 ] && [ ${#a[@]} = ${#b[@]} ] || return 0
+  for ((i = 0; i < ${#a[@]}; i++)); do out+="$(awk -v x="${a[i]}" -v y="${b[i]}" 'BEGIN { print x / y }') "; done
+  median <<<"$out"
+}
+
 echo
-printf '%-7s %-7s %7s %9s %9s %8s %7s %8s\n' tool dir files "median s" "files/s" "MB/s" ratio "CPU s"
+printf '%-7s %-7s %7s %9s %9s %8s %7s %7s %8s\n' tool dir files "median s" "files/s" "MB/s" ratio paired "CPU s"
 for row in "ftx up" "ftx down" "rsync up" "rsync down" "tar|nc stream"; do
   read -r tool dir <<<"$row"
   case $tool in tar\|nc) [[ " $TOOLS " == *" tarnc "* ]] || continue ;; *) [[ " $TOOLS " == *" $tool "* ]] || continue ;; esac
   if [ -n "${FAIL[$row]:-}" ]; then
-    printf '%-7s %-7s %7s %9s %9s %8s %7s %8s\n' "$tool" "$dir" "$FILES" failed - - - -
+    printf '%-7s %-7s %7s %9s %9s %8s %7s %7s %8s\n' "$tool" "$dir" "$FILES" failed - - - - -
     continue
   fi
   s=$(median <<<"${T[$row]:-}")
   cpu=$(median <<<"${C[$row]:-}")
   ref=$([ "$dir" = down ] && echo "$ftx_down" || echo "$ftx_up")
-  awk -v t="$tool" -v d="$dir" -v f="$FILES" -v s="$s" -v mb="$mb" -v ref="$ref" -v cpu="$cpu" 'BEGIN {
-    printf "%-7s %-7s %7s %9.3f %9.0f %8.1f %7s %8s\n", t, d, f, s, f / s, mb / s,
-      (ref == "" ? "-" : sprintf("%.2f", ref / s)), (cpu == "" ? "-" : sprintf("%.2f", cpu)) }'
+  pr=$(paired "${T[ftx $([ "$dir" = down ] && echo down || echo up)]:-}" "${T[$row]:-}")
+  awk -v t="$tool" -v d="$dir" -v f="$FILES" -v s="$s" -v mb="$mb" -v ref="$ref" -v pr="$pr" -v cpu="$cpu" 'BEGIN {
+    printf "%-7s %-7s %7s %9.3f %9.0f %8.1f %7s %7s %8s\n", t, d, f, s, f / s, mb / s,
+      (ref == "" ? "-" : sprintf("%.2f", ref / s)), (pr == "" ? "-" : sprintf("%.2f", pr)),
+      (cpu == "" ? "-" : sprintf("%.2f", cpu)) }'
 done
 echo "$FILES files of $SIZE B ($mb MB, $PER_DIR a folder), median of $RUNS run(s), 127.0.0.1, roots on $BASE ($FSTYPE), $(nproc) cores"
-echo "ratio = ftx time / this time (above 1: faster than ftx; the stream against ftx up); CPU s = client + server user+sys"
+echo "ratio = ftx time / this time (above 1: faster than ftx; the stream against ftx up); paired = the median of that"
+echo "ratio taken within each round; CPU s = client + server user+sys"
 for row in "${!FAIL[@]}"; do echo "failed: $row: ${FAIL[$row]}"; done | sort
 # CI's smoke run (STRICT=1): a row that failed fails the run (times are never judged).
 if [ "${STRICT:-0}" = 1 ] && [ -n "${!FAIL[*]}" ]; then exit 1; fi
