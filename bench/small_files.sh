@@ -8,10 +8,11 @@
 # ftx (ftx time / this time, so above 1 is faster than ftx; the stream is compared with ftx
 # up), the median of that ratio taken within each round ("paired") and the CPU seconds of
 # client + server. The runs go in rounds, one of each tool and direction per round, so that
-# a machine whose speed drifts during the script moves all tools alike. Every root and local folder is on /dev/shm, so the disk is not what is
-# measured -- or under BASE: BASE=/var/tmp puts them on the disk, where each tool's way of
-# making files durable (ftx: one syncfs per burst of up to 64 files, on both sides; rsync:
-# none) is part of the price. Each run starts from an empty destination and its copy is
+# a machine whose speed drifts during the script moves all tools alike. Every root and local
+# folder is on /dev/shm, so the disk is not what is measured -- or under BASE: BASE=/var/tmp
+# puts them on the disk, where each tool's way of making files durable (ftx: one syncfs per
+# burst of up to 64 files, on both sides; rsync: none) is part of the price. Each run starts
+# from an empty destination and its copy is
 # checked against the source (SHA-256 of every file); a failed or wrong run marks its row
 # "failed" and the benchmark goes on. A benchmark, not a test: it asserts nothing.
 #
