@@ -146,10 +146,10 @@ seed() { rm -rf "$1" && cp -a "$W/src" "$1"; }  # seed DIR: a copy of the source
 # ---------------------------------------------------------------- the tools
 
 # Each tool's server starts once; then the runs go in rounds, one run of every tool and
-# direction per round (ftx up, ftx down, rsync up, rsync down, tar|nc), so that a machine
-# that speeds up or slows down during the script (shared VMs do, by a fifth within an hour)
-# moves every tool's times alike instead of whichever tool's block of runs it fell on.
-# A row that failed once is not run again.
+# direction per round (ftx up, ftx down, rsync up, rsync down, tar|nc, each round starting
+# one tool further on), so that a machine that speeds up or slows down during the script
+# (shared VMs do, by a fifth within an hour) moves every tool's times alike instead of
+# whichever tool's block of runs it fell on. A row that failed once is not run again.
 FTX_PID= FTX_PORT= RSYNC_PID= RSYNC_PORT=
 failed_row() { [ -n "${FAIL[$1 $2]:-}" ]; }
 
@@ -271,9 +271,14 @@ for ((i = 0; i * PER_DIR < FILES; i++)); do
 done
 manifest "$W/src" >"$W/src.sha256"
 
-for tool in $TOOLS; do "start_$tool"; done
+read -r -a TOOL_LIST <<<"$TOOLS"
+for tool in "${TOOL_LIST[@]}"; do "start_$tool"; done
+# Each round starts one tool further on, so that no tool always runs after the same one.
 for ((r = 1; r <= RUNS; r++)); do
-  for tool in $TOOLS; do "${tool}_round" "$r"; done
+  for ((k = 0; k < ${#TOOL_LIST[@]}; k++)); do
+    tool=${TOOL_LIST[(r - 1 + k) % ${#TOOL_LIST[@]}]}
+    "${tool}_round" "$r"
+  done
 done
 
 ftx_up=$(median <<<"${T[ftx up]:-}")

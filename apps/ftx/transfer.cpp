@@ -125,9 +125,8 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
     // Worked out once per folder, not per file (10,000 files cost 20 ms before the first
     // byte went out): where its files go, and that it holds one.
     const std::string remote_dir = join(remote_root, cur);
-    // A file's local path is this text + its name, made into a path once: `here / name`
-    // copied `here` with its list of components and split the result again, a fifth of
-    // the walk.
+    // A file's local path is this text + its name, made into a path once (`here / name`
+    // also copied `here` with its list of components: 0.5 ms of the walk's 15 ms).
     std::string here_text = here.string();
     if (!here_text.empty() && here_text.back() != '/') here_text += '/';
     bool holds_files = false;

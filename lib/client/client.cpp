@@ -1319,8 +1319,12 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   // it has, they wait for more: handed over at every wait, the groups held what one read of
   // the socket brought (16 files of 4 KiB), and a get -r of 10,000 took 625 syncfs and 700
   // folder fsyncs instead of about 160 and 250; the group that finishes hands them over.
+  // Between catch_up and the report of the larger file it made room for, nothing is handed
+  // over: that file's staging file is this thread's (see catch_up), and a handler left over
+  // from the last group may run while its body arrives.
+  bool staging_here = false;
   const auto hand_over_if_idle = [&] {
-    if (publisher->queued() == 0) hand_over();
+    if (!staging_here && publisher->queued() == 0) hand_over();
   };
   const auto about_to_wait = [&] {
     report_published();
@@ -1333,7 +1337,14 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
       if (!reports->callback_failed) reports->callback_failed = std::current_exception();
     }
   };
+  // Cleared however this frame ends (also when it is destroyed without resuming): handlers
+  // still queued on io_ must not reach the locals above.
+  const struct ClearOnExit {
+    DownloadReports& reports;
+    ~ClearOnExit() { reports.group_finished = nullptr; }
+  } clear_group_finished{*reports};
   const auto report = [&](BatchResult r, std::optional<StagedFile> file, std::optional<ReceivedBody> body) {
+    staging_here = false;
     pending.push_back({std::move(r), std::move(file), std::move(body)});
     if (pending.size() >= kSyncEvery) settle();
   };
@@ -1343,6 +1354,7 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   const auto catch_up = [&] {
     publisher->drain();
     report_published();
+    staging_here = true;
   };
   std::exception_ptr failed;
   try {
@@ -1350,7 +1362,6 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
   } catch (...) {
     failed = std::current_exception();
   }
-  reports->group_finished = nullptr;  // handlers still queued on io_ must not reach this frame
   // What arrived verified before a failure is published and reported too -- but after a
   // callback threw, nothing more is reported (the files stay saved).
   try {
