@@ -1,13 +1,16 @@
 #include "support/test_support.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <stdexcept>
+#include <string_view>
 
 #include "storage/fd.hpp"
 
@@ -32,6 +35,38 @@ bool run(const std::string& command) { return std::system((command + " >/dev/nul
 
 std::string quoted(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
 
+// The backing tmpfs is mounted with this source, naming the test process that made it.
+constexpr std::string_view kBackingSource = "ftx-test-";
+
+// A test killed while it held a FailingDisk left both mounts behind (and a loop device with
+// them). Each FailingDisk first unmounts those whose process is gone -- never another live
+// test's, which ctest -j may be running beside this one -- and removes their folders.
+void sweep_abandoned_disks() {
+  std::ifstream mounts("/proc/self/mountinfo");
+  std::vector<std::filesystem::path> dirs;
+  for (std::string line; std::getline(mounts, line);) {
+    // "... <mount point> <options> [optional fields] - <fs type> <source> <super options>"
+    std::istringstream in(line);
+    std::string id, parent, devno, root, point, field;
+    in >> id >> parent >> devno >> root >> point;
+    while (in >> field && field != "-") {
+    }
+    std::string type, source;
+    in >> type >> source;
+    if (type != "tmpfs" || !source.starts_with(kBackingSource)) continue;
+    const int pid = std::atoi(source.c_str() + kBackingSource.size());
+    if (pid <= 0 || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    const std::filesystem::path backing(point);  // <dir>/backing; the ext4 is at <dir>/fs
+    if (backing.filename() == "backing") dirs.push_back(backing.parent_path());
+  }
+  for (const auto& dir : dirs) {
+    run("umount -l " + quoted(dir / "fs"));
+    run("umount -l " + quoted(dir / "backing"));
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+}
+
 }  // namespace
 
 FailingDisk::FailingDisk() : backing_(dir_ / "backing"), image_(backing_ / "disk.img"), mount_(dir_ / "fs") {
@@ -39,9 +74,11 @@ FailingDisk::FailingDisk() : backing_(dir_ / "backing"), image_(backing_ / "disk
     why_ = "needs root (mount, loop devices)";
     return;
   }
+  sweep_abandoned_disks();
   std::filesystem::create_directories(backing_);
   std::filesystem::create_directories(mount_);
-  if (!run("mount -t tmpfs -o size=4m ftx-test " + quoted(backing_))) {
+  if (!run("mount -t tmpfs -o size=4m " + std::string(kBackingSource) + std::to_string(::getpid()) + " " +
+           quoted(backing_))) {
     why_ = "cannot mount a tmpfs";
     return;
   }

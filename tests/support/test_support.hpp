@@ -31,7 +31,8 @@ class TempDir {
 // fill_device(), writes into the page cache still succeed (the filesystem shows plenty of
 // free space), but writing new data out to the device fails (EIO/ENOSPC), and what was lost
 // reads back as something else after remount(). Needs root and loop devices: where they
-// are missing, available() is false and why() says so.
+// are missing, available() is false and why() says so. The mounts of one that a killed test
+// left behind are undone by the next one made (the backing's source names its process).
 class FailingDisk {
  public:
   FailingDisk();
