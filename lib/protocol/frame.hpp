@@ -91,8 +91,8 @@ inline constexpr std::uint16_t kFlagExecutable = 0x0002;  // kPut/kFile/kEntry: 
 inline constexpr std::uint16_t kFlagStreamed = 0x0004;
 // kList, the same bit: only names and kinds are needed. The server may then send a file or
 // folder without size, mtime and mode (kEntry without kFlagHasMtime, size 0), which spares
-// it a stat per entry. A server that predates it ignores the bit (it means nothing on kList
-// there) and sends whole entries, so a client must accept both.
+// it a stat per entry. A server that predates it (from 2026-11-25, when the bit became
+// known) ignores it on kList and sends whole entries, so a client must accept both.
 inline constexpr std::uint16_t kFlagNamesOnly = 0x0004;
 // kList: also send the stored SHA-256 of every file (kEntry.digest, flagged the same way).
 // kEntry/kFile: digest holds the file's SHA-256.
