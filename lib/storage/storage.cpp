@@ -133,9 +133,11 @@ std::error_code for_each_entry(int dirfd, Fn&& fn, bool stat_all = true) {
   return {};
 }
 
-FileInfo info_of(std::string name, const struct stat& st) {
+// `described` false: `st` holds only the kind (for_each_entry without stat_all).
+FileInfo info_of(std::string name, const struct stat& st, bool described = true) {
   FileInfo f;
   f.name = std::move(name);
+  f.described = described;
   f.folder = S_ISDIR(st.st_mode);
   f.size = f.folder ? 0 : static_cast<std::uint64_t>(st.st_size);
   f.mtime_ns = mtime_ns(st);
@@ -149,15 +151,11 @@ void walk(int dirfd, const std::string& prefix, const ListOptions& opts, std::ve
     std::string rel = prefix.empty() ? std::string(name) : prefix + "/" + std::string(name);
     if (check_name(rel)) return;  // not fetchable, so not listed
     if (S_ISREG(st.st_mode)) {
-      out.push_back(info_of(std::move(rel), st));
-      out.back().described = described;
+      out.push_back(info_of(std::move(rel), st, described));
     } else if (S_ISDIR(st.st_mode)) {
       UniqueFd child(::openat(dirfd, std::string(name).c_str(), kDirFlags));
       if (!child) return;
-      if (opts.folders) {
-        out.push_back(info_of(rel, st));
-        out.back().described = described;
-      }
+      if (opts.folders) out.push_back(info_of(rel, st, described));
       walk(child.get(), rel, opts, out);
     }
   };
