@@ -1440,7 +1440,7 @@ asio::awaitable<void> Client::get_receiver_loop(
     const auto digest =
         co_await co_receive_file(reply.size, staged ? staged->fd() : -1, /*keep_going=*/true, write_ec, b.on_bytes);
     if (!r.error && write_ec) {
-      r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + write_ec.message());
+      r.error = commit_failure(item.local, write_ec);
       staged.reset();
     }
     if (!r.error) {
@@ -1448,7 +1448,7 @@ asio::awaitable<void> Client::get_receiver_loop(
       if (digest != reply.digest) {
         r.error = integrity_failure(item.remote, item.local);
       } else if (auto ec = staged->seal(mtime_of(reply), executable)) {
-        r.error = Error(Failure::kLocalIo, "cannot write " + item.local.string() + ": " + ec.message());
+        r.error = commit_failure(item.local, ec);
       } else {
         r.result = {reply.size, digest, item.local, executable};
         report(std::move(r), std::move(staged), std::nullopt);
@@ -1638,7 +1638,7 @@ void Client::get_ranges(Parallel& p, std::deque<std::uint64_t> sent, std::option
     run(co_read_body(reply.size,
                      [&](std::span<const std::uint8_t> data) {
                        if (auto ec = storage::pwrite_all(p.fd, data, pos)) {
-                         throw Error(Failure::kLocalIo, "cannot write " + p.local.string() + ": " + ec.message());
+                         throw commit_failure(p.local, ec);
                        }
                        pos += data.size();
                        p.add_bytes(data.size());
@@ -1928,7 +1928,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   }
   // The whole size first: the ranges land anywhere in it, and a full disk shows now.
   if (auto ec = storage::preallocate(staged->fd(), info.size)) {
-    throw Error(Failure::kLocalIo, "cannot write " + target.string() + ": " + ec.message());
+    throw commit_failure(target, ec);
   }
   Parallel p(info.size, progress);
   p.context = "get " + storage::quote_name(remote);
