@@ -3,6 +3,7 @@
 // CLI11 subcom_in_files model). run_x returns the process exit code.
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -141,6 +142,10 @@ int run_client_action(const ClientOptions& opts, const char* op, const std::func
 // on the connection through run_client_action.
 int run_with_client(const ClientOptions& opts, const char* op, const std::function<void(client::Client&)>& action);
 int exit_code_for(client::Failure f);
+// Raises the soft limit on open descriptors to the hard limit; returns the limit then in
+// force (RLIM_INFINITY: none; 0: unknown). The soft limit is 1024 on most systems: fewer
+// than a server's connections need, or a folder transfer over many connections.
+std::uint64_t raise_descriptor_limit();
 
 }  // namespace ftx::app
 

@@ -24,19 +24,13 @@ constexpr rlim_t kDescriptorsPerConnection = 4;
 // --max-connections needs, so accept() would fail with EMFILE long before the server is
 // full. Raised to the hard limit (as nginx's worker_rlimit_nofile or Go's runtime do); a
 // hard limit too low for the connections allowed gets a warning once, at start.
-void raise_descriptor_limit(std::size_t max_connections) {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
-  if (lim.rlim_cur < lim.rlim_max) {
-    rlimit raised = lim;
-    raised.rlim_cur = lim.rlim_max;
-    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
-  }
+void check_descriptor_limit(std::size_t max_connections) {
+  const auto limit = raise_descriptor_limit();
   const rlim_t want = static_cast<rlim_t>(max_connections) * kDescriptorsPerConnection + 64;
-  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < want) {
+  if (limit != 0 && limit != RLIM_INFINITY && limit < want) {
     spdlog::warn("only {} open files allowed (ulimit -n); {} connections may need {}: raise the limit "
                  "or lower --max-connections",
-                 lim.rlim_cur, max_connections, want);
+                 limit, max_connections, want);
   }
 }
 
@@ -192,7 +186,7 @@ int run_serve(const ServeOptions& opts) {
     }
   }
 
-  raise_descriptor_limit(so.max_connections);
+  check_descriptor_limit(so.max_connections);
   std::unique_ptr<server::Server> srv;
   try {
     srv = std::make_unique<server::Server>(so);

@@ -1,4 +1,4 @@
-// put and get: one file, or with -r a whole folder over one pipelined connection.
+// put and get: one file, or with -r a whole folder over one pipelined connection (-P: several).
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -76,6 +76,15 @@ std::string folder_base_name(const std::string& path) {
     p = fs::current_path(ec);
   }
   return p.filename().string();
+}
+
+// The batch options of a folder transfer: -P connections. Those over the soft limit on
+// open descriptors (1024 here) could each hold up to 64 files open at once.
+client::BatchOptions folder_batch_options(unsigned parallel) {
+  client::BatchOptions o;
+  o.connections = parallel;
+  if (parallel > 1) raise_descriptor_limit();
+  return o;
 }
 
 // ------------------------------------------------------------------ put -r
@@ -190,7 +199,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     for (const auto& folder : tree.empty_folders) c->make_folder(folder);
     ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
     c->put_many(
-        tree.files, client::BatchOptions{},
+        tree.files, folder_batch_options(opts.parallel),
         [&](const client::BatchResult& r) {
           const auto& item = tree.files[r.index];
           tally.add(r);
@@ -273,7 +282,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
     }
     ProgressBar bar(bar_wanted, total, files.size());
     c->get_many(
-        files, client::BatchOptions{},
+        files, folder_batch_options(opts.parallel),
         [&](const client::BatchResult& r) {
           const auto& item = files[r.index];
           tally.add(r);
@@ -302,16 +311,11 @@ void add_parallel_option(CLI::App& cmd, unsigned& parallel, const char* what) {
                  std::string("move the file over N connections at once, each carrying ranges of it (for long, "
                              "lossy links where one TCP stream crawls); the server may allow fewer "
                              "(--max-streams). ") +
-                     what + " Not with -r; files of 1 MiB or less use one connection")
+                     what +
+                     " Files of 1 MiB or less use one connection. With -r: spread the folder's files over N "
+                     "connections (more cores at work on both sides); each file travels whole on one of them")
       ->check(CLI::Range(1u, 64u))
       ->default_str("1");
-}
-
-// -P with -r: one line, exit 2 (CLI11 cannot say "excludes, unless 1").
-bool parallel_with_recursive(unsigned parallel, bool recursive) {
-  if (parallel <= 1 || !recursive) return false;
-  print_error("-P/--parallel moves one file; it does not go with -r");
-  return true;
 }
 
 // Progress for put and get: the bar learns the total on the first call, which also says
@@ -350,6 +354,7 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
       "  ftx put -r photos                 upload ./photos as photos/ (one connection, pipelined)\n"
       "  ftx put -r site/ www/2026         upload the tree under www/2026/\n"
       "  ftx put -P 8 big.iso              over 8 connections (a long, lossy link)\n"
+      "  ftx put -r -P 2 photos            the tree's files over 2 connections\n"
       "  ftx put data.csv --json           {\"bytes\":...,\"executable\":false,...,\"ok\":true,\"op\":\"put\",...}");
   return cmd;
 }
@@ -379,12 +384,12 @@ CLI::App* setup_get(CLI::App& app, GetOptions& opts) {
       "  ftx get notes.txt - | less\n"
       "  ftx get -r photos                 into ./photos\n"
       "  ftx get -r www/2026 /srv/site     into /srv/site\n"
-      "  ftx get -r . backup/              everything stored");
+      "  ftx get -r . backup/              everything stored\n"
+      "  ftx get -r -P 2 photos            the tree's files over 2 connections");
   return cmd;
 }
 
 int run_put(const PutOptions& opts) {
-  if (parallel_with_recursive(opts.parallel, opts.recursive)) return kUsage;
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
   std::error_code ec;
@@ -418,7 +423,6 @@ int run_put(const PutOptions& opts) {
 }
 
 int run_get(const GetOptions& opts) {
-  if (parallel_with_recursive(opts.parallel, opts.recursive)) return kUsage;
   const auto address = server_address(opts.client);
   if (!address) return kUsage;
   if (opts.recursive) return get_folder(opts, *address);

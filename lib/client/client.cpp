@@ -908,10 +908,50 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
 
 // What a batch's sender and receiver share. Both run on io_ (one thread), so plain members
 // suffice; `wake_*` timers serve as condition variables (cancel() wakes the waiter).
+// Hands a parallel batch's items out to its connections (BatchOptions::connections) in runs
+// of consecutive items, by guided scheduling: each run is a 2n-th of what is left (n
+// connections), at least kShortestRun. Long runs at first keep a folder's files on one
+// connection -- two connections writing into the same folders take its lock in turn --
+// and short ones at the end let the connections finish together. Thread-safe.
+class Client::BatchQueue {
+ public:
+  BatchQueue(std::size_t items, unsigned connections) : items_(items), connections_(std::max(connections, 1u)) {}
+
+  // The next run [first, last); empty when every item is taken or the batch stopped.
+  std::pair<std::size_t, std::size_t> take() {
+    const std::lock_guard lock(mu_);
+    if (stopped_.load(std::memory_order_relaxed) || next_ == items_) return {next_, next_};
+    const std::size_t left = items_ - next_;
+    const std::size_t run = std::min(left, std::max(kShortestRun, left / (2 * connections_)));
+    const std::size_t first = std::exchange(next_, next_ + run);
+    return {first, next_};
+  }
+  // A connection failed (or a callback threw): no more items are handed out, not even the
+  // rest of the runs already taken.
+  void stop() { stopped_.store(true, std::memory_order_relaxed); }
+  bool stopped() const { return stopped_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr std::size_t kShortestRun = 16;
+  std::mutex mu_;
+  const std::size_t items_;
+  const std::size_t connections_;
+  std::size_t next_ = 0;
+  std::atomic<bool> stopped_{false};
+};
+
 struct Client::Batch {
   Batch(asio::io_context& io, const std::vector<BatchItem>& items_in, const BatchOptions& opts_in,
-        const std::function<void(const BatchResult&)>& result_fn, const std::function<void(std::uint64_t)>& bytes_fn)
-      : items(items_in), opts(opts_in), on_result(result_fn), on_bytes(bytes_fn), wake_sender(io), wake_receiver(io) {
+        BatchQueue* queue_in, const std::function<void(const BatchResult&)>& result_fn,
+        const std::function<void(std::uint64_t)>& bytes_fn)
+      : items(items_in),
+        opts(opts_in),
+        queue(queue_in),
+        end(queue_in != nullptr ? 0 : items_in.size()),
+        on_result(result_fn),
+        on_bytes(bytes_fn),
+        wake_sender(io),
+        wake_receiver(io) {
     // A window of 0 would let get_sender spin without ever sending: it means 1.
     opts.window_files = std::max<std::size_t>(opts.window_files, 1);
     wake_sender.expires_at(asio::steady_timer::time_point::max());
@@ -948,8 +988,28 @@ struct Client::Batch {
     if (aborted) throw Error(Failure::kConnection, "the batch was abandoned");
   }
 
+  // The sender's next item: the next of every item in order, or of the runs this connection
+  // takes from the queue. nullopt: none left (or the parallel batch stopped).
+  std::optional<std::size_t> next_item() {
+    if (queue != nullptr) {
+      if (queue->stopped()) return std::nullopt;
+      if (next == end) std::tie(next, end) = queue->take();
+    }
+    if (next == end) return std::nullopt;
+    return next++;
+  }
+  // The sender has taken its last item: once in_flight is empty, the receiver is done.
+  void sender_finished() {
+    sender_done = true;
+    wake_receiver.cancel();
+  }
+
   const std::vector<BatchItem>& items;
   BatchOptions opts;
+  BatchQueue* const queue;  // null: this connection moves every item
+  std::size_t next = 0;     // the items [next, end) are this connection's, not yet sent
+  std::size_t end;
+  bool sender_done = false;
   const std::function<void(const BatchResult&)>& on_result;
   const std::function<void(std::uint64_t)>& on_bytes;
   std::deque<InFlight> in_flight;
@@ -970,7 +1030,7 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
   constexpr std::size_t kGather = 256 * 1024;
   auto& pending = b.header;
   pending.clear();
-  for (std::size_t i = 0; i < b.items.size(); ++i) {
+  for (;;) {
     while (!b.in_flight.empty() &&
            (b.in_flight.size() >= b.opts.window_files || b.bytes_in_flight >= b.opts.window_bytes)) {
       if (!pending.empty()) {
@@ -986,6 +1046,11 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
       co_await b.wait(b.wake_sender);
       b.sender_waiting_for_room = false;
     }
+    // Taken only once there is room for it: a parallel batch's other connections may take
+    // what this one has no room for.
+    const auto next = b.next_item();
+    if (!next) break;
+    const std::size_t i = *next;
     const auto& item = b.items[i];
     Batch::InFlight f;
     f.index = i;
@@ -1039,12 +1104,14 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
     cur->body_sent = true;
     b.wake_receiver.cancel();
   }
+  b.sender_finished();
   if (!pending.empty()) co_await co_write(pending);
 }
 
 asio::awaitable<void> Client::put_receiver(Batch& b) {
-  for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
-    while (b.in_flight.empty()) co_await b.wait(b.wake_receiver);
+  for (;;) {
+    while (b.in_flight.empty() && !b.sender_done) co_await b.wait(b.wake_receiver);
+    if (b.in_flight.empty()) break;
     // A reference, not a copy: the sender fills in a two-phase put's digest (and `late`)
     // while its body goes out; the entry leaves in_flight once answered.
     Batch::InFlight& f = b.in_flight.front();
@@ -1093,17 +1160,22 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
 
 asio::awaitable<void> Client::get_sender(Batch& b) {
   auto& pending = b.header;
-  for (std::size_t i = 0; i < b.items.size();) {
+  for (bool more = true; more;) {
     // Refill when half the window has been answered: requests then go out in batches, not
     // one write per answer.
     while (b.in_flight.size() > b.opts.window_files / 2) co_await b.wait(b.wake_sender);
     // Every request the window allows goes out in one write.
     pending.clear();
-    for (; i < b.items.size() && b.in_flight.size() < b.opts.window_files; ++i) {
+    while (b.in_flight.size() < b.opts.window_files) {
+      const auto next = b.next_item();
+      if (!next) {
+        more = false;
+        break;
+      }
       Batch::InFlight f;
-      f.index = i;
+      f.index = *next;
       f.request.type = MsgType::kGet;
-      f.request.name = b.items[i].remote;
+      f.request.name = b.items[*next].remote;
       try {
         check_remote_name(f.request.name);
         protocol::encode(f.request, pending);
@@ -1112,7 +1184,11 @@ asio::awaitable<void> Client::get_sender(Batch& b) {
       }
       b.in_flight.push_back(std::move(f));
     }
-    b.wake_receiver.cancel();
+    if (more) {
+      b.wake_receiver.cancel();
+    } else {
+      b.sender_finished();
+    }
     if (!pending.empty()) co_await co_write(pending);
   }
 }
@@ -1379,8 +1455,9 @@ asio::awaitable<void> Client::get_receiver(Batch& b) {
 asio::awaitable<void> Client::get_receiver_loop(
     Batch& b, const std::function<void(BatchResult, std::optional<StagedFile>, std::optional<ReceivedBody>)>& report,
     const std::function<void()>& about_to_wait, const std::function<void()>& catch_up) {
-  for (std::size_t reported = 0; reported < b.items.size(); ++reported) {
-    while (b.in_flight.empty()) co_await b.wait(b.wake_receiver);
+  for (;;) {
+    while (b.in_flight.empty() && !b.sender_done) co_await b.wait(b.wake_receiver);
+    if (b.in_flight.empty()) break;
     Batch::InFlight f = std::move(b.in_flight.front());
     b.in_flight.pop_front();
     // The sender sleeps until half the window is answered: wake it then, not per file.
@@ -1462,17 +1539,92 @@ asio::awaitable<void> Client::get_receiver_loop(
 void Client::put_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                       const std::function<void(const BatchResult&)>& on_result,
                       const std::function<void(std::uint64_t)>& on_bytes) {
-  using namespace asio::experimental::awaitable_operators;
-  Batch b(io_, items, opts, on_result, on_bytes);
-  run_batch(b, put_sender(b) && put_receiver(b), "uploading");
+  if (opts.connections > 1 && items.size() > 1) return many_parallel(true, items, opts, on_result, on_bytes);
+  many(true, items, opts, nullptr, on_result, on_bytes);
 }
 
 void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                       const std::function<void(const BatchResult&)>& on_result,
                       const std::function<void(std::uint64_t)>& on_bytes) {
+  if (opts.connections > 1 && items.size() > 1) return many_parallel(false, items, opts, on_result, on_bytes);
+  many(false, items, opts, nullptr, on_result, on_bytes);
+}
+
+void Client::many(bool upload, const std::vector<BatchItem>& items, const BatchOptions& opts, BatchQueue* queue,
+                  const std::function<void(const BatchResult&)>& on_result,
+                  const std::function<void(std::uint64_t)>& on_bytes) {
   using namespace asio::experimental::awaitable_operators;
-  Batch b(io_, items, opts, on_result, on_bytes);
-  run_batch(b, get_sender(b) && get_receiver(b), "downloading");
+  Batch b(io_, items, opts, queue, on_result, on_bytes);
+  if (upload) {
+    run_batch(b, put_sender(b) && put_receiver(b), "uploading");
+  } else {
+    run_batch(b, get_sender(b) && get_receiver(b), "downloading");
+  }
+}
+
+void Client::many_parallel(bool upload, const std::vector<BatchItem>& items, const BatchOptions& opts,
+                           const std::function<void(const BatchResult&)>& on_result,
+                           const std::function<void(std::uint64_t)>& on_bytes) {
+  const unsigned n = static_cast<unsigned>(std::min<std::size_t>(opts.connections, items.size()));
+  BatchQueue queue(items.size(), n);
+  std::mutex mu;  // one callback at a time
+  std::exception_ptr failure;
+  const auto fail = [&](std::exception_ptr e) {
+    queue.stop();
+    const std::lock_guard lock(mu);
+    if (!failure) failure = std::move(e);
+  };
+  // After on_result threw, nothing more is reported (its contract). After a connection
+  // failed, the others still report what they had in flight: those files did complete.
+  bool callback_threw = false;
+  const std::function<void(const BatchResult&)> result = [&](const BatchResult& r) {
+    const std::lock_guard lock(mu);
+    if (callback_threw) return;
+    try {
+      on_result(r);
+    } catch (...) {
+      callback_threw = true;
+      throw;
+    }
+  };
+  std::function<void(std::uint64_t)> bytes;
+  if (on_bytes) {
+    bytes = [&](std::uint64_t k) {
+      const std::lock_guard lock(mu);
+      on_bytes(k);
+    };
+  }
+  const auto run_one = [&](Client& c) {
+    try {
+      c.many(upload, items, opts, &queue, result, bytes);
+    } catch (...) {
+      fail(std::current_exception());
+    }
+  };
+  std::vector<std::thread> threads;
+  try {
+    threads.reserve(n - 1);
+    for (unsigned k = 1; k < n; ++k) {
+      threads.emplace_back([this, &run_one] {
+        std::optional<Client> more;
+        try {
+          // The same server, token, TLS trust (its pin was checked by this connection) and
+          // timeout. A server over --max-per-client says so only in answer to the first
+          // request: a ping finds out before this connection takes any item.
+          more.emplace(connect_.address, connect_.token, io_timeout_, connect_.tls);
+          more->ping();
+        } catch (...) {
+          return;  // the others carry this one's share
+        }
+        run_one(*more);
+      });
+    }
+  } catch (const std::system_error&) {
+    // A thread that could not be started: the ones that were, and this one, do the work.
+  }
+  run_one(*this);
+  for (auto& t : threads) t.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 // ---------------------------------------------------------------- parallel streams

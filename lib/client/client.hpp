@@ -113,6 +113,9 @@ struct BatchResult {
 struct BatchOptions {
   std::size_t window_files = 256;            // requests in flight at most (0 counts as 1)
   std::uint64_t window_bytes = 16ull << 20;  // unanswered upload bytes at most (one file always fits)
+  // Connections the batch's files are spread over (put -r -P N): this one and up to
+  // connections - 1 more, opened like put_parallel's (see put_many). 0 counts as 1.
+  unsigned connections = 1;
 };
 
 struct ReceivedBody;  // a small download held in memory (client.cpp)
@@ -193,6 +196,15 @@ class Client {
   // yet reported then did not complete. If on_result throws, the batch ends with that
   // exception, and no more items are reported (some of them may have been saved).
   // For get_many, items' local paths are final target paths whose folders exist.
+  // With opts.connections > 1, more connections are opened (same address, token, TLS options
+  // and timeout; one that cannot be opened, or that the server turns away, is done without)
+  // and each runs on a thread of its own, taking runs of consecutive items from a shared
+  // queue as its window has room: long runs first, so that a folder's files mostly travel
+  // together, shorter ones towards the end, so that the connections finish together. Then
+  // on_result and on_bytes are called from those threads, one call at a time; each
+  // connection's items are reported in order, but not the batch's as a whole. When a
+  // connection fails, the others stop taking items, report what they have in flight, and
+  // the first failure is thrown.
   void put_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                 const std::function<void(const BatchResult&)>& on_result,
                 const std::function<void(std::uint64_t)>& on_bytes = {});
@@ -220,6 +232,7 @@ class Client {
 
  private:
   struct Batch;  // state shared by a batch's sender and receiver (client.cpp)
+  class BatchQueue;  // hands a batch's items out to its connections (client.cpp)
   struct Parallel;  // state shared by the threads of a parallel transfer (client.cpp)
 
   // Parallel streams (client.cpp). run_parallel runs `first` on this connection and
@@ -269,6 +282,14 @@ class Client {
   // sendfile_works_ is cleared). Connection errors throw, as everywhere.
   asio::awaitable<std::uint64_t> co_sendfile(int fd, std::uint64_t offset, std::uint64_t n);
   hash::HashThread& hasher();
+  // put_many and get_many: `queue` null = this connection moves every item.
+  void many(bool upload, const std::vector<BatchItem>& items, const BatchOptions& opts, BatchQueue* queue,
+            const std::function<void(const BatchResult&)>& on_result,
+            const std::function<void(std::uint64_t)>& on_bytes);
+  // many() over opts.connections connections, sharing one queue (put_many).
+  void many_parallel(bool upload, const std::vector<BatchItem>& items, const BatchOptions& opts,
+                     const std::function<void(const BatchResult&)>& on_result,
+                     const std::function<void(std::uint64_t)>& on_bytes);
   asio::awaitable<void> put_sender(Batch& b);
   asio::awaitable<void> put_receiver(Batch& b);
   asio::awaitable<void> get_sender(Batch& b);

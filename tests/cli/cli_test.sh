@@ -161,15 +161,13 @@ check "get - into /dev/full: exit 7 (got $rc)" test "$rc" = 7
 check "get - into /dev/full says why" grep -q '^ftx: cannot write to standard output: No space left' "$T/err"
 FTX_SERVER=127.0.0.1:1 "$FTX" ls -s "$FTX_SERVER" >/dev/null && ok || bad "--server overrides \$FTX_SERVER"
 
-# ---- parallel streams: one file over 3 connections each way; not with -r
+# ---- parallel streams: one file over 3 connections each way
 head -c 9000001 /dev/urandom >"$T/par.bin"
 expect_exit 0 "$FTX" put -P 3 "$T/par.bin" par/par.bin
 check "put -P 3 stored the file" cmp -s "$T/par.bin" "$T/root/par/par.bin"
 grep -q "^stored par/par.bin " "$T/out" && ok || bad "put -P prints the usual line: $(cat "$T/out")"
 FTX_PARALLEL=3 "$FTX" get par/par.bin "$T/par-back.bin" >/dev/null && ok || bad "get with FTX_PARALLEL=3"
 check "get -P 3 fetched the file" cmp -s "$T/par.bin" "$T/par-back.bin"
-expect_exit 2 "$FTX" put -P 3 -r "$T/down"
-expect_exit 2 "$FTX" get -P 3 -r par
 
 # ---- failures: distinct exit codes, one line, nothing changed locally
 echo "precious" >"$T/keep.txt"

@@ -180,7 +180,17 @@ grep -qE '^stored 150 of 150 files ' "$T/out" && ok || bad "put -r of 150 folder
 [ "$(cat "$T/err")" = "ftx: skipping $W/d001/pipe: not a regular file or folder" ] && ok ||
   bad "put -r FIFO notice: $(cat "$T/err")"
 check "put -r stored the wide tree" diff -r -x pipe "$W" "$T/root1/wide"
-rm -rf "$T/root1/wide"  # out of the listings checked below
+
+# The same tree over 3 connections each way (-P with -r): every file once, the same summary,
+# one JSON object per file.
+expect_exit 0 "$FTX" put -r -P 3 "$W" wide3 --json
+check "put -r -P 3 stored the wide tree" diff -r -x pipe "$W" "$T/root1/wide3"
+[ "$(grep -c '"op":"put"' "$T/out")" = 151 ] && ok || bad "put -r -P 3: 150 files + summary: $(head -c 300 "$T/out")"
+[ "$(grep -o '"remote":"[^"]*"' "$T/out" | sort -u | wc -l)" = 150 ] && ok || bad "put -r -P 3 reported a file twice"
+expect_exit 0 "$FTX" get -r -P 3 wide3 "$T/wide3"
+grep -qE '^saved 150 of 150 files .* into ' "$T/out" && ok || bad "get -r -P 3 summary: $(cat "$T/out")"
+check "get -r -P 3 fetched the wide tree" diff -r -x pipe "$W" "$T/wide3"
+rm -rf "$T/root1/wide" "$T/root1/wide3"  # out of the listings checked below
 
 # Without -r a folder is a local I/O error, as before -r existed.
 expect_exit 7 "$FTX" put "$P"

@@ -7,8 +7,11 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <functional>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "client/client.hpp"
 #include "hash/sha256.hpp"
@@ -313,6 +316,167 @@ TEST_F(ServerTest, PutManyReportsServerRefusalsPerFile) {
   EXPECT_EQ(results[1].error->kind(), client::Failure::kRejected);
   EXPECT_FALSE(results[2].error);
   EXPECT_EQ(read_file(root() / "ok2"), read_file(dir_ / "ok2"));
+}
+
+// put_many and get_many over several connections (BatchOptions::connections, put -r -P N).
+// The first result's callback holds up its connection until a file beyond that connection's
+// first run of items has arrived (only another connection can have moved it), so the test
+// fails if the other connections do nothing; then every item must be reported exactly once.
+class ParallelBatch : public ServerTest {
+ protected:
+  static constexpr int kFiles = 400;
+  // Runs of the queue: the first is a sixth of the items with 3 connections.
+  static constexpr int kFirstRun = kFiles / 6;
+
+  // Waits (at most 10 s) until `exists(i)` for some item i past the first run.
+  static bool another_connection_moved(const std::function<bool(int)>& exists) {
+    for (const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+         std::chrono::steady_clock::now() < deadline;) {
+      for (int i = kFirstRun; i < kFiles; ++i) {
+        if (exists(i)) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return false;
+  }
+};
+
+TEST_F(ParallelBatch, PutManyOverThreeConnectionsStoresAndReportsEveryFileOnce) {
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < kFiles; ++i) {
+    // Small files, one larger than a chunk (it asks first: two-phase), one empty.
+    const std::size_t size = i == 200 ? protocol::kChunkSize * 2 + 5 : i == 8 ? 0 : 100 + 13 * i;
+    const auto local = dir_ / ("src" + std::to_string(i));
+    write_file(local, random_bytes(size, 3000 + i));
+    items.push_back({local, "par/" + std::to_string(i % 7) + "/f" + std::to_string(i)});
+  }
+  items[300].local = dir_ / "does-not-exist";
+  client::Client c(address());
+  client::BatchOptions opts;
+  opts.connections = 3;
+  opts.window_files = 8;
+  std::vector<int> reported(items.size(), 0);
+  std::set<std::thread::id> threads;
+  bool others_seen = false;
+  std::uint64_t moved = 0;
+  c.put_many(
+      items, opts,
+      [&](const client::BatchResult& r) {
+        if (threads.empty()) {
+          others_seen = another_connection_moved([&](int i) { return std::filesystem::exists(root() / items[i].remote); });
+        }
+        threads.insert(std::this_thread::get_id());
+        ASSERT_LT(r.index, items.size());
+        ++reported[r.index];
+        if (r.index == 300) {
+          ASSERT_TRUE(r.error);
+          EXPECT_EQ(r.error->kind(), client::Failure::kLocalIo);
+        } else {
+          ASSERT_FALSE(r.error) << items[r.index].remote << ": " << r.error->what();
+          EXPECT_EQ(r.result.digest, hash::sha256(read_file(items[r.index].local)));
+        }
+      },
+      [&](std::uint64_t n) { moved += n; });
+  EXPECT_TRUE(others_seen) << "no file past the first connection's run arrived while it waited";
+  EXPECT_GE(threads.size(), 2u);
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    EXPECT_EQ(reported[i], 1) << "item " << i << " reported " << reported[i] << " times";
+    if (i == 300) continue;
+    EXPECT_EQ(read_file(root() / items[i].remote), read_file(items[i].local)) << items[i].remote;
+    total += std::filesystem::file_size(items[i].local);
+  }
+  EXPECT_EQ(moved, total);
+  EXPECT_FALSE(std::filesystem::exists(root() / items[300].remote));
+  EXPECT_TRUE(staging_files(staging()).empty());
+  c.ping();  // this connection is still in step
+}
+
+TEST_F(ParallelBatch, GetManyOverThreeConnectionsSavesAndReportsEveryFileOnce) {
+  std::vector<client::BatchItem> items;
+  std::filesystem::create_directories(dir_ / "out");
+  for (int i = 0; i < kFiles; ++i) {
+    const std::size_t size = i == 200 ? protocol::kChunkSize * 3 + 1 : 60 + 11 * i;
+    const std::string remote = "g/" + std::to_string(i % 5) + "/f" + std::to_string(i);
+    write_file(root() / remote, random_bytes(size, 4000 + i));
+    items.push_back({dir_ / "out" / ("f" + std::to_string(i)), remote});
+  }
+  items[250].remote = "g/missing";
+  client::Client c(address());
+  client::BatchOptions opts;
+  opts.connections = 3;
+  opts.window_files = 8;
+  std::vector<int> reported(items.size(), 0);
+  bool others_seen = false;
+  bool first = true;
+  c.get_many(items, opts, [&](const client::BatchResult& r) {
+    if (std::exchange(first, false)) {
+      others_seen = another_connection_moved([&](int i) { return std::filesystem::exists(items[i].local); });
+    }
+    ASSERT_LT(r.index, items.size());
+    ++reported[r.index];
+    if (r.index == 250) {
+      ASSERT_TRUE(r.error);
+      EXPECT_EQ(r.error->kind(), client::Failure::kNotFound);
+    } else {
+      ASSERT_FALSE(r.error) << items[r.index].remote << ": " << r.error->what();
+    }
+  });
+  EXPECT_TRUE(others_seen) << "no file past the first connection's run arrived while it waited";
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    EXPECT_EQ(reported[i], 1) << "item " << i << " reported " << reported[i] << " times";
+    if (i == 250) continue;
+    EXPECT_EQ(read_file(items[i].local), read_file(root() / items[i].remote)) << items[i].remote;
+    EXPECT_EQ(mtime_of(items[i].local), mtime_of(root() / items[i].remote));
+  }
+  EXPECT_FALSE(std::filesystem::exists(items[250].local));
+  for (const auto& name : list_dir(dir_ / "out")) EXPECT_EQ(name.find(".part"), std::string::npos) << name;
+}
+
+TEST_F(ParallelBatch, AThrowingCallbackEndsTheWholeBatchAndNothingMoreIsReported) {
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < kFiles; ++i) {
+    const auto local = dir_ / ("t" + std::to_string(i));
+    write_file(local, random_bytes(500, 5000 + i));
+    items.push_back({local, "t/f" + std::to_string(i)});
+  }
+  client::Client c(address());
+  client::BatchOptions opts;
+  opts.connections = 3;
+  struct Stop {};
+  std::size_t calls = 0;
+  EXPECT_THROW(c.put_many(items, opts,
+                          [&](const client::BatchResult&) {
+                            if (++calls == 50) throw Stop{};
+                          }),
+               Stop);
+  EXPECT_EQ(calls, 50u) << "no result is reported after the callback threw";
+}
+
+// A server that allows one connection per client turns the others away: the batch goes on
+// over the one it has.
+class OneConnectionPerClient : public ServerTest {
+  void configure(server::ServerOptions& o) override { o.max_connections_per_client = 1; }
+};
+
+TEST_F(OneConnectionPerClient, AParallelBatchMakesDoWithTheConnectionsItIsAllowed) {
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < 100; ++i) {
+    const auto local = dir_ / ("o" + std::to_string(i));
+    write_file(local, random_bytes(300, 6000 + i));
+    items.push_back({local, "o/f" + std::to_string(i)});
+  }
+  client::Client c(address());
+  client::BatchOptions opts;
+  opts.connections = 4;
+  std::vector<std::size_t> order;
+  c.put_many(items, opts, [&](const client::BatchResult& r) {
+    EXPECT_FALSE(r.error) << r.error->what();
+    order.push_back(r.index);
+  });
+  ASSERT_EQ(order.size(), items.size());
+  for (std::size_t i = 0; i < order.size(); ++i) EXPECT_EQ(order[i], i) << "one connection: in order";
+  for (const auto& item : items) EXPECT_EQ(read_file(root() / item.remote), read_file(item.local));
 }
 
 TEST_F(ServerTest, GetManyDownloadsEveryFileWithMtimeAndExecutableBit) {
