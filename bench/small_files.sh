@@ -2,6 +2,7 @@
 # Many small files over loopback: FILES files of SIZE bytes (default 10,000 x 4 KiB = 41 MB,
 # random content, 100 files a folder) moved between a client and a server on 127.0.0.1 by
 #   ftx     `ftx put -r` up and `ftx get -r` down, against `ftx serve`
+#   ftx-P2  the same with `-P 2`: the files spread over two connections (same server)
 #   rsync   `rsync -a` up and down, against an rsync daemon (no -c, no -z: as people use it)
 #   tar|nc  `tar -c | nc` into `nc -l | tar -x`, one direction ("stream"): the ceiling
 # For each tool and direction: the median wall time of RUNS runs, files/s, MB/s, the ratio to
@@ -19,7 +20,7 @@
 # Usage: bench/small_files.sh [FILES (10000) [SIZE (4096) [RUNS (3)]]]
 #   the same as environment variables FILES, SIZE, RUNS; SMOKE=1 means FILES=200 RUNS=1 (seconds)
 #   STRICT=1: exit 1 when any row failed (CI runs SMOKE=1 STRICT=1)
-#   FTX=path/to/ftx (default build/apps/ftx/ftx, else build/ftx), TOOLS="ftx rsync tarnc",
+#   FTX=path/to/ftx (default build/apps/ftx/ftx, else build/ftx), TOOLS="ftx ftxp rsync tarnc",
 #   RUN_TIMEOUT=seconds a single run may take (300), BASE=folder for roots and copies (/dev/shm)
 # rsync and netcat-openbsd are installed with apt-get when missing.
 set -euo pipefail
@@ -28,7 +29,7 @@ if [ "${SMOKE:-0}" = 1 ]; then FILES=${FILES:-200} RUNS=${RUNS:-1}; fi
 FILES=${1:-${FILES:-10000}}
 SIZE=${2:-${SIZE:-4096}}
 RUNS=${3:-${RUNS:-3}}
-TOOLS=${TOOLS:-ftx rsync tarnc}
+TOOLS=${TOOLS:-ftx ftxp rsync tarnc}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 PER_DIR=100
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -146,7 +147,7 @@ seed() { rm -rf "$1" && cp -a "$W/src" "$1"; }  # seed DIR: a copy of the source
 # ---------------------------------------------------------------- the tools
 
 # Each tool's server starts once; then the runs go in rounds, one run of every tool and
-# direction per round (ftx up, ftx down, rsync up, rsync down, tar|nc, each round starting
+# direction per round (ftx up, ftx down, ftx-P2 up and down, rsync up, rsync down, tar|nc, each round starting
 # one tool further on), so that a machine that speeds up or slows down during the script
 # (shared VMs do, by a fifth within an hour) moves every tool's times alike instead of
 # whichever tool's block of runs it fell on. A row that failed once is not run again.
@@ -180,6 +181,24 @@ ftx_round() {  # ftx_round RUN
   if ! failed_row ftx down; then
     rm -rf "$W/down"
     one_run ftx down "$1" "$FTX_PID" "$W/down" set "$FTX" get -r -q set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
+  fi
+}
+
+# ftx-P2 uses ftx's server (started here when TOOLS has no "ftx").
+start_ftxp() {
+  [ -n "$FTX_PORT" ] || [[ " $TOOLS " == *" ftx "* ]] || start_ftx
+  if [ -z "$FTX_PORT" ]; then fail ftx-P2 up "no ftx server"; fail ftx-P2 down "no ftx server"; fi
+}
+
+ftxp_round() {  # ftxp_round RUN
+  local root=$W/ftx-root
+  if ! failed_row ftx-P2 up; then
+    rm -rf "$root/upp"
+    one_run ftx-P2 up "$1" "$FTX_PID" "$root/upp" src "$FTX" put -r -q -P 2 "$W/src" upp -s "127.0.0.1:$FTX_PORT" || true
+  fi
+  if ! failed_row ftx-P2 down; then
+    rm -rf "$W/down"
+    one_run ftx-P2 down "$1" "$FTX_PID" "$W/down" set "$FTX" get -r -q -P 2 set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
   fi
 }
 
@@ -296,9 +315,13 @@ paired() {
 
 echo
 printf '%-7s %-7s %7s %9s %9s %8s %7s %7s %8s\n' tool dir files "median s" "files/s" "MB/s" ratio paired "CPU s"
-for row in "ftx up" "ftx down" "rsync up" "rsync down" "tar|nc stream"; do
+for row in "ftx up" "ftx down" "ftx-P2 up" "ftx-P2 down" "rsync up" "rsync down" "tar|nc stream"; do
   read -r tool dir <<<"$row"
-  case $tool in tar\|nc) [[ " $TOOLS " == *" tarnc "* ]] || continue ;; *) [[ " $TOOLS " == *" $tool "* ]] || continue ;; esac
+  case $tool in
+    tar\|nc) [[ " $TOOLS " == *" tarnc "* ]] || continue ;;
+    ftx-P2) [[ " $TOOLS " == *" ftxp "* ]] || continue ;;
+    *) [[ " $TOOLS " == *" $tool "* ]] || continue ;;
+  esac
   if [ -n "${FAIL[$row]:-}" ]; then
     printf '%-7s %-7s %7s %9s %9s %8s %7s %7s %8s\n' "$tool" "$dir" "$FILES" failed - - - - -
     continue
