@@ -906,8 +906,6 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
 
 // ---------------------------------------------------------------- batches
 
-// What a batch's sender and receiver share. Both run on io_ (one thread), so plain members
-// suffice; `wake_*` timers serve as condition variables (cancel() wakes the waiter).
 // Hands a parallel batch's items out to its connections (BatchOptions::connections) in runs
 // of consecutive items, by guided scheduling: each run is a 2n-th of what is left (n
 // connections), at least kShortestRun. Long runs at first keep a folder's files on one
@@ -940,6 +938,8 @@ class Client::BatchQueue {
   std::atomic<bool> stopped_{false};
 };
 
+// What a batch's sender and receiver share. Both run on io_ (one thread), so plain members
+// suffice; `wake_*` timers serve as condition variables (cancel() wakes the waiter).
 struct Client::Batch {
   Batch(asio::io_context& io, const std::vector<BatchItem>& items_in, const BatchOptions& opts_in,
         BatchQueue* queue_in, const std::function<void(const BatchResult&)>& result_fn,
