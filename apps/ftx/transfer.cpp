@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -46,14 +48,18 @@ struct Tally {
   std::uint64_t files = 0;
   std::uint64_t failed = 0;
   std::uint64_t bytes = 0;
-  int first_failure = kOk;  // the exit code: that of the first file that failed
+  int first_failure = kOk;  // the exit code: that of the first file (in sorted order) that failed
+  std::size_t first_failed_index = SIZE_MAX;  // -P reports files out of order
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
 
   void add(const client::BatchResult& r) {
     ++files;
     if (r.error) {
       ++failed;
-      if (first_failure == kOk) first_failure = exit_code_for(r.error->kind());
+      if (r.index < first_failed_index) {
+        first_failed_index = r.index;
+        first_failure = exit_code_for(r.error->kind());
+      }
     } else {
       bytes += r.result.bytes;
     }
@@ -78,12 +84,21 @@ std::string folder_base_name(const std::string& path) {
   return p.filename().string();
 }
 
-// The batch options of a folder transfer: -P connections. Those over the soft limit on
-// open descriptors (1024 here) could each hold up to 64 files open at once.
+// The batch options of a folder transfer: -P connections. Each may hold up to 64 staging
+// files open at once (get -r) besides its socket: the soft limit on open descriptors (1024
+// on most systems) is raised to the hard limit, and the connections are as many as that
+// allows (after 64 for everything else), at least one.
 client::BatchOptions folder_batch_options(unsigned parallel) {
+  constexpr std::uint64_t kPerConnection = 64 + 2;
   client::BatchOptions o;
   o.connections = parallel;
-  if (parallel > 1) raise_descriptor_limit();
+  if (parallel > 1) {
+    const std::uint64_t limit = raise_descriptor_limit();
+    if (limit != 0 && limit != RLIM_INFINITY) {
+      const std::uint64_t fits = limit > 64 ? (limit - 64) / kPerConnection : 0;
+      o.connections = static_cast<unsigned>(std::clamp<std::uint64_t>(fits, 1, parallel));
+    }
+  }
   return o;
 }
 

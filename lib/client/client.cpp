@@ -416,20 +416,6 @@ void Client::run<void>(asio::awaitable<void> op, const char* what) {
   run<bool>(wrapped(std::move(op)), what);
 }
 
-void Client::run_batch(Batch& b, asio::awaitable<void> op, const char* what) {
-  batch_ = &b;
-  const struct Forget {
-    Batch*& batch;
-    ~Forget() { batch = nullptr; }
-  } forget{batch_};
-  try {
-    run(std::move(op), what);
-  } catch (const asio::multiple_exceptions& e) {
-    // A lost connection fails the sender and the receiver alike: report the first.
-    std::rethrow_exception(e.first_exception());
-  }
-}
-
 void Client::connection_lost(const std::error_code& ec) {
   std::error_code ignored;
   socket_.close(ignored);
@@ -929,8 +915,9 @@ class Client::BatchQueue {
   void stop() { stopped_.store(true, std::memory_order_relaxed); }
   bool stopped() const { return stopped_.load(std::memory_order_relaxed); }
 
- private:
   static constexpr std::size_t kShortestRun = 16;
+
+ private:
   std::mutex mu_;
   const std::size_t items_;
   const std::size_t connections_;
@@ -1010,6 +997,7 @@ struct Client::Batch {
   std::size_t next = 0;     // the items [next, end) are this connection's, not yet sent
   std::size_t end;
   bool sender_done = false;
+  std::exception_ptr failure;  // the first side (sender or receiver) to fail, for run_batch
   const std::function<void(const BatchResult&)>& on_result;
   const std::function<void(std::uint64_t)>& on_bytes;
   std::deque<InFlight> in_flight;
@@ -1021,6 +1009,32 @@ struct Client::Batch {
 
 void Client::abort_batch() {
   if (batch_ != nullptr) batch_->abort();
+}
+
+void Client::run_batch(Batch& b, asio::awaitable<void> op, const char* what) {
+  batch_ = &b;
+  const struct Forget {
+    Batch*& batch;
+    ~Forget() { batch = nullptr; }
+  } forget{batch_};
+  try {
+    run(std::move(op), what);
+  } catch (const asio::multiple_exceptions& e) {
+    // Both sides failed. operator&& keeps the sender's exception, whichever came first, and
+    // when the receiver found the connection lost while the sender waited for room, the
+    // sender's is only the cancellation that followed ("co_await: Operation aborted"), not
+    // a client::Error at all. The side that failed first says why (batch_side).
+    std::rethrow_exception(b.failure ? b.failure : e.first_exception());
+  }
+}
+
+asio::awaitable<void> Client::batch_side(Batch& b, asio::awaitable<void> side) {
+  try {
+    co_await std::move(side);
+  } catch (...) {
+    if (!b.failure) b.failure = std::current_exception();
+    throw;
+  }
 }
 
 asio::awaitable<void> Client::put_sender(Batch& b) {
@@ -1046,8 +1060,8 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
       co_await b.wait(b.wake_sender);
       b.sender_waiting_for_room = false;
     }
-    // Taken only once there is room for it: a parallel batch's other connections may take
-    // what this one has no room for.
+    // Only once there is room: when this connection's run is used up, the next run is taken
+    // from a parallel batch's queue, and what is still there may go to another connection.
     const auto next = b.next_item();
     if (!next) break;
     const std::size_t i = *next;
@@ -1556,16 +1570,20 @@ void Client::many(bool upload, const std::vector<BatchItem>& items, const BatchO
   using namespace asio::experimental::awaitable_operators;
   Batch b(io_, items, opts, queue, on_result, on_bytes);
   if (upload) {
-    run_batch(b, put_sender(b) && put_receiver(b), "uploading");
+    run_batch(b, batch_side(b, put_sender(b)) && batch_side(b, put_receiver(b)), "uploading");
   } else {
-    run_batch(b, get_sender(b) && get_receiver(b), "downloading");
+    run_batch(b, batch_side(b, get_sender(b)) && batch_side(b, get_receiver(b)), "downloading");
   }
 }
 
 void Client::many_parallel(bool upload, const std::vector<BatchItem>& items, const BatchOptions& opts,
                            const std::function<void(const BatchResult&)>& on_result,
                            const std::function<void(std::uint64_t)>& on_bytes) {
-  const unsigned n = static_cast<unsigned>(std::min<std::size_t>(opts.connections, items.size()));
+  // No more connections than the shortest runs could keep busy: a connection costs a
+  // connect (and TLS handshake) that a small folder would wait for.
+  const std::size_t runs = (items.size() + BatchQueue::kShortestRun - 1) / BatchQueue::kShortestRun;
+  const unsigned n = static_cast<unsigned>(std::min<std::size_t>(opts.connections, runs));
+  if (n <= 1) return many(upload, items, opts, nullptr, on_result, on_bytes);
   BatchQueue queue(items.size(), n);
   std::mutex mu;  // one callback at a time
   std::exception_ptr failure;
@@ -1584,6 +1602,7 @@ void Client::many_parallel(bool upload, const std::vector<BatchItem>& items, con
       on_result(r);
     } catch (...) {
       callback_threw = true;
+      queue.stop();  // at once: this connection's batch ends only when it next looks
       throw;
     }
   };
@@ -1605,16 +1624,26 @@ void Client::many_parallel(bool upload, const std::vector<BatchItem>& items, con
   try {
     threads.reserve(n - 1);
     for (unsigned k = 1; k < n; ++k) {
-      threads.emplace_back([this, &run_one] {
+      threads.emplace_back([this, &run_one, &fail] {
         std::optional<Client> more;
         try {
           // The same server, token, TLS trust (its pin was checked by this connection) and
-          // timeout. A server over --max-per-client says so only in answer to the first
-          // request: a ping finds out before this connection takes any item.
+          // timeout. A server over --max-per-client refuses the connection with its first
+          // message, which the client reads only with an answer: the ping finds out before
+          // this connection takes any item.
           more.emplace(connect_.address, connect_.token, io_timeout_, connect_.tls);
           more->ping();
+        } catch (const Error& e) {
+          // Turned away (ERROR unavailable: kRejected) or not reachable: the others carry
+          // its share. Anything else -- a certificate that is not the one this connection
+          // trusted, a token refused -- is the batch's failure.
+          if (e.kind() != Failure::kConnection && e.kind() != Failure::kRejected) fail(std::current_exception());
+          return;
+        } catch (const std::system_error&) {
+          return;  // no descriptor (or memory) for another socket: done without
         } catch (...) {
-          return;  // the others carry this one's share
+          fail(std::current_exception());
+          return;
         }
         run_one(*more);
       });

@@ -198,9 +198,12 @@ class Client {
   // For get_many, items' local paths are final target paths whose folders exist.
   // With opts.connections > 1, more connections are opened (same address, token, TLS options
   // and timeout; one that cannot be opened, or that the server turns away, is done without)
-  // and each runs on a thread of its own, taking runs of consecutive items from a shared
-  // queue as its window has room: long runs first, so that a folder's files mostly travel
-  // together, shorter ones towards the end, so that the connections finish together. Then
+  // and each runs on a thread of its own, taking a run of consecutive items from a shared
+  // queue whenever it has sent its last one: long runs first (a 2n-th of what is left), so
+  // that a folder's files mostly travel together, shorter ones towards the end (at least 16
+  // items), so that the connections finish together; a batch too small to give each
+  // connection a run of 16 opens fewer. A connection that the server refuses, or that cannot
+  // be opened, is done without; any other failure to open one fails the batch. Then
   // on_result and on_bytes are called from those threads, one call at a time; each
   // connection's items are reported in order, but not the batch's as a whole. When a
   // connection fails, the others stop taking items, report what they have in flight, and
@@ -308,9 +311,11 @@ class Client {
   // operation completes for io_timeout_. Rethrows what op threw.
   template <typename T>
   T run(asio::awaitable<T> op, const char* what);
-  // run() for batch b's sender && receiver pair: when both fail, the first failure is
-  // rethrown. While it runs, a timeout aborts b (abort_batch), so neither side sleeps on.
+  // run() for batch b's sender && receiver pair: when both fail, the first failure (in
+  // time) is rethrown. While it runs, a timeout aborts b (abort_batch), so neither side sleeps on.
   void run_batch(Batch& b, asio::awaitable<void> op, const char* what);
+  // One side of batch b (its sender or its receiver): notes in b the first failure in time.
+  asio::awaitable<void> batch_side(Batch& b, asio::awaitable<void> side);
   void abort_batch();
 
   void send(const protocol::Frame& f);

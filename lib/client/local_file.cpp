@@ -30,10 +30,12 @@ namespace {
 // each guarded by a lock-free atomic (free -> writing -> armed), so downloads on several
 // threads each register their own file. Past kSlots at once, a file is not registered
 // (it is still removed by the destructor, and by the next download after a kill). A folder
-// download holds up to 64 files waiting for their group commit, staged either by its
-// receiving thread or by its publishing thread (a file staged on the receiving thread
-// first waits until the publishing thread has finished).
-constexpr std::size_t kSlots = 128;
+// download holds up to 64 files waiting for their group commit per connection, staged either
+// by its receiving thread or by its publishing thread (a file staged on the receiving thread
+// first waits until the publishing thread has finished), and get -r -P uses up to 64
+// connections. The table is static (17 MiB of address space), but a slot's page is written
+// only once a download uses it: it costs memory only as downloads fill it.
+constexpr std::size_t kSlots = 64 * 64 + 128;
 struct Slot {
   std::atomic<int> state{0};  // 0 free, 1 being written, 2 armed
   char path[4096];

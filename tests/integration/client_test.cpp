@@ -177,6 +177,31 @@ TEST(ClientBatch, ServerDyingMidBatchIsOneConnectionErrorAndLeavesNothing) {
   EXPECT_TRUE(list_dir(dir / "out").empty());
 }
 
+TEST(ClientBatch, AConnectionLostWhileTheSenderWaitsForRoomIsAConnectionError) {
+  // The window closes after two uploads, so the sender is waiting for room when the
+  // receiver finds the connection closed. The sender is then cancelled, and its
+  // cancellation ("co_await: Operation aborted", not a client::Error) used to be what the
+  // caller got: operator&& reports the sender's exception, whichever side failed first.
+  TempDir dir;
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < 20; ++i) {
+    write_file(dir / ("w" + std::to_string(i)), random_bytes(1000, 40 + i));
+    items.push_back({dir / ("w" + std::to_string(i)), "w" + std::to_string(i)});
+  }
+  Frame done;
+  done.type = MsgType::kDone;
+  done.size = 1000;
+  done.digest = hash::sha256(read_file(dir / "w0"));
+  FakeServer fake(protocol::encode(done), /*drain=*/false, /*end_after=*/true);
+  client::Client c(fake.address(), {}, std::chrono::seconds(10));
+  client::BatchOptions opts;
+  opts.window_files = 2;
+  std::size_t reported = 0;
+  EXPECT_EQ(failure_of([&] { c.put_many(items, opts, [&](const client::BatchResult&) { ++reported; }); }),
+            client::Failure::kConnection);
+  EXPECT_LE(reported, 1u);
+}
+
 // n FILE answers of `size` random bytes each (seeds seed, seed + 1, ...), in one buffer,
 // and the downloads that ask for them: names prefix0, prefix1, ... saved into folder.
 struct FileAnswers {

@@ -3,13 +3,17 @@
 
 #include <gtest/gtest.h>
 #include <dirent.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -358,7 +362,8 @@ TEST_F(ParallelBatch, PutManyOverThreeConnectionsStoresAndReportsEveryFileOnce) 
   std::vector<int> reported(items.size(), 0);
   std::set<std::thread::id> threads;
   bool others_seen = false;
-  std::uint64_t moved = 0;
+  // No on_bytes here: the other connections would wait for the callback lock this one
+  // holds while it waits for them (ParallelBatch.CallbacksComeOneAtATime... counts bytes).
   c.put_many(
       items, opts,
       [&](const client::BatchResult& r) {
@@ -375,18 +380,14 @@ TEST_F(ParallelBatch, PutManyOverThreeConnectionsStoresAndReportsEveryFileOnce) 
           ASSERT_FALSE(r.error) << items[r.index].remote << ": " << r.error->what();
           EXPECT_EQ(r.result.digest, hash::sha256(read_file(items[r.index].local)));
         }
-      },
-      [&](std::uint64_t n) { moved += n; });
+      });
   EXPECT_TRUE(others_seen) << "no file past the first connection's run arrived while it waited";
   EXPECT_GE(threads.size(), 2u);
-  std::uint64_t total = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
     EXPECT_EQ(reported[i], 1) << "item " << i << " reported " << reported[i] << " times";
     if (i == 300) continue;
     EXPECT_EQ(read_file(root() / items[i].remote), read_file(items[i].local)) << items[i].remote;
-    total += std::filesystem::file_size(items[i].local);
   }
-  EXPECT_EQ(moved, total);
   EXPECT_FALSE(std::filesystem::exists(root() / items[300].remote));
   EXPECT_TRUE(staging_files(staging()).empty());
   c.ping();  // this connection is still in step
@@ -451,6 +452,157 @@ TEST_F(ParallelBatch, AThrowingCallbackEndsTheWholeBatchAndNothingMoreIsReported
                           }),
                Stop);
   EXPECT_EQ(calls, 50u) << "no result is reported after the callback threw";
+}
+
+TEST_F(ParallelBatch, CallbacksComeOneAtATimeAndTheBytesAddUp) {
+  std::vector<client::BatchItem> items;
+  std::uint64_t total = 0;
+  for (int i = 0; i < kFiles; ++i) {
+    const auto local = dir_ / ("b" + std::to_string(i));
+    const std::size_t size = i == 100 ? protocol::kChunkSize * 2 + 3 : 700 + i;
+    write_file(local, random_bytes(size, 7000 + i));
+    total += size;
+    items.push_back({local, "b/f" + std::to_string(i)});
+  }
+  client::Client c(address());
+  client::BatchOptions opts;
+  opts.connections = 3;
+  std::atomic<bool> inside{false};
+  std::atomic<int> overlaps{0};
+  std::uint64_t moved = 0;
+  std::size_t results = 0;
+  const auto enter = [&] { overlaps += inside.exchange(true) ? 1 : 0; };
+  c.put_many(
+      items, opts,
+      [&](const client::BatchResult& r) {
+        enter();
+        EXPECT_FALSE(r.error);
+        ++results;
+        inside = false;
+      },
+      [&](std::uint64_t n) {
+        enter();
+        moved += n;
+        inside = false;
+      });
+  EXPECT_EQ(overlaps.load(), 0) << "two callbacks ran at once";
+  EXPECT_EQ(results, items.size());
+  EXPECT_EQ(moved, total);
+}
+
+// Relays connections to a server; the `cut`-th connection it accepts (1-based) is closed
+// both ways once `after` bytes of requests went through it: a connection lost mid-batch.
+class CuttingProxy {
+ public:
+  CuttingProxy(std::uint16_t target, int cut, std::size_t after)
+      : target_(target), cut_(cut), after_(after), acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}) {
+    accepting_ = std::thread([this] {
+      for (int n = 1;; ++n) {
+        auto client = std::make_unique<asio::ip::tcp::socket>(io_);
+        std::error_code ec;
+        acceptor_.accept(*client, ec);
+        if (ec || stopping_) return;
+        auto server = std::make_unique<asio::ip::tcp::socket>(io_);
+        server->connect({asio::ip::make_address("127.0.0.1"), target_}, ec);
+        if (ec) return;
+        relay(std::move(client), std::move(server), n == cut_);
+      }
+    });
+  }
+  ~CuttingProxy() {
+    stopping_ = true;
+    std::error_code ec;
+    asio::ip::tcp::socket wake(io_);
+    wake.connect(acceptor_.local_endpoint(), ec);  // ends the blocking accept
+    accepting_.join();
+    for (const int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+    for (auto& t : relays_) t.join();
+  }
+  protocol::Address address() const { return {"127.0.0.1", acceptor_.local_endpoint().port()}; }
+  // Waits (at most 10 s) until the connection was cut.
+  bool wait_for_cut() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return cut_done_; });
+  }
+
+ private:
+  using Socket = std::shared_ptr<asio::ip::tcp::socket>;
+  void relay(std::unique_ptr<asio::ip::tcp::socket> a, std::unique_ptr<asio::ip::tcp::socket> b, bool cut) {
+    const Socket from_client(std::move(a)), to_server(std::move(b));
+    fds_.push_back(from_client->native_handle());
+    fds_.push_back(to_server->native_handle());
+    const auto pump = [this](Socket in, Socket out, std::size_t limit) {
+      std::vector<std::uint8_t> buf(65536);
+      std::size_t moved = 0;
+      std::error_code ec;
+      while (!ec) {
+        const std::size_t want = std::min(buf.size(), limit - moved);
+        const std::size_t n = want == 0 ? 0 : in->read_some(asio::buffer(buf.data(), want), ec);
+        if (n > 0) asio::write(*out, asio::buffer(buf.data(), n), ec);
+        moved += n;
+        if (moved == limit) {  // only the cut connection has a limit
+          ::shutdown(in->native_handle(), SHUT_RDWR);
+          ::shutdown(out->native_handle(), SHUT_RDWR);
+          const std::lock_guard lock(mu_);
+          cut_done_ = true;
+          cv_.notify_all();
+          return;
+        }
+      }
+      ::shutdown(out->native_handle(), SHUT_WR);
+    };
+    relays_.emplace_back(pump, from_client, to_server, cut ? after_ : SIZE_MAX);
+    relays_.emplace_back(pump, to_server, from_client, SIZE_MAX);
+  }
+
+  const std::uint16_t target_;
+  const int cut_;
+  const std::size_t after_;
+  asio::io_context io_;
+  asio::ip::tcp::acceptor acceptor_;
+  std::atomic<bool> stopping_{false};
+  std::vector<int> fds_;             // the accepting thread's until it is joined
+  std::vector<std::thread> relays_;  // likewise
+  std::thread accepting_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool cut_done_ = false;
+};
+
+TEST_F(ParallelBatch, AConnectionLostMidBatchFailsItAndWhatWasReportedIsTrue) {
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < kFiles; ++i) {
+    const auto local = dir_ / ("c" + std::to_string(i));
+    write_file(local, random_bytes(2000, 8000 + i));
+    items.push_back({local, "c/f" + std::to_string(i)});
+  }
+  // The second connection (the batch's first extra one) is cut after two files or so. With
+  // a window of 8 files, each connection sends that much before it waits for an answer
+  // (whose report would wait for the first connection, below).
+  CuttingProxy proxy(server_->port(), 2, 5'000);
+  client::Client c(proxy.address(), {}, std::chrono::seconds(20));
+  client::BatchOptions opts;
+  opts.connections = 3;
+  opts.window_files = 8;
+  std::vector<int> reported(items.size(), 0);
+  std::vector<std::size_t> stored;
+  bool cut_seen = false;
+  bool first = true;
+  const auto failure = failure_of([&] {
+    c.put_many(items, opts, [&](const client::BatchResult& r) {
+      // The first answer waits until the other connection is cut: then the failure comes
+      // while this batch still has files to move.
+      if (std::exchange(first, false)) cut_seen = proxy.wait_for_cut();
+      ++reported[r.index];
+      if (!r.error) stored.push_back(r.index);
+    });
+  });
+  EXPECT_TRUE(cut_seen);
+  EXPECT_EQ(failure, client::Failure::kConnection);
+  for (std::size_t i = 0; i < items.size(); ++i) EXPECT_LE(reported[i], 1) << "item " << i;
+  EXPECT_FALSE(stored.empty());
+  EXPECT_LT(stored.size(), items.size()) << "the cut connection's files cannot all have been stored";
+  for (const auto i : stored) EXPECT_EQ(read_file(root() / items[i].remote), read_file(items[i].local)) << i;
 }
 
 // A server that allows one connection per client turns the others away: the batch goes on
