@@ -491,7 +491,8 @@ TEST_F(ParallelBatch, CallbacksComeOneAtATimeAndTheBytesAddUp) {
 }
 
 // Relays connections to a server; the `cut`-th connection it accepts (1-based) is closed
-// both ways once `after` bytes of requests went through it: a connection lost mid-batch.
+// both ways once `after` bytes of requests went through it and allow_cut() was called: a
+// connection lost mid-batch, at a moment the test chooses.
 class CuttingProxy {
  public:
   CuttingProxy(std::uint16_t target, int cut, std::size_t after)
@@ -510,7 +511,11 @@ class CuttingProxy {
     });
   }
   ~CuttingProxy() {
-    stopping_ = true;
+    {
+      const std::lock_guard lock(mu_);
+      stopping_ = true;
+      cv_.notify_all();
+    }
     std::error_code ec;
     asio::ip::tcp::socket wake(io_);
     wake.connect(acceptor_.local_endpoint(), ec);  // ends the blocking accept
@@ -519,9 +524,11 @@ class CuttingProxy {
     for (auto& t : relays_) t.join();
   }
   protocol::Address address() const { return {"127.0.0.1", acceptor_.local_endpoint().port()}; }
-  // Waits (at most 10 s) until the connection was cut.
-  bool wait_for_cut() {
+  // Lets the cut happen, and waits (at most 10 s) until it has.
+  bool cut_now() {
     std::unique_lock lock(mu_);
+    cut_allowed_ = true;
+    cv_.notify_all();
     return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return cut_done_; });
   }
 
@@ -541,9 +548,10 @@ class CuttingProxy {
         if (n > 0) asio::write(*out, asio::buffer(buf.data(), n), ec);
         moved += n;
         if (moved == limit) {  // only the cut connection has a limit
+          std::unique_lock lock(mu_);
+          cv_.wait_for(lock, std::chrono::seconds(10), [&] { return cut_allowed_ || stopping_; });
           ::shutdown(in->native_handle(), SHUT_RDWR);
           ::shutdown(out->native_handle(), SHUT_RDWR);
-          const std::lock_guard lock(mu_);
           cut_done_ = true;
           cv_.notify_all();
           return;
@@ -566,6 +574,7 @@ class CuttingProxy {
   std::thread accepting_;
   std::mutex mu_;
   std::condition_variable cv_;
+  bool cut_allowed_ = false;
   bool cut_done_ = false;
 };
 
@@ -576,9 +585,9 @@ TEST_F(ParallelBatch, AConnectionLostMidBatchFailsItAndWhatWasReportedIsTrue) {
     write_file(local, random_bytes(2000, 8000 + i));
     items.push_back({local, "c/f" + std::to_string(i)});
   }
-  // The second connection (the batch's first extra one) is cut after two files or so. With
-  // a window of 8 files, each connection sends that much before it waits for an answer
-  // (whose report would wait for the first connection, below).
+  // The second connection (the batch's first extra one) is held after two files or so, and
+  // cut once the first connection has had an answer (so that it has files in flight). With a
+  // window of 8 files, each connection sends that much before it waits for an answer.
   CuttingProxy proxy(server_->port(), 2, 5'000);
   client::Client c(proxy.address(), {}, std::chrono::seconds(20));
   client::BatchOptions opts;
@@ -590,9 +599,9 @@ TEST_F(ParallelBatch, AConnectionLostMidBatchFailsItAndWhatWasReportedIsTrue) {
   bool first = true;
   const auto failure = failure_of([&] {
     c.put_many(items, opts, [&](const client::BatchResult& r) {
-      // The first answer waits until the other connection is cut: then the failure comes
-      // while this batch still has files to move.
-      if (std::exchange(first, false)) cut_seen = proxy.wait_for_cut();
+      // The first answer has the other connection cut, and waits until it is: then the
+      // failure comes while this batch still has files to move.
+      if (std::exchange(first, false)) cut_seen = proxy.cut_now();
       ++reported[r.index];
       if (!r.error) stored.push_back(r.index);
     });
