@@ -322,6 +322,18 @@ TEST_F(ServerTest, PutManyReportsServerRefusalsPerFile) {
   EXPECT_EQ(read_file(root() / "ok2"), read_file(dir_ / "ok2"));
 }
 
+// n local files dir/<prefix><i> of size(i) random bytes (seed + i), to upload as <prefix>/f<i>.
+std::vector<client::BatchItem> local_files(const std::filesystem::path& dir, const std::string& prefix, int n,
+                                           const std::function<std::size_t(int)>& size, std::uint64_t seed) {
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < n; ++i) {
+    const auto local = dir / (prefix + std::to_string(i));
+    write_file(local, random_bytes(size(i), seed + static_cast<std::uint64_t>(i)));
+    items.push_back({local, prefix + "/f" + std::to_string(i)});
+  }
+  return items;
+}
+
 // put_many and get_many over several connections (BatchOptions::connections, put -r -P N).
 // The first result's callback holds up its connection until a file beyond that connection's
 // first run of items has arrived (only another connection can have moved it), so the test
@@ -331,6 +343,19 @@ class ParallelBatch : public ServerTest {
   static constexpr int kFiles = 400;
   // Runs of the queue: the first is a sixth of the items with 3 connections.
   static constexpr int kFirstRun = kFiles / 6;
+
+  // Counts r in `reported`: item `failing` must have failed with `kind`, any other succeeded.
+  static void count(const client::BatchResult& r, std::vector<int>& reported, const std::vector<client::BatchItem>& items,
+                    std::size_t failing, client::Failure kind) {
+    ASSERT_LT(r.index, items.size());
+    ++reported[r.index];
+    if (r.index == failing) {
+      ASSERT_TRUE(r.error);
+      EXPECT_EQ(r.error->kind(), kind);
+    } else {
+      ASSERT_FALSE(r.error) << items[r.index].remote << ": " << r.error->what();
+    }
+  }
 
   // Waits (at most 10 s) until `exists(i)` for some item i past the first run.
   static bool another_connection_moved(const std::function<bool(int)>& exists) {
@@ -371,13 +396,8 @@ TEST_F(ParallelBatch, PutManyOverThreeConnectionsStoresAndReportsEveryFileOnce) 
           others_seen = another_connection_moved([&](int i) { return std::filesystem::exists(root() / items[i].remote); });
         }
         threads.insert(std::this_thread::get_id());
-        ASSERT_LT(r.index, items.size());
-        ++reported[r.index];
-        if (r.index == 300) {
-          ASSERT_TRUE(r.error);
-          EXPECT_EQ(r.error->kind(), client::Failure::kLocalIo);
-        } else {
-          ASSERT_FALSE(r.error) << items[r.index].remote << ": " << r.error->what();
+        count(r, reported, items, 300, client::Failure::kLocalIo);
+        if (!r.error) {
           EXPECT_EQ(r.result.digest, hash::sha256(read_file(items[r.index].local)));
         }
       });
@@ -414,14 +434,7 @@ TEST_F(ParallelBatch, GetManyOverThreeConnectionsSavesAndReportsEveryFileOnce) {
     if (std::exchange(first, false)) {
       others_seen = another_connection_moved([&](int i) { return std::filesystem::exists(items[i].local); });
     }
-    ASSERT_LT(r.index, items.size());
-    ++reported[r.index];
-    if (r.index == 250) {
-      ASSERT_TRUE(r.error);
-      EXPECT_EQ(r.error->kind(), client::Failure::kNotFound);
-    } else {
-      ASSERT_FALSE(r.error) << items[r.index].remote << ": " << r.error->what();
-    }
+    count(r, reported, items, 250, client::Failure::kNotFound);
   });
   EXPECT_TRUE(others_seen) << "no file past the first connection's run arrived while it waited";
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -435,12 +448,7 @@ TEST_F(ParallelBatch, GetManyOverThreeConnectionsSavesAndReportsEveryFileOnce) {
 }
 
 TEST_F(ParallelBatch, AThrowingCallbackEndsTheWholeBatchAndNothingMoreIsReported) {
-  std::vector<client::BatchItem> items;
-  for (int i = 0; i < kFiles; ++i) {
-    const auto local = dir_ / ("t" + std::to_string(i));
-    write_file(local, random_bytes(500, 5000 + i));
-    items.push_back({local, "t/f" + std::to_string(i)});
-  }
+  const auto items = local_files(dir_.path(), "t", kFiles, [](int) { return 500; }, 5000);
   client::Client c(address());
   client::BatchOptions opts;
   opts.connections = 3;
@@ -455,15 +463,10 @@ TEST_F(ParallelBatch, AThrowingCallbackEndsTheWholeBatchAndNothingMoreIsReported
 }
 
 TEST_F(ParallelBatch, CallbacksComeOneAtATimeAndTheBytesAddUp) {
-  std::vector<client::BatchItem> items;
+  const auto size = [](int i) -> std::size_t { return i == 100 ? protocol::kChunkSize * 2 + 3 : 700 + i; };
+  const auto items = local_files(dir_.path(), "b", kFiles, size, 7000);
   std::uint64_t total = 0;
-  for (int i = 0; i < kFiles; ++i) {
-    const auto local = dir_ / ("b" + std::to_string(i));
-    const std::size_t size = i == 100 ? protocol::kChunkSize * 2 + 3 : 700 + i;
-    write_file(local, random_bytes(size, 7000 + i));
-    total += size;
-    items.push_back({local, "b/f" + std::to_string(i)});
-  }
+  for (int i = 0; i < kFiles; ++i) total += size(i);
   client::Client c(address());
   client::BatchOptions opts;
   opts.connections = 3;
@@ -579,12 +582,7 @@ class CuttingProxy {
 };
 
 TEST_F(ParallelBatch, AConnectionLostMidBatchFailsItAndWhatWasReportedIsTrue) {
-  std::vector<client::BatchItem> items;
-  for (int i = 0; i < kFiles; ++i) {
-    const auto local = dir_ / ("c" + std::to_string(i));
-    write_file(local, random_bytes(2000, 8000 + i));
-    items.push_back({local, "c/f" + std::to_string(i)});
-  }
+  const auto items = local_files(dir_.path(), "c", kFiles, [](int) { return 2000; }, 8000);
   // The second connection (the batch's first extra one) is held after two files or so, and
   // cut once the first connection has had an answer (so that it has files in flight). With a
   // window of 8 files, each connection sends that much before it waits for an answer.
@@ -621,12 +619,7 @@ class OneConnectionPerClient : public ServerTest {
 };
 
 TEST_F(OneConnectionPerClient, AParallelBatchMakesDoWithTheConnectionsItIsAllowed) {
-  std::vector<client::BatchItem> items;
-  for (int i = 0; i < 100; ++i) {
-    const auto local = dir_ / ("o" + std::to_string(i));
-    write_file(local, random_bytes(300, 6000 + i));
-    items.push_back({local, "o/f" + std::to_string(i)});
-  }
+  const auto items = local_files(dir_.path(), "o", 100, [](int) { return 300; }, 6000);
   client::Client c(address());
   client::BatchOptions opts;
   opts.connections = 4;
