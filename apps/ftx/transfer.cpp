@@ -85,11 +85,12 @@ std::string folder_base_name(const std::string& path) {
 }
 
 // The batch options of a folder transfer: -P connections. Each may hold up to 64 staging
-// files open at once (get -r) besides its socket: the soft limit on open descriptors (1024
-// on most systems) is raised to the hard limit, and the connections are as many as that
-// allows (after 64 for everything else), at least one.
+// files open at once (get -r) besides its socket, its io_context's three (epoll, eventfd,
+// timerfd) and a folder being synced: the soft limit on open descriptors (1024 on most
+// systems) is raised to the hard limit, and the connections are as many as that allows
+// (after 64 for everything else), at least one.
 client::BatchOptions folder_batch_options(unsigned parallel) {
-  constexpr std::uint64_t kPerConnection = 64 + 2;
+  constexpr std::uint64_t kPerConnection = 64 + 8;
   client::BatchOptions o;
   o.connections = parallel;
   if (parallel > 1) {

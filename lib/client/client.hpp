@@ -201,8 +201,8 @@ class Client {
   // and each runs on a thread of its own, taking a run of consecutive items from a shared
   // queue whenever it has sent its last one: long runs first (a 2n-th of what is left), so
   // that a folder's files mostly travel together, shorter ones towards the end (at least 16
-  // items), so that the connections finish together; a batch too small to give each
-  // connection a run of 16 opens fewer. A connection that the server refuses, or that cannot
+  // items), so that the connections finish together; at most one connection per 16 items
+  // (rounded up) is used. A connection that the server refuses, or that cannot
   // be opened, is done without; any other failure to open one fails the batch. Then
   // on_result and on_bytes are called from those threads, one call at a time; each
   // connection's items are reported in order, but not the batch's as a whole. When a

@@ -49,6 +49,9 @@ Slot* arm_cleanup(const std::filesystem::path& p) {
   const std::string s = p.string();
   if (s.size() >= sizeof(Slot::path)) return nullptr;
   for (auto& slot : g_slots) {
+    // A plain look first: a locked exchange on every busy slot passed would bounce their
+    // cache lines between the threads of a get -r -P.
+    if (slot.state.load(std::memory_order_relaxed) != 0) continue;
     int expected = 0;
     if (slot.state.compare_exchange_strong(expected, 1)) {
       std::memcpy(slot.path, s.c_str(), s.size() + 1);

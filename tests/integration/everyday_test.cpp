@@ -519,11 +519,9 @@ class CuttingProxy {
       stopping_ = true;
       cv_.notify_all();
     }
-    std::error_code ec;
-    asio::ip::tcp::socket wake(io_);
-    wake.connect(acceptor_.local_endpoint(), ec);  // ends the blocking accept
+    ::shutdown(acceptor_.native_handle(), SHUT_RDWR);  // ends the blocking accept (EINVAL)
     accepting_.join();
-    for (const int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+    for (const auto& s : sockets_) ::shutdown(s->native_handle(), SHUT_RDWR);
     for (auto& t : relays_) t.join();
   }
   protocol::Address address() const { return {"127.0.0.1", acceptor_.local_endpoint().port()}; }
@@ -539,8 +537,8 @@ class CuttingProxy {
   using Socket = std::shared_ptr<asio::ip::tcp::socket>;
   void relay(std::unique_ptr<asio::ip::tcp::socket> a, std::unique_ptr<asio::ip::tcp::socket> b, bool cut) {
     const Socket from_client(std::move(a)), to_server(std::move(b));
-    fds_.push_back(from_client->native_handle());
-    fds_.push_back(to_server->native_handle());
+    sockets_.push_back(from_client);  // open until the destructor: its shutdowns reach them
+    sockets_.push_back(to_server);
     const auto pump = [this](Socket in, Socket out, std::size_t limit) {
       std::vector<std::uint8_t> buf(65536);
       std::size_t moved = 0;
@@ -572,7 +570,7 @@ class CuttingProxy {
   asio::io_context io_;
   asio::ip::tcp::acceptor acceptor_;
   std::atomic<bool> stopping_{false};
-  std::vector<int> fds_;             // the accepting thread's until it is joined
+  std::vector<Socket> sockets_;      // the accepting thread's until it is joined
   std::vector<std::thread> relays_;  // likewise
   std::thread accepting_;
   std::mutex mu_;
