@@ -147,8 +147,8 @@ seed() { rm -rf "$1" && cp -a "$W/src" "$1"; }  # seed DIR: a copy of the source
 # ---------------------------------------------------------------- the tools
 
 # Each tool's server starts once; then the runs go in rounds, one run of every tool and
-# direction per round (ftx up, ftx down, ftx-P2 up and down, rsync up, rsync down, tar|nc, each round starting
-# one tool further on), so that a machine that speeds up or slows down during the script
+# direction per round (ftx up, ftx down, ftx-P2 up and down, rsync up, rsync down, tar|nc,
+# each round starting one tool further on), so that a machine that speeds up or slows down during the script
 # (shared VMs do, by a fifth within an hour) moves every tool's times alike instead of
 # whichever tool's block of runs it fell on. A row that failed once is not run again.
 FTX_PID= FTX_PORT= RSYNC_PID= RSYNC_PORT=
@@ -194,11 +194,13 @@ ftxp_round() {  # ftxp_round RUN
   local root=$W/ftx-root
   if ! failed_row ftx-P2 up; then
     rm -rf "$root/upp"
-    one_run ftx-P2 up "$1" "$FTX_PID" "$root/upp" src "$FTX" put -r -q -P 2 "$W/src" upp -s "127.0.0.1:$FTX_PORT" || true
+    one_run ftx-P2 up "$1" "$FTX_PID" "$root/upp" src \
+      "$FTX" put -r -q -P 2 "$W/src" upp -s "127.0.0.1:$FTX_PORT" || true
   fi
   if ! failed_row ftx-P2 down; then
     rm -rf "$W/down"
-    one_run ftx-P2 down "$1" "$FTX_PID" "$W/down" set "$FTX" get -r -q -P 2 set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
+    one_run ftx-P2 down "$1" "$FTX_PID" "$W/down" set \
+      "$FTX" get -r -q -P 2 set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
   fi
 }
 

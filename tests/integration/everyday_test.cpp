@@ -345,8 +345,8 @@ class ParallelBatch : public ServerTest {
   static constexpr int kFirstRun = kFiles / 6;
 
   // Counts r in `reported`: item `failing` must have failed with `kind`, any other succeeded.
-  static void count(const client::BatchResult& r, std::vector<int>& reported, const std::vector<client::BatchItem>& items,
-                    std::size_t failing, client::Failure kind) {
+  static void count(const client::BatchResult& r, std::vector<int>& reported,
+                    const std::vector<client::BatchItem>& items, std::size_t failing, client::Failure kind) {
     ASSERT_LT(r.index, items.size());
     ++reported[r.index];
     if (r.index == failing) {
@@ -393,7 +393,8 @@ TEST_F(ParallelBatch, PutManyOverThreeConnectionsStoresAndReportsEveryFileOnce) 
       items, opts,
       [&](const client::BatchResult& r) {
         if (threads.empty()) {
-          others_seen = another_connection_moved([&](int i) { return std::filesystem::exists(root() / items[i].remote); });
+          others_seen =
+              another_connection_moved([&](int i) { return std::filesystem::exists(root() / items[i].remote); });
         }
         threads.insert(std::this_thread::get_id());
         count(r, reported, items, 300, client::Failure::kLocalIo);
