@@ -148,14 +148,16 @@ seed() { rm -rf "$1" && cp -a "$W/src" "$1"; }  # seed DIR: a copy of the source
 
 # Each tool's server starts once; then the runs go in rounds, one run of every tool and
 # direction per round (ftx up, ftx down, ftx-P2 up and down, rsync up, rsync down, tar|nc,
-# each round starting one tool further on), so that a machine that speeds up or slows down during the script
-# (shared VMs do, by a fifth within an hour) moves every tool's times alike instead of
-# whichever tool's block of runs it fell on. A row that failed once is not run again.
-FTX_PID= FTX_PORT= RSYNC_PID= RSYNC_PORT=
+# each round starting one tool further on), so that a machine that speeds up or slows down
+# during the script (shared VMs do, by a fifth within an hour) moves every tool's times
+# alike instead of whichever tool's block of runs it fell on. A row that failed once is not run again.
+FTX_STARTED= FTX_PID= FTX_PORT= RSYNC_PID= RSYNC_PORT=
 failed_row() { [ -n "${FAIL[$1 $2]:-}" ]; }
 
-start_ftx() {
+start_ftx() {  # once, for ftx and ftx-P2
   local root=$W/ftx-root r _
+  [ -z "$FTX_STARTED" ] || return 0
+  FTX_STARTED=1
   if [ ! -x "$FTX" ]; then fail ftx up "no ftx binary at $FTX"; fail ftx down "no ftx binary at $FTX"; return; fi
   mkdir -p "$root"
   "$FTX" serve --root "$root" --listen 127.0.0.1:0 --min-free 0 >/dev/null 2>"$W/ftx-serve.log" &
@@ -172,37 +174,32 @@ start_ftx() {
   seed "$root/set"
 }
 
-ftx_round() {  # ftx_round RUN
-  local root=$W/ftx-root
-  if ! failed_row ftx up; then
-    rm -rf "$root/up"
-    one_run ftx up "$1" "$FTX_PID" "$root/up" src "$FTX" put -r -q "$W/src" up -s "127.0.0.1:$FTX_PORT" || true
+# ftx_rows ROW RUN UPNAME [OPTION...]: one `put -r` (into UPNAME) and one `get -r`, with
+# OPTIONs, against ftx's server, recorded as ROW up and ROW down.
+ftx_rows() {
+  local row=$1 run=$2 up=$3 root=$W/ftx-root
+  shift 3
+  if ! failed_row "$row" up; then
+    rm -rf "${root:?}/$up"
+    one_run "$row" up "$run" "$FTX_PID" "$root/$up" src \
+      "$FTX" put -r -q "$@" "$W/src" "$up" -s "127.0.0.1:$FTX_PORT" || true
   fi
-  if ! failed_row ftx down; then
+  if ! failed_row "$row" down; then
     rm -rf "$W/down"
-    one_run ftx down "$1" "$FTX_PID" "$W/down" set "$FTX" get -r -q set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
+    one_run "$row" down "$run" "$FTX_PID" "$W/down" set \
+      "$FTX" get -r -q "$@" set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
   fi
 }
 
-# ftx-P2 uses ftx's server (started here when TOOLS has no "ftx").
+ftx_round() { ftx_rows ftx "$1" up; }  # ftx_round RUN
+
+# ftx-P2 uses ftx's server, whichever of the two starts it.
 start_ftxp() {
-  [ -n "$FTX_PORT" ] || [[ " $TOOLS " == *" ftx "* ]] || start_ftx
+  start_ftx
   if [ -z "$FTX_PORT" ]; then fail ftx-P2 up "no ftx server"; fail ftx-P2 down "no ftx server"; fi
 }
 
-ftxp_round() {  # ftxp_round RUN
-  local root=$W/ftx-root
-  if ! failed_row ftx-P2 up; then
-    rm -rf "$root/upp"
-    one_run ftx-P2 up "$1" "$FTX_PID" "$root/upp" src \
-      "$FTX" put -r -q -P 2 "$W/src" upp -s "127.0.0.1:$FTX_PORT" || true
-  fi
-  if ! failed_row ftx-P2 down; then
-    rm -rf "$W/down"
-    one_run ftx-P2 down "$1" "$FTX_PID" "$W/down" set \
-      "$FTX" get -r -q -P 2 set "$W/down" -s "127.0.0.1:$FTX_PORT" || true
-  fi
-}
+ftxp_round() { ftx_rows ftx-P2 "$1" upp -P 2; }  # ftxp_round RUN
 
 start_rsync() {
   local root=$W/rsync-root conf=$W/rsyncd.conf r _

@@ -1553,14 +1553,14 @@ asio::awaitable<void> Client::get_receiver_loop(
 void Client::put_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                       const std::function<void(const BatchResult&)>& on_result,
                       const std::function<void(std::uint64_t)>& on_bytes) {
-  if (opts.connections > 1 && items.size() > 1) return many_parallel(true, items, opts, on_result, on_bytes);
+  if (opts.connections > 1) return many_parallel(true, items, opts, on_result, on_bytes);
   many(true, items, opts, nullptr, on_result, on_bytes);
 }
 
 void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                       const std::function<void(const BatchResult&)>& on_result,
                       const std::function<void(std::uint64_t)>& on_bytes) {
-  if (opts.connections > 1 && items.size() > 1) return many_parallel(false, items, opts, on_result, on_bytes);
+  if (opts.connections > 1) return many_parallel(false, items, opts, on_result, on_bytes);
   many(false, items, opts, nullptr, on_result, on_bytes);
 }
 
@@ -1580,7 +1580,8 @@ void Client::many_parallel(bool upload, const std::vector<BatchItem>& items, con
                            const std::function<void(const BatchResult&)>& on_result,
                            const std::function<void(std::uint64_t)>& on_bytes) {
   // No more connections than the shortest runs could keep busy: a connection costs a
-  // connect (and TLS handshake) that a small folder would wait for.
+  // connect (and TLS handshake) that a small folder would wait for. One (or no item): the
+  // plain batch.
   const std::size_t runs = (items.size() + BatchQueue::kShortestRun - 1) / BatchQueue::kShortestRun;
   const unsigned n = static_cast<unsigned>(std::min<std::size_t>(opts.connections, runs));
   if (n <= 1) return many(upload, items, opts, nullptr, on_result, on_bytes);
