@@ -233,6 +233,7 @@ void Client::connect() {
   if (socket_.is_open()) socket_.close(ec);
   decoder_.reset();
   in_begin_ = in_end_ = 0;
+  answered_ = false;
   const auto& address = connect_.address;
   asio::ip::tcp::resolver resolver(io_);
   const auto endpoints = resolver.resolve(address.host, std::to_string(address.port), ec);
@@ -427,8 +428,10 @@ void Client::connection_lost(const std::error_code& ec) {
                                         : ""));
   }
   if (ec == asio::error::eof) {
+    // A TLS server closes on a plaintext client's first request; once it has answered
+    // anything, the hint would only mislead.
     throw Error(Failure::kConnection, "connection to " + address_ + " lost: the server closed it" +
-                                          (tls_ ? "" : " (if it serves TLS, add --tls)"));
+                                          (tls_ || answered_ ? "" : " (if it serves TLS, add --tls)"));
   }
   throw Error(Failure::kConnection, "connection to " + address_ + " lost: " + ec.message());
 }
@@ -455,7 +458,10 @@ asio::awaitable<Frame> Client::co_read_frame() {
     if (in_begin_ < in_end_) {
       const auto step = decoder_.put(std::span(in_.data() + in_begin_, in_end_ - in_begin_));
       in_begin_ += step.consumed;
-      if (step.result == protocol::Decoder::Result::kFrame) co_return std::move(decoder_.frame());
+      if (step.result == protocol::Decoder::Result::kFrame) {
+        answered_ = true;
+        co_return std::move(decoder_.frame());
+      }
       if (step.result == protocol::Decoder::Result::kError) {
         std::error_code ignored;
         socket_.close(ignored);
@@ -674,6 +680,7 @@ Frame Client::read_frame() {
     const auto step = decoder_.put(std::span(in_.data() + in_begin_, in_end_ - in_begin_));
     if (step.result == protocol::Decoder::Result::kFrame) {
       in_begin_ += step.consumed;
+      answered_ = true;
       return std::move(decoder_.frame());
     }
     // Incomplete (or bad): co_read_frame decodes the same bytes again and reads or reports.
@@ -690,6 +697,9 @@ Error Client::error_from_reply(const Frame& f, std::string_view context) const {
       return Error(Failure::kIntegrity, msg);
     case Status::kUnauthorized:
       return Error(Failure::kAuth, address_ + ": " + msg);
+    case Status::kShuttingDown:
+      // Not a refusal of this request: the server is going away, as if the connection broke.
+      return Error(Failure::kConnection, address_ + ": " + msg);
     case Status::kBadRequest:
     case Status::kUnsupportedVersion:
       return Error(Failure::kProtocol, address_ + " refused the request: " + msg);
@@ -701,7 +711,27 @@ Error Client::error_from_reply(const Frame& f, std::string_view context) const {
   }
 }
 
-void Client::fail_from_reply(const Frame& f, std::string_view context) { throw error_from_reply(f, context); }
+void Client::fail_from_reply(const Frame& f, std::string_view context) {
+  if (f.type == MsgType::kError && f.status == Status::kShuttingDown) {
+    // The server waits for this side to close (a second at most) before it lets go.
+    std::error_code ignored;
+    socket_.close(ignored);
+  }
+  throw error_from_reply(f, context);
+}
+
+void Client::throw_if_closing(const Frame& f) {
+  if (f.type != MsgType::kError) return;
+  // The server closes the connection after these (docs/protocol.md, status codes): no
+  // answer will come for the requests behind, so this is the batch's end, not one file's
+  // failure. A connection error, as the close that follows would be; this side closes too
+  // (a stopping server waits for that before it lets go).
+  if (f.status == Status::kShuttingDown || f.status == Status::kTimeout) {
+    std::error_code ignored;
+    socket_.close(ignored);
+    throw Error(Failure::kConnection, address_ + ": " + printable(f.name));
+  }
+}
 
 std::optional<hash::State> Client::check_offer(const Frame& ready, int fd, std::uint64_t size) {
   hash::State good{ready.digest, ready.size};
@@ -1155,6 +1185,7 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
         r.result = {f.request.size, f.request.digest, item.local,
                     (f.request.flags & protocol::kFlagExecutable) != 0};
       } else if (reply.type == MsgType::kError) {
+        throw_if_closing(reply);
         r.error = f.late ? std::move(f.late) : error_from_reply(reply, context());
       } else {
         fail_from_reply(reply, context());
@@ -1490,6 +1521,7 @@ asio::awaitable<void> Client::get_receiver_loop(
     if (in_begin_ == in_end_) about_to_wait();
     const Frame reply = co_await co_read_frame();
     if (reply.type == MsgType::kError) {
+      throw_if_closing(reply);
       r.error = error_from_reply(reply, context());
       report(std::move(r), std::nullopt, std::nullopt);
       continue;

@@ -329,6 +329,9 @@ class Client {
   [[noreturn]] void throw_timeout(const char* what);
   Error error_from_reply(const protocol::Frame& f, std::string_view context) const;
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
+  // In a batch: throws (kConnection) when `f` is an ERROR after which the server closes the
+  // connection (stopping, or a request timed out), rather than one file's failure.
+  void throw_if_closing(const protocol::Frame& f);
   [[noreturn]] void connection_lost(const std::error_code& ec);
   void authenticate(const std::string& token);
   // Opens the connection (and TLS, and authentication) to connect_; also to start over on a
@@ -364,6 +367,7 @@ class Client {
   std::vector<std::uint8_t> in_;
   std::size_t in_begin_ = 0;
   std::size_t in_end_ = 0;
+  bool answered_ = false;  // a frame arrived on this connection (a lost one then is not a TLS mix-up)
   std::vector<std::uint8_t> out_;
   std::vector<std::uint8_t> body_;  // receive buffer for bodies
   std::unique_ptr<hash::HashThread> hasher_;  // made on first use by a large body

@@ -85,6 +85,7 @@ std::string_view to_string(Status s) {
     case Status::kForbidden: return "forbidden";
     case Status::kUnauthorized: return "unauthorized";
     case Status::kTimeout: return "timeout";
+    case Status::kShuttingDown: return "shutting-down";
   }
   return "unknown-status";
 }

@@ -80,6 +80,10 @@ enum class Status : std::uint16_t {
   kForbidden = 11,          // the server is read-only
   kUnauthorized = 12,       // missing or wrong token; connection is closed
   kTimeout = 13,            // the request did not arrive in time; connection is closed
+  // The server is stopping: sent after the answers to the requests it handled; those behind
+  // them get none, and the connection is closed (clients before 2026-12-06 read it as a
+  // refusal of the next request).
+  kShuttingDown = 14,
 };
 
 // Flag bits (u16). Unknown bits are rejected so that they can be given meaning later.

@@ -219,11 +219,22 @@ asio::awaitable<void> Session::serve() {
   if (const auto subject = stream_->peer_subject(); !subject.empty()) {
     spdlog::info("{} client certificate {}", peer_, subject);
   }
-  for (;;) {
-    if (server_.stopping()) break;
+  // Set when a stop ends a connection that has served a request: its client may be in the
+  // middle of a batch (requests on the way, or about to be), and is told why before the
+  // close. One that never sent a request is closed without a word, as before.
+  bool stopped_mid_exchange = false;
+  for (bool first = true;; first = false) {
+    if (server_.stopping()) {
+      stopped_mid_exchange = !first;
+      break;
+    }
     std::error_code ec = co_await read_frame();
     if (ec) {
       co_await settle_off_thread();  // a burst read before the failure is answered first
+      // Cancelled while waiting between requests (Session::shutdown).
+      if (ec == asio::error::operation_aborted && server_.stopping() && expired_ == nullptr) {
+        stopped_mid_exchange = !first;
+      }
       if (expired_ != nullptr) {
         spdlog::info("{} closed: {} timeout", peer_, expired_);
         // Between requests there is nothing to answer; a request that stopped half-way
@@ -287,11 +298,22 @@ asio::awaitable<void> Session::serve() {
     }
   }
   co_await settle_off_thread();
+  if (stopped_mid_exchange) {
+    // After the answers already earned (uploads published before the stop), the reason:
+    // requests pipelined behind them get no answer, and without it the client could only
+    // report a lost connection (or, its write failing first, a broken pipe).
+    spdlog::info("{} closed: server stopping", peer_);
+    queue(protocol::make_error(Status::kShuttingDown, "server is shutting down; closing the connection"));
+  }
   if (!out_.empty()) {
     // Answers already earned (e.g. uploads published before a stop) still go out.
     closing_ = true;
     arm(std::chrono::seconds(2), "closing");
-    co_await flush();
+    const bool sent = !co_await flush();
+    // A client still sending (a batch) would find its requests unread: closing now would
+    // answer them with a reset, which can destroy the answers above before the client
+    // reads them, and fail its writes before it reads why.
+    if (sent && stopped_mid_exchange) co_await linger();
   }
   // Parallel uploads this connection held and nobody committed are abandoned once every
   // connection that held them is gone: let go now, not when the last reference to the
@@ -304,6 +326,17 @@ asio::awaitable<void> Session::serve() {
   socket_.close(ignored);
   spdlog::debug("{} disconnected", peer_);
   log::flush();  // how the last request ended (e.g. a client that vanished mid-body)
+}
+
+asio::awaitable<void> Session::linger() {
+  std::error_code ignored;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+  arm(std::chrono::seconds(1), "closing");
+  if (in_capacity_ == 0) resize_in(kInBufferSize);
+  for (;;) {
+    auto [ec, n] = co_await stream_->read_some(asio::buffer(in_.get(), in_capacity_));
+    if (ec) break;  // the client closed, or the deadline cancelled the read
+  }
 }
 
 asio::awaitable<std::error_code> Session::read_frame() {

@@ -98,6 +98,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // already here) gets the answers of the burst published so far, and the burst staged
   // meanwhile goes to the disk pool; otherwise everything is settled and answered (flush).
   asio::awaitable<std::error_code> answer_before_reading();
+  // The end of a connection the server closes while the client may still be sending:
+  // half-closes, then reads and drops input until the client closes (1 s at most), so that
+  // what was sent last is read, not destroyed by a reset.
+  asio::awaitable<void> linger();
   // Writes out_ (settled first) and empties it; a no-op when nothing is queued.
   asio::awaitable<std::error_code> flush();
   // Writes out_ as it is (log records first) and empties it: only where everything in it

@@ -202,6 +202,78 @@ TEST(ClientBatch, AConnectionLostWhileTheSenderWaitsForRoomIsAConnectionError) {
   EXPECT_LE(reported, 1u);
 }
 
+TEST(ClientErrors, TheTlsHintComesOnlyBeforeTheServerAnsweredAnything) {
+  // A TLS server closes on a plaintext client's first request: then the hint helps. Once
+  // the server has answered, a close means something else, and the hint would mislead.
+  std::string first;
+  {
+    FakeServer silent({}, /*drain=*/false, /*end_after=*/true);
+    client::Client c(silent.address(), {}, std::chrono::seconds(10));
+    try {
+      c.ping();
+      ADD_FAILURE() << "no answer, yet ping succeeded";
+    } catch (const client::Error& e) {
+      first = e.what();
+    }
+  }
+  EXPECT_NE(first.find("add --tls"), std::string::npos) << first;
+  std::string later;
+  {
+    Frame pong;
+    pong.type = MsgType::kPong;
+    FakeServer once(protocol::encode(pong), /*drain=*/false, /*end_after=*/true);
+    client::Client c(once.address(), {}, std::chrono::seconds(10));
+    c.ping();
+    try {
+      c.ping();
+      ADD_FAILURE() << "the server closed, yet a second ping succeeded";
+    } catch (const client::Error& e) {
+      EXPECT_EQ(e.kind(), client::Failure::kConnection);
+      later = e.what();
+    }
+  }
+  EXPECT_NE(later.find("lost"), std::string::npos) << later;
+  EXPECT_EQ(later.find("--tls"), std::string::npos) << later;
+}
+
+TEST(ClientBatch, AServerShuttingDownEndsTheBatchWithItsReason) {
+  // Two files answered, then the ERROR a stopping server sends before it closes: the batch
+  // ends there with the server's words as a connection error (exit 3), instead of the third
+  // file failing as "refused" and the rest as a lost connection.
+  TempDir dir;
+  std::vector<client::BatchItem> items;
+  std::vector<std::uint8_t> answers;
+  for (int i = 0; i < 10; ++i) {
+    const auto name = "z" + std::to_string(i);
+    const auto data = random_bytes(2000, 800 + i);
+    write_file(dir / name, data);
+    items.push_back({dir / name, name});
+    if (i >= 2) continue;
+    Frame done;
+    done.type = MsgType::kDone;
+    done.size = data.size();
+    done.digest = hash::sha256(data);
+    const auto bytes = protocol::encode(done);
+    answers.insert(answers.end(), bytes.begin(), bytes.end());
+  }
+  const auto why = protocol::encode(
+      protocol::make_error(protocol::Status::kShuttingDown, "server is shutting down; closing the connection"));
+  answers.insert(answers.end(), why.begin(), why.end());
+  FakeServer stopping(answers, /*drain=*/false, /*end_after=*/true);
+  client::Client c(stopping.address(), {}, std::chrono::seconds(10));
+  std::vector<client::BatchResult> results;
+  std::string what;
+  try {
+    c.put_many(items, {}, [&](const client::BatchResult& r) { results.push_back(r); });
+  } catch (const client::Error& e) {
+    EXPECT_EQ(e.kind(), client::Failure::kConnection);
+    what = e.what();
+  }
+  EXPECT_NE(what.find("server is shutting down"), std::string::npos) << what;
+  ASSERT_EQ(results.size(), 2u);
+  for (const auto& r : results) EXPECT_FALSE(r.error) << r.error->what();
+}
+
 // n FILE answers of `size` random bytes each (seeds seed, seed + 1, ...), in one buffer,
 // and the downloads that ask for them: names prefix0, prefix1, ... saved into folder.
 struct FileAnswers {

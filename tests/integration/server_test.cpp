@@ -246,9 +246,77 @@ TEST_F(ServerTest, StopLetsTheTransferInFlightFinish) {
   server_->stop();  // mid-body
   peer.send_bytes(std::vector<std::uint8_t>(body.begin() + 1000, body.end()));
   EXPECT_EQ(peer.read_frame().type, MsgType::kDone);
+  // Then it says why no further request will be answered, and closes.
+  const Frame why = peer.read_frame();
+  EXPECT_EQ(why.type, MsgType::kError);
+  EXPECT_EQ(why.status, Status::kShuttingDown);
   EXPECT_TRUE(peer.closed_by_peer()) << "then the server closes the connection";
+  peer.close();  // else the server would wait for it (a second at most) before it lets go
   server_->wait();
   EXPECT_EQ(read_file(root() / "inflight.bin"), body);
+}
+
+// A stop in the middle of a batch: the files the server published are answered, then the
+// batch ends with the server's reason (not "connection lost" or a broken pipe, which is
+// what the client said while the server closed without a word, its unread requests turning
+// the close into a reset). `run` runs the batch, calling its callback argument per result.
+void expect_stop_mid_batch_ends_with_reason(
+    server::Server& server,
+    const std::function<void(client::Client&, const std::function<void(const client::BatchResult&)>&)>& run,
+    const protocol::Address& address, std::size_t items, std::vector<client::BatchResult>& results) {
+  client::Client c(address);
+  std::string what;
+  try {
+    run(c, [&](const client::BatchResult& r) {
+      if (results.empty()) server.stop();  // the first answer is in: the batch is under way
+      results.push_back(r);
+    });
+    ADD_FAILURE() << "the batch finished although the server stopped";
+  } catch (const client::Error& e) {
+    EXPECT_EQ(e.kind(), client::Failure::kConnection) << e.what();
+    what = e.what();
+  }
+  EXPECT_NE(what.find("server is shutting down"), std::string::npos) << what;
+  ASSERT_FALSE(results.empty());
+  EXPECT_LT(results.size(), items) << "a window of 256 at most, not the whole batch, goes on after the stop";
+  server.wait();
+}
+
+TEST_F(ServerTest, AStopMidUploadBatchAnswersWhatItStoredThenSaysWhy) {
+  std::vector<client::BatchItem> items;
+  std::filesystem::create_directories(dir_ / "src");
+  for (int i = 0; i < 2000; ++i) {
+    const auto name = "s" + std::to_string(i);
+    write_file(dir_ / "src" / name, random_bytes(1024, 7000 + i));
+    items.push_back({dir_ / "src" / name, "up/" + name});
+  }
+  std::vector<client::BatchResult> results;
+  expect_stop_mid_batch_ends_with_reason(
+      *server_, [&](client::Client& c, const auto& report) { c.put_many(items, {}, report); }, address(),
+      items.size(), results);
+  for (const auto& r : results) {
+    ASSERT_FALSE(r.error) << r.error->what();
+    EXPECT_EQ(read_file(root() / items[r.index].remote), read_file(items[r.index].local)) << r.index;
+  }
+}
+
+TEST_F(ServerTest, AStopMidDownloadBatchAnswersWhatItSentThenSaysWhy) {
+  std::vector<client::BatchItem> items;
+  std::filesystem::create_directories(root() / "down");
+  std::filesystem::create_directories(dir_ / "out");
+  for (int i = 0; i < 2000; ++i) {
+    const auto name = "g" + std::to_string(i);
+    write_file(root() / "down" / name, random_bytes(1024, 9000 + i));
+    items.push_back({dir_ / "out" / name, "down/" + name});
+  }
+  std::vector<client::BatchResult> results;
+  expect_stop_mid_batch_ends_with_reason(
+      *server_, [&](client::Client& c, const auto& report) { c.get_many(items, {}, report); }, address(),
+      items.size(), results);
+  for (const auto& r : results) {
+    ASSERT_FALSE(r.error) << r.error->what();
+    EXPECT_EQ(read_file(items[r.index].local), read_file(root() / items[r.index].remote)) << r.index;
+  }
 }
 
 TEST_F(ServerTest, TestdataManifestRoundTrips) {
