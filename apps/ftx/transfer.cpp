@@ -73,6 +73,18 @@ struct Tally {
   }
 };
 
+// After the error of a failure that ended a folder transfer half-way (a lost connection, a
+// stopping server), on stderr: what got through before it is not hidden behind the error.
+// `done` says where the files went ("were stored under photos"), `rest` what became of the
+// others ("are not confirmed").
+void print_cut_short(const Tally& t, std::size_t total, const std::string& done, const char* rest) {
+  std::string line = "before that, " + std::to_string(t.files - t.failed) + " of " + std::to_string(total) +
+                     " files " + done;
+  if (t.failed > 0) line += ", " + std::to_string(t.failed) + " failed";
+  line += "; the other " + std::to_string(total - t.files) + " " + rest;
+  print_error(line);
+}
+
 // "photos/" -> "photos"; "." -> the current folder's name.
 std::string folder_base_name(const std::string& path) {
   fs::path p = fs::path(path).lexically_normal();
@@ -207,6 +219,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
   const std::string remote_root = opts.remote.empty() ? folder_base_name(opts.local) : opts.remote;
   Tally tally;
   LocalTree tree;
+  bool sending = false;  // the files' batch began
   const int rc = run_client_action(opts.client, "put", [&] {
     const bool bar_wanted = progress_wanted(opts.quiet, opts.client.json);
     tree = scan_local(opts.local, remote_root, bar_wanted);
@@ -214,6 +227,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     // Empty folders first (puts create the others); parents before children, as sorted.
     for (const auto& folder : tree.empty_folders) c->make_folder(folder);
     ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
+    sending = true;
     c->put_many(
         tree.files, folder_batch_options(opts.parallel),
         [&](const client::BatchResult& r) {
@@ -226,7 +240,12 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
   });
-  if (rc != kOk) return rc;
+  if (rc != kOk) {
+    if (sending && !opts.client.json) {
+      print_cut_short(tally, tree.files.size(), "were stored under " + printable(remote_root), "are not confirmed");
+    }
+    return rc;
+  }
   if (opts.client.json) {
     print_json(tally.json("put", tree.skipped));
   } else {
@@ -252,6 +271,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
   std::vector<client::BatchItem> files;
   std::uint64_t total = 0;
   std::uint64_t skipped = 0;
+  bool receiving = false;  // the files' batch began
   const int rc = run_client_action(opts.client, "get", [&] {
     auto c = connect(opts.client, address);
     const bool bar_wanted = progress_wanted(opts.quiet, opts.client.json);
@@ -297,6 +317,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
       if (ec) throw client::Error(client::Failure::kLocalIo, "cannot create folder " + made + ": " + ec.message());
     }
     ProgressBar bar(bar_wanted, total, files.size());
+    receiving = true;
     c->get_many(
         files, folder_batch_options(opts.parallel),
         [&](const client::BatchResult& r) {
@@ -309,7 +330,12 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
   });
-  if (rc != kOk) return rc;
+  if (rc != kOk) {
+    if (receiving && !opts.client.json) {
+      print_cut_short(tally, files.size(), "were saved into " + printable(local_root.string()), "were not");
+    }
+    return rc;
+  }
   if (opts.client.json) {
     print_json(tally.json("get", skipped));
   } else {

@@ -2,7 +2,7 @@
 # Everyday use of the built `ftx` binary, end to end against real servers on 127.0.0.1:
 # folders (put -r / get -r), one failing file in a batch, ls -l PATH, stat, rm / mv / mkdir,
 # a read-only server, --json, FTX_* variables, no progress bar off a terminal, and the
-# server's text and JSON log lines.
+# server's text and JSON log lines, and a put -r cut short by a server stop.
 # Usage: everyday_test.sh PATH/TO/ftx
 set -euo pipefail
 FTX=$(realpath "$1")
@@ -406,6 +406,46 @@ expect_exit 0 "$FTX" put "$T/logged.txt" logged.txt -s "$S2"
 for _ in $(seq 2000); do if grep -q '"logged.txt"' "$T/serve2.log"; then break; fi; done
 jexpect "--log-format json: JSON lines with the put" "$T/serve2.log" "any(o.get('op') == 'put'
   and o.get('result') == 'ok' and o.get('name') == 'logged.txt' and o.get('bytes') == 12 for o in L)"
+
+# =================================================================== 10. a server stopped mid-folder
+# put -r of 20,000 files; SIGTERM once the server has logged its first stored file. The
+# client exits 3 with the server's reason, then says how many files got through, and that
+# many are on the server, whole.
+start_server "$T/serve3.log" --root "$T/root3" --min-free 0
+S3_PID=$SERVER_PID
+python3 - "$T/many" <<'PY'
+import os, sys
+for d in range(20):
+    os.makedirs(f"{sys.argv[1]}/d{d:02d}")
+    for f in range(1000):
+        with open(f"{sys.argv[1]}/d{d:02d}/f{f:04d}", "wb") as out:
+            out.write(os.urandom(512))
+PY
+cut_rc=0
+"$FTX" put -r -q "$T/many" cut -s "$SERVER" >"$T/cut.out" 2>"$T/cut.err" &
+CUT_PID=$!
+for _ in $(seq 100000); do if grep -q ' put "cut/.*result=ok' "$T/serve3.log"; then break; fi; done
+kill -TERM "$S3_PID"
+wait "$CUT_PID" || cut_rc=$?
+rc=0
+wait "$S3_PID" || rc=$?
+for i in "${!PIDS[@]}"; do [ "${PIDS[$i]}" != "$S3_PID" ] || unset "PIDS[$i]"; done
+[ "$rc" = 0 ] && ok || bad "server exited $rc after SIGTERM mid-folder"
+[ "$cut_rc" = 3 ] && ok || bad "put -r cut by a stop exited $cut_rc (want 3): $(cat "$T/cut.err")"
+grep -qx 'ftx: 127\.0\.0\.1:[0-9]*: server is shutting down; closing the connection' "$T/cut.err" &&
+  ok || bad "put -r cut by a stop: no reason from the server: $(cat "$T/cut.err")"
+stored=$(sed -nE 's/^ftx: before that, ([0-9]+) of 20000 files were stored under cut; the other ([0-9]+) are not confirmed$/\1 \2/p' "$T/cut.err")
+if [ -z "$stored" ]; then
+  bad "put -r cut by a stop: no count of what got through: $(cat "$T/cut.err")"
+else
+  read -r n rest <<<"$stored"
+  check "put -r cut by a stop: the counts add up ($n + $rest)" test $((n + rest)) = 20000
+  check "put -r cut by a stop: some but not all files went ($n)" test "$n" -gt 0 -a "$n" -lt 20000
+  check "put -r cut by a stop: the $n files said stored are on the server" \
+    test "$(find "$T/root3/cut" -type f | wc -l)" = "$n"
+  (cd "$T/root3/cut" && find . -type f -print0 | xargs -0 -r sha256sum) >"$T/cut.sums"
+  check "put -r cut by a stop: every stored file is whole" in_dir "$T/many" sha256sum --quiet -c "$T/cut.sums"
+fi
 
 # ---- the main server stops cleanly on SIGTERM
 kill -TERM "$S1_PID"
