@@ -73,8 +73,10 @@ struct Tally {
   }
 };
 
-// After the error of a failure that ended a folder transfer half-way (a lost connection, a
-// stopping server), on stderr: what got through before it is not hidden behind the error.
+// After the error of a connection failure that ended a folder transfer half-way (a lost
+// connection, a stopping server), on stderr: what got through before it is not hidden
+// behind the error. (Other failures of the whole command, such as an extra connection of
+// -P N refused for its certificate, come before anything could go.)
 // `done` says where the files went ("were stored under photos"), `rest` what became of the
 // others ("are not confirmed").
 void print_cut_short(const Tally& t, std::size_t total, const std::string& done, const char* rest) {
@@ -241,7 +243,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     bar.finish();
   });
   if (rc != kOk) {
-    if (sending && !opts.client.json) {
+    if (rc == kConnection && sending && !opts.client.json) {
       print_cut_short(tally, tree.files.size(), "were stored under " + printable(remote_root), "are not confirmed");
     }
     return rc;
@@ -331,7 +333,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
     bar.finish();
   });
   if (rc != kOk) {
-    if (receiving && !opts.client.json) {
+    if (rc == kConnection && receiving && !opts.client.json) {
       print_cut_short(tally, files.size(), "were saved into " + printable(local_root.string()), "were not");
     }
     return rc;

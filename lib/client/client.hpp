@@ -192,8 +192,10 @@ class Client {
   // one round trip each. Every file is verified and published atomically as with put/get.
   // on_result is called once per item, in order; a failed file does not stop the others.
   // on_bytes is called with the number of body bytes each time some moved. Both are called
-  // on the caller's thread. Throws Error only when the connection itself fails; items not
-  // yet reported then did not complete. If on_result throws, the batch ends with that
+  // on the caller's thread. Throws Error only when the connection itself fails -- including
+  // an ERROR after which the server closes it (status 14, stopping; 13, timeout), which ends
+  // the batch with a kConnection Error rather than failing one item; items not yet reported
+  // then did not complete. If on_result throws, the batch ends with that
   // exception, and no more items are reported (some of them may have been saved).
   // For get_many, items' local paths are final target paths whose folders exist.
   // With opts.connections > 1, more connections are opened (same address, token, TLS options
@@ -330,7 +332,8 @@ class Client {
   Error error_from_reply(const protocol::Frame& f, std::string_view context) const;
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
   // In a batch: throws (kConnection) when `f` is an ERROR after which the server closes the
-  // connection (stopping, or a request timed out), rather than one file's failure.
+  // connection (stopping, or a request timed out), rather than one file's failure, and
+  // closes this side (a stopping server waits for that, a second at most, before it lets go).
   void throw_if_closing(const protocol::Frame& f);
   [[noreturn]] void connection_lost(const std::error_code& ec);
   void authenticate(const std::string& token);

@@ -44,6 +44,10 @@ constexpr int kPartialBusyTries = 60;
 // (start_publish); as many more may be in the burst on the disk pool meanwhile.
 constexpr std::size_t kMaxStaged = 64;
 
+// A client's pause between requests longer than this is a real pause, not the gap between
+// the windows of a pipelined batch.
+constexpr auto kBatchGap = std::chrono::milliseconds(100);
+
 // How long check_put_limits trusts a free-space answer (less what it accepted since).
 constexpr auto kFreeSpaceFresh = std::chrono::milliseconds(20);
 
@@ -223,6 +227,7 @@ asio::awaitable<void> Session::serve() {
   // middle of a batch (requests on the way, or about to be), and is told why before the
   // close. One that never sent a request is closed without a word, as before.
   bool stopped_mid_exchange = false;
+  bool still_sending = true;  // the client may still be sending: linger after telling it
   for (bool first = true;; first = false) {
     if (server_.stopping()) {
       stopped_mid_exchange = !first;
@@ -231,9 +236,14 @@ asio::awaitable<void> Session::serve() {
     std::error_code ec = co_await read_frame();
     if (ec) {
       co_await settle_off_thread();  // a burst read before the failure is answered first
-      // Cancelled while waiting between requests (Session::shutdown).
+      // Cancelled while waiting between requests (Session::shutdown), or not waiting at all
+      // because the stop came while the last answers were written (read_frame).
       if (ec == asio::error::operation_aborted && server_.stopping() && expired_ == nullptr) {
         stopped_mid_exchange = !first;
+        // A client in the middle of a batch sends its next requests within milliseconds
+        // (the same gap read_frame tells pauses from); one idle for longer is told, but
+        // need not be waited for.
+        still_sending = pipelining_ || std::chrono::steady_clock::now() - idle_since_ < kBatchGap;
       }
       if (expired_ != nullptr) {
         spdlog::info("{} closed: {} timeout", peer_, expired_);
@@ -298,6 +308,9 @@ asio::awaitable<void> Session::serve() {
     }
   }
   co_await settle_off_thread();
+  // Not waiting for a request any more: a shutdown() posted before must not cancel the
+  // writes and the linger below (read_frame may have returned with idle_ still set).
+  idle_ = false;
   if (stopped_mid_exchange) {
     // After the answers already earned (uploads published before the stop), the reason:
     // requests pipelined behind them get no answer, and without it the client could only
@@ -313,7 +326,7 @@ asio::awaitable<void> Session::serve() {
     // A client still sending (a batch) would find its requests unread: closing now would
     // answer them with a reset, which can destroy the answers above before the client
     // reads them, and fail its writes before it reads why.
-    if (sent && stopped_mid_exchange) co_await linger();
+    if (sent && stopped_mid_exchange && still_sending) co_await linger();
   }
   // Parallel uploads this connection held and nobody committed are abandoned once every
   // connection that held them is gone: let go now, not when the last reference to the
@@ -332,7 +345,6 @@ asio::awaitable<void> Session::linger() {
   std::error_code ignored;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
   arm(std::chrono::seconds(1), "closing");
-  if (in_capacity_ == 0) resize_in(kInBufferSize);
   for (;;) {
     auto [ec, n] = co_await stream_->read_some(asio::buffer(in_.get(), in_capacity_));
     if (ec) break;  // the client closed, or the deadline cancelled the read
@@ -360,6 +372,7 @@ asio::awaitable<std::error_code> Session::read_frame() {
     if (header_deadline) *header_deadline += std::chrono::steady_clock::now() - answer_start;
     resize_in(pipelining_ ? kBusyInBufferSize : kInBufferSize);
     idle_ = decoder_.at_boundary();
+    idle_since_ = std::chrono::steady_clock::now();
     // A stop that came while the flush above was suspended found this session busy and
     // left it alone (shutdown() cancels only idle ones): look now, or it would wait here
     // for the client or the idle timeout while the server drains.
@@ -380,7 +393,7 @@ asio::awaitable<std::error_code> Session::read_frame() {
     auto [ec, n] = co_await stream_->read_some(asio::buffer(in_.get(), in_capacity_));
     // After a real pause (not the gaps of a pipelined batch) the cached folder may have been
     // renamed by anyone: resolve names afresh.
-    if (idle_ && std::chrono::steady_clock::now() - wait_start > std::chrono::milliseconds(100)) folders_.clear();
+    if (idle_ && std::chrono::steady_clock::now() - wait_start > kBatchGap) folders_.clear();
     idle_ = false;
     if (ec) {
       if (ec == asio::error::eof && !decoder_.at_boundary()) co_return protocol::errc::truncated;

@@ -42,7 +42,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<Stream> release_stream() { return std::move(stream_); }
 
   // Asks the session to end: at once if it is waiting for a request, else after the
-  // request in flight. Thread-safe.
+  // request in flight. A connection that has had a request answered is sent ERROR 14
+  // (shutting-down) first, and one whose client may still be sending is read until it
+  // closes, a second at most (serve, linger). Thread-safe.
   void shutdown();
 
  private:
@@ -216,6 +218,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<std::uint8_t[]> chunk_;  // body buffer: sized to the bodies seen, freed when idle if large
   std::size_t chunk_capacity_ = 0;
   bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
+  std::chrono::steady_clock::time_point idle_since_{};  // when read_frame last began to wait so
   bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
   storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
   // Pipelined uploads received and verified but not yet published (Upload::stage), in

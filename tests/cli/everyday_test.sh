@@ -424,7 +424,11 @@ PY
 cut_rc=0
 "$FTX" put -r -q "$T/many" cut -s "$SERVER" >"$T/cut.out" 2>"$T/cut.err" &
 CUT_PID=$!
-for _ in $(seq 100000); do if grep -q ' put "cut/.*result=ok' "$T/serve3.log"; then break; fi; done
+deadline=$((${EPOCHREALTIME/./} + 30000000))
+until grep -q ' put "cut/.*result=ok' "$T/serve3.log"; do
+  kill -0 "$CUT_PID" 2>/dev/null || die "put -r ended before the server logged a stored file: $(cat "$T/cut.err")"
+  [ "${EPOCHREALTIME/./}" -lt "$deadline" ] || die "no stored file logged after 30 s: $(cat "$T/serve3.log")"
+done
 kill -TERM "$S3_PID"
 wait "$CUT_PID" || cut_rc=$?
 rc=0

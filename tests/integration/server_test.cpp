@@ -319,6 +319,36 @@ TEST_F(ServerTest, AStopMidDownloadBatchAnswersWhatItSentThenSaysWhy) {
   }
 }
 
+TEST_F(ServerTest, AStoppingServerKeepsReadingWhatABatchStillSends) {
+  // After ERROR 14 the server half-closes and reads (and drops) until the client closes: a
+  // client still sending its batch must not have its writes answered with a reset, which
+  // can destroy the answers before it reads them and fails its writes before it reads why.
+  // Without that, the second write here, after the server's end, fails (EPIPE or reset).
+  RawPeer peer(server_->port());
+  const auto streamed_put = [](int i) {
+    const auto body = random_bytes(4096, 500 + static_cast<std::uint64_t>(i));
+    Frame put = frame(MsgType::kPut, "linger/" + std::to_string(i));
+    put.flags = protocol::kFlagStreamed;
+    put.size = body.size();
+    put.digest = hash::sha256(body);
+    auto wire = protocol::encode(put);
+    wire.insert(wire.end(), body.begin(), body.end());
+    return wire;
+  };
+  peer.send_bytes(streamed_put(0));
+  ASSERT_EQ(peer.read_frame().type, MsgType::kDone);
+  server_->stop();  // the session is mid-batch: its last request was a streamed PUT
+  const Frame why = peer.read_frame();
+  EXPECT_EQ(why.type, MsgType::kError);
+  EXPECT_EQ(why.status, Status::kShuttingDown);
+  EXPECT_TRUE(peer.closed_by_peer()) << "the server's side is closed after ERROR 14";
+  for (int i = 1; i <= 8; ++i) EXPECT_NO_THROW(peer.send_bytes(streamed_put(i))) << "write " << i;
+  peer.close();  // the server lets go now, not after its second
+  server_->wait();
+  EXPECT_TRUE(std::filesystem::exists(root() / "linger/0"));
+  EXPECT_FALSE(std::filesystem::exists(root() / "linger/1")) << "nothing sent after the stop is stored";
+}
+
 TEST_F(ServerTest, TestdataManifestRoundTrips) {
   const std::filesystem::path testdata = FTX_TESTDATA_DIR;
   std::ifstream manifest(testdata / "SHA256SUMS");
