@@ -236,26 +236,38 @@ TEST(ClientErrors, TheTlsHintComesOnlyBeforeTheServerAnsweredAnything) {
   EXPECT_EQ(later.find("--tls"), std::string::npos) << later;
 }
 
-TEST(ClientBatch, AServerShuttingDownEndsTheBatchWithItsReason) {
-  // Two files answered, then the ERROR a stopping server sends before it closes: the batch
-  // ends there with the server's words as a connection error (exit 3), instead of the third
-  // file failing as "refused" and the rest as a lost connection.
-  TempDir dir;
-  std::vector<client::BatchItem> items;
-  std::vector<std::uint8_t> answers;
-  for (int i = 0; i < 10; ++i) {
-    const auto name = "z" + std::to_string(i);
-    const auto data = random_bytes(2000, 800 + i);
-    write_file(dir / name, data);
-    items.push_back({dir / name, name});
-    if (i >= 2) continue;
+// n files of `size` random bytes each (seeds seed, seed + 1, ...) written into folder as
+// prefix0, prefix1, ..., the uploads that send them, and the DONE answers of the first
+// `answered` of them, in one buffer.
+struct DoneAnswers {
+  std::vector<client::BatchItem> puts;
+  std::vector<std::uint8_t> wire;
+};
+DoneAnswers done_answers(const std::filesystem::path& folder, const std::string& prefix, int n, std::size_t size,
+                         std::uint64_t seed, int answered) {
+  DoneAnswers out;
+  for (int i = 0; i < n; ++i) {
+    const auto name = prefix + std::to_string(i);
+    const auto data = random_bytes(size, seed + static_cast<std::uint64_t>(i));
+    write_file(folder / name, data);
+    out.puts.push_back({folder / name, name});
+    if (i >= answered) continue;
     Frame done;
     done.type = MsgType::kDone;
     done.size = data.size();
     done.digest = hash::sha256(data);
     const auto bytes = protocol::encode(done);
-    answers.insert(answers.end(), bytes.begin(), bytes.end());
+    out.wire.insert(out.wire.end(), bytes.begin(), bytes.end());
   }
+  return out;
+}
+
+TEST(ClientBatch, AServerShuttingDownEndsTheBatchWithItsReason) {
+  // Two files answered, then the ERROR a stopping server sends before it closes: the batch
+  // ends there with the server's words as a connection error (exit 3), instead of the third
+  // file failing as "refused" and the rest as a lost connection.
+  TempDir dir;
+  auto [items, answers] = done_answers(dir.path(), "z", 10, 2000, 800, 2);
   const auto why = protocol::encode(
       protocol::make_error(protocol::Status::kShuttingDown, "server is shutting down; closing the connection"));
   answers.insert(answers.end(), why.begin(), why.end());
@@ -305,20 +317,7 @@ TEST(ClientBatch, AnswersThatOvertakeTheSenderDoNotStallTheBatch) {
   // that happens at the second window, every run. The client's own timeout (2 s) turns a
   // stall into a failure instead of a hang.
   TempDir dir;
-  std::vector<client::BatchItem> items;
-  std::vector<std::uint8_t> answers;
-  for (int i = 0; i < 40; ++i) {
-    const auto name = "f" + std::to_string(i);
-    const auto data = random_bytes(4096, 300 + i);
-    write_file(dir / name, data);
-    items.push_back({dir / name, name});
-    Frame done;
-    done.type = MsgType::kDone;
-    done.size = data.size();
-    done.digest = hash::sha256(data);
-    const auto bytes = protocol::encode(done);
-    answers.insert(answers.end(), bytes.begin(), bytes.end());
-  }
+  const auto [items, answers] = done_answers(dir.path(), "f", 40, 4096, 300, 40);
   FakeServer eager(answers, /*drain=*/true);
   client::Client c(eager.address(), {}, std::chrono::seconds(2));
   client::BatchOptions opts;
