@@ -243,7 +243,7 @@ asio::awaitable<void> Session::serve() {
         // A client in the middle of a batch sends its next requests within milliseconds
         // (the same gap read_frame tells pauses from); one idle for longer is told, but
         // need not be waited for.
-        still_sending = pipelining_ || std::chrono::steady_clock::now() - idle_since_ < kBatchGap;
+        still_sending = pipelining_ || std::chrono::steady_clock::now() - waiting_since_ < kBatchGap;
       }
       if (expired_ != nullptr) {
         spdlog::info("{} closed: {} timeout", peer_, expired_);
@@ -369,10 +369,10 @@ asio::awaitable<std::error_code> Session::read_frame() {
     in_begin_ = in_end_ = 0;
     const auto answer_start = std::chrono::steady_clock::now();
     if (auto ec = co_await answer_before_reading()) co_return ec;
-    if (header_deadline) *header_deadline += std::chrono::steady_clock::now() - answer_start;
+    waiting_since_ = std::chrono::steady_clock::now();
+    if (header_deadline) *header_deadline += waiting_since_ - answer_start;
     resize_in(pipelining_ ? kBusyInBufferSize : kInBufferSize);
     idle_ = decoder_.at_boundary();
-    idle_since_ = std::chrono::steady_clock::now();
     // A stop that came while the flush above was suspended found this session busy and
     // left it alone (shutdown() cancels only idle ones): look now, or it would wait here
     // for the client or the idle timeout while the server drains.
@@ -389,11 +389,10 @@ asio::awaitable<std::error_code> Session::read_frame() {
       if (!header_deadline) header_deadline = std::chrono::steady_clock::now() + opts.header_timeout;
       arm_at(*header_deadline, "header");
     }
-    const auto wait_start = std::chrono::steady_clock::now();
     auto [ec, n] = co_await stream_->read_some(asio::buffer(in_.get(), in_capacity_));
     // After a real pause (not the gaps of a pipelined batch) the cached folder may have been
     // renamed by anyone: resolve names afresh.
-    if (idle_ && std::chrono::steady_clock::now() - wait_start > kBatchGap) folders_.clear();
+    if (idle_ && std::chrono::steady_clock::now() - waiting_since_ > kBatchGap) folders_.clear();
     idle_ = false;
     if (ec) {
       if (ec == asio::error::eof && !decoder_.at_boundary()) co_return protocol::errc::truncated;

@@ -218,7 +218,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::unique_ptr<std::uint8_t[]> chunk_;  // body buffer: sized to the bodies seen, freed when idle if large
   std::size_t chunk_capacity_ = 0;
   bool idle_ = false;                // waiting for a request (or a TLS handshake) to begin
-  std::chrono::steady_clock::time_point idle_since_{};  // when read_frame last began to wait so
+  // When read_frame last began to wait for the client (after answering what it had read):
+  // a pause longer than kBatchGap is not a batch's gap (the folder cache, a stop's linger).
+  std::chrono::steady_clock::time_point waiting_since_{};
   bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
   storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
   // Pipelined uploads received and verified but not yet published (Upload::stage), in
