@@ -259,18 +259,32 @@ TEST_F(ServerTest, StopLetsTheTransferInFlightFinish) {
 // A stop in the middle of a batch: the files the server published are answered, then the
 // batch ends with the server's reason (not "connection lost" or a broken pipe, which is
 // what the client said while the server closed without a word, its unread requests turning
-// the close into a reset). `run` runs the batch, calling its callback argument per result.
-void expect_stop_mid_batch_ends_with_reason(
-    server::Server& server,
-    const std::function<void(client::Client&, const std::function<void(const client::BatchResult&)>&)>& run,
-    const protocol::Address& address, std::size_t items, std::vector<client::BatchResult>& results) {
+// the close into a reset). 2,000 files of 1 KiB go up (put_many) from `local` into the
+// server's folder "batch", or down (get_many) from there into `local`; the server stops at
+// the first result. Every file reported is whole on the receiving side.
+void expect_stop_mid_batch_ends_with_reason(server::Server& server, const protocol::Address& address, bool upload,
+                                            const std::filesystem::path& local, const std::filesystem::path& root) {
+  std::filesystem::create_directories(local);
+  std::filesystem::create_directories(root / "batch");
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < 2000; ++i) {
+    const auto name = "f" + std::to_string(i);
+    write_file(upload ? local / name : root / "batch" / name, random_bytes(1024, 7000 + i));
+    items.push_back({local / name, "batch/" + name});
+  }
+  std::vector<client::BatchResult> results;
+  const auto report = [&](const client::BatchResult& r) {
+    if (results.empty()) server.stop();  // the first answer is in: the batch is under way
+    results.push_back(r);
+  };
   client::Client c(address);
   std::string what;
   try {
-    run(c, [&](const client::BatchResult& r) {
-      if (results.empty()) server.stop();  // the first answer is in: the batch is under way
-      results.push_back(r);
-    });
+    if (upload) {
+      c.put_many(items, {}, report);
+    } else {
+      c.get_many(items, {}, report);
+    }
     ADD_FAILURE() << "the batch finished although the server stopped";
   } catch (const client::Error& e) {
     EXPECT_EQ(e.kind(), client::Failure::kConnection) << e.what();
@@ -278,45 +292,20 @@ void expect_stop_mid_batch_ends_with_reason(
   }
   EXPECT_NE(what.find("server is shutting down"), std::string::npos) << what;
   ASSERT_FALSE(results.empty());
-  EXPECT_LT(results.size(), items) << "a window of 256 at most, not the whole batch, goes on after the stop";
+  EXPECT_LT(results.size(), items.size()) << "a window of 256 at most, not the whole batch, goes on after the stop";
   server.wait();
+  for (const auto& r : results) {
+    ASSERT_FALSE(r.error) << r.error->what();
+    EXPECT_EQ(read_file(items[r.index].local), read_file(root / items[r.index].remote)) << r.index;
+  }
 }
 
 TEST_F(ServerTest, AStopMidUploadBatchAnswersWhatItStoredThenSaysWhy) {
-  std::vector<client::BatchItem> items;
-  std::filesystem::create_directories(dir_ / "src");
-  for (int i = 0; i < 2000; ++i) {
-    const auto name = "s" + std::to_string(i);
-    write_file(dir_ / "src" / name, random_bytes(1024, 7000 + i));
-    items.push_back({dir_ / "src" / name, "up/" + name});
-  }
-  std::vector<client::BatchResult> results;
-  expect_stop_mid_batch_ends_with_reason(
-      *server_, [&](client::Client& c, const auto& report) { c.put_many(items, {}, report); }, address(),
-      items.size(), results);
-  for (const auto& r : results) {
-    ASSERT_FALSE(r.error) << r.error->what();
-    EXPECT_EQ(read_file(root() / items[r.index].remote), read_file(items[r.index].local)) << r.index;
-  }
+  expect_stop_mid_batch_ends_with_reason(*server_, address(), /*upload=*/true, dir_ / "src", root());
 }
 
 TEST_F(ServerTest, AStopMidDownloadBatchAnswersWhatItSentThenSaysWhy) {
-  std::vector<client::BatchItem> items;
-  std::filesystem::create_directories(root() / "down");
-  std::filesystem::create_directories(dir_ / "out");
-  for (int i = 0; i < 2000; ++i) {
-    const auto name = "g" + std::to_string(i);
-    write_file(root() / "down" / name, random_bytes(1024, 9000 + i));
-    items.push_back({dir_ / "out" / name, "down/" + name});
-  }
-  std::vector<client::BatchResult> results;
-  expect_stop_mid_batch_ends_with_reason(
-      *server_, [&](client::Client& c, const auto& report) { c.get_many(items, {}, report); }, address(),
-      items.size(), results);
-  for (const auto& r : results) {
-    ASSERT_FALSE(r.error) << r.error->what();
-    EXPECT_EQ(read_file(items[r.index].local), read_file(root() / items[r.index].remote)) << r.index;
-  }
+  expect_stop_mid_batch_ends_with_reason(*server_, address(), /*upload=*/false, dir_ / "out", root());
 }
 
 TEST_F(ServerTest, AStoppingServerKeepsReadingWhatABatchStillSends) {
