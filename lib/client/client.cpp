@@ -304,7 +304,7 @@ void Client::start_tls(const std::string& host, const TlsOptions& tls) {
   } catch (const std::system_error& e) {
     throw Error(Failure::kLocalIo, std::string("cannot load TLS files: ") + e.what());
   }
-  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_ctx_);
+  tls_ = std::make_unique<tls::Stream>(socket_, *tls_ctx_);
   std::error_code ec;
   asio::ip::make_address(host, ec);
   if (ec) {  // a host name, not an address literal: send it for SNI
@@ -498,11 +498,16 @@ asio::awaitable<Frame> Client::co_read_frame() {
       }
     }
     in_begin_ = in_end_ = 0;
-    auto [ec, n] = co_await on_stream([&](auto& s) { return s.async_read_some(asio::buffer(in_), kTuple); });
+    auto [ec, n] = co_await co_read_some(asio::buffer(in_));
     if (ec) connection_lost(ec);
     last_progress_ = std::chrono::steady_clock::now();
     in_end_ = n;
   }
+}
+
+asio::awaitable<std::tuple<std::error_code, std::size_t>> Client::co_read_some(asio::mutable_buffer buf) {
+  if (tls_) co_return co_await tls::read_arrived(*tls_, buf);
+  co_return co_await socket_.async_read_some(buf, kTuple);
 }
 
 asio::awaitable<void> Client::co_read_body(std::uint64_t n,
@@ -519,8 +524,7 @@ asio::awaitable<void> Client::co_read_body(std::uint64_t n,
   while (n > 0) {
     // Never more than the body's remaining bytes: what follows is the next message.
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, body_.size()));
-    auto [ec, got] = co_await on_stream(
-        [&](auto& s) { return s.async_read_some(asio::buffer(body_.data(), want), kTuple); });
+    auto [ec, got] = co_await co_read_some(asio::buffer(body_.data(), want));
     if (ec) connection_lost(ec);
     last_progress_ = std::chrono::steady_clock::now();
     sink(std::span<const std::uint8_t>(body_.data(), got));

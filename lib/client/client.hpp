@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <tuple>
 #include <utility>
 #include <stdexcept>
 #include <string>
@@ -25,6 +26,7 @@
 #include "hash/hash_thread.hpp"
 #include "protocol/address.hpp"
 #include "protocol/codec.hpp"
+#include "tls/buffered_socket.hpp"
 
 namespace ftx::client {
 
@@ -259,6 +261,9 @@ class Client {
   asio::awaitable<void> co_write(std::span<const std::uint8_t> data);
   asio::awaitable<void> co_send(const protocol::Frame& f, std::vector<std::uint8_t>& scratch);
   asio::awaitable<protocol::Frame> co_read_frame();
+  // One read of the connection into `buf`: what has arrived, as much as fits (over TLS too:
+  // tls::read_arrived).
+  asio::awaitable<std::tuple<std::error_code, std::size_t>> co_read_some(asio::mutable_buffer buf);
   // Reads exactly n body bytes, handing them to sink chunk by chunk.
   asio::awaitable<void> co_read_body(std::uint64_t n, const std::function<void(std::span<const std::uint8_t>)>& sink);
   // Reads a body of n bytes into `fd` and returns its SHA-256; bodies over one chunk are
@@ -365,7 +370,7 @@ class Client {
   asio::io_context io_;
   asio::ip::tcp::socket socket_;
   std::unique_ptr<asio::ssl::context> tls_ctx_;
-  std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
+  std::unique_ptr<tls::Stream> tls_;  // over socket_
   protocol::Decoder decoder_;
   std::vector<std::uint8_t> in_;
   std::size_t in_begin_ = 0;

@@ -384,6 +384,8 @@ asio::awaitable<std::error_code> Session::read_frame() {
         chunk_capacity_ = 0;
       }
       if (out_.capacity() > kSmallBody) out_ = {};
+      // Not between the files of a streamed batch: the next recv would be a small one again.
+      if (!pipelining_) stream_->shrink();
       arm(opts.idle_timeout, "idle");
     } else {
       if (!header_deadline) header_deadline = std::chrono::steady_clock::now() + opts.header_timeout;

@@ -1,0 +1,223 @@
+// tls::BufferedSocket over a real TCP connection on 127.0.0.1: what one recv brought is
+// served by the next reads without touching the socket, in order and whole; the buffer
+// grows after a full receive and shrinks after a short one or a release; an empty read
+// takes nothing; the end of the stream and a cancel come through.
+
+#include "tls/buffered_socket.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace ftx::tls {
+namespace {
+
+using asio::ip::tcp;
+
+struct Pair {
+  asio::io_context io;
+  tcp::socket reader{io};
+  tcp::socket writer{io};
+
+  Pair() {
+    tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    writer.connect(acceptor.local_endpoint());
+    acceptor.accept(reader);
+  }
+
+  // Writes `data` (and ends the stream when `end`), then waits until all of it has arrived
+  // on the reading side (so that one recv can take all of it): at most the receive window.
+  void send_all(const std::vector<std::uint8_t>& data, bool end = true) {
+    const std::size_t before = reader.available();
+    asio::write(writer, asio::buffer(data));
+    if (end) writer.shutdown(tcp::socket::shutdown_send);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (reader.available() < before + data.size()) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the data never arrived";
+      std::this_thread::yield();
+    }
+  }
+
+  // One async_read_some of `s` into `buf`, run to completion.
+  std::pair<std::error_code, std::size_t> read(BufferedSocket& s, asio::mutable_buffer buf) {
+    std::pair<std::error_code, std::size_t> out;
+    bool done = false;
+    s.async_read_some(buf, [&](std::error_code ec, std::size_t n) {
+      out = {ec, n};
+      done = true;
+    });
+    io.restart();
+    io.run();
+    EXPECT_TRUE(done);
+    return out;
+  }
+};
+
+std::vector<std::uint8_t> pattern(std::size_t n) {
+  std::vector<std::uint8_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint8_t>(i * 7 + i / 251);
+  return v;
+}
+
+TEST(BufferedSocket, AFullReceiveMakesTheNextOneTakeAllThatArrived) {
+  Pair p;
+  // Less than the capacity, and than a fresh connection's receive window: all of it
+  // arrives before the first read.
+  const auto data = pattern(60 * 1024);
+  p.send_all(data);
+  BufferedSocket s(p.reader);
+  std::vector<std::uint8_t> got;
+  std::vector<std::uint8_t> buf(BufferedSocket::kRecordBytes);  // what asio's TLS engine asks for
+  const auto take = [&](std::size_t n) {
+    got.insert(got.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n));
+  };
+  // The first read of the socket takes a record's worth, and fills the buffer...
+  auto [ec, n] = p.read(s, asio::buffer(buf));
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(n, buf.size());
+  take(n);
+  EXPECT_EQ(s.allocated(), BufferedSocket::kRecordBytes);
+  EXPECT_EQ(s.buffered(), 0u);
+  // ...so the second takes everything else at once, and it waits in the layer.
+  std::tie(ec, n) = p.read(s, asio::buffer(buf));
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(n, buf.size());
+  take(n);
+  EXPECT_EQ(s.allocated(), BufferedSocket::kDefaultCapacity);
+  EXPECT_EQ(s.buffered(), data.size() - got.size());
+  EXPECT_EQ(p.reader.available(), 0u);
+  // Reads of uneven sizes take the rest in order, none larger than what was asked.
+  for (std::size_t want = 1; s.buffered() > 0; want = want * 3 + 1) {
+    std::vector<std::uint8_t> b(std::min<std::size_t>(want, 64 * 1024));
+    std::tie(ec, n) = p.read(s, asio::buffer(b));
+    ASSERT_FALSE(ec) << ec.message();
+    ASSERT_GT(n, 0u);
+    ASSERT_LE(n, b.size());
+    got.insert(got.end(), b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n));
+    ASSERT_LE(got.size(), data.size()) << "read more than was sent";
+  }
+  EXPECT_EQ(got, data);
+  // Then the socket again: the writer ended the stream.
+  std::tie(ec, n) = p.read(s, asio::buffer(buf));
+  EXPECT_EQ(ec, asio::error::eof);
+  EXPECT_EQ(n, 0u);
+}
+
+TEST(BufferedSocket, MoreThanTheCapacityTakesSeveralReceives) {
+  Pair p;
+  const auto data = pattern(60 * 1024);
+  p.send_all(data);
+  BufferedSocket s(p.reader, BufferedSocket::kRecordBytes);
+  std::vector<std::uint8_t> got;
+  std::vector<std::uint8_t> buf(10 * 1024);
+  for (;;) {
+    auto [ec, n] = p.read(s, asio::buffer(buf));
+    if (ec == asio::error::eof) break;
+    ASSERT_FALSE(ec) << ec.message();
+    EXPECT_LE(s.buffered(), BufferedSocket::kRecordBytes - n);  // never more than one capacity held
+    got.insert(got.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(n));
+    ASSERT_LE(got.size(), data.size()) << "read more than was sent";
+  }
+  EXPECT_EQ(got, data);
+}
+
+TEST(BufferedSocket, AShortReceiveShrinksTheBufferAndReleaseFreesIt) {
+  Pair p;
+  const auto data = pattern(40 * 1024);
+  p.send_all(data, /*end=*/false);
+  BufferedSocket s(p.reader);
+  std::vector<std::uint8_t> got(data.size());
+  std::size_t have = 0;
+  while (have < data.size()) {  // a full record, then the rest through the large buffer
+    auto [ec, n] = p.read(s, asio::buffer(got.data() + have, got.size() - have));
+    ASSERT_FALSE(ec) << ec.message();
+    have += n;
+  }
+  EXPECT_EQ(got, data);
+  EXPECT_EQ(s.allocated(), BufferedSocket::kDefaultCapacity);
+  // The peer sends a little and waits: that read still used the large buffer...
+  const std::vector<std::uint8_t> small{1, 2, 3};
+  std::vector<std::uint8_t> buf(100);
+  p.send_all(small, /*end=*/false);
+  auto [ec, n] = p.read(s, asio::buffer(buf));
+  ASSERT_FALSE(ec);
+  ASSERT_EQ(n, small.size());
+  EXPECT_EQ(s.allocated(), BufferedSocket::kDefaultCapacity);
+  // ...and the one after it, after so short a receive, a record-sized one.
+  p.send_all(small, /*end=*/false);
+  std::tie(ec, n) = p.read(s, asio::buffer(buf));
+  ASSERT_FALSE(ec);
+  ASSERT_EQ(n, small.size());
+  EXPECT_EQ(s.allocated(), BufferedSocket::kRecordBytes);
+  // Nothing buffered: release frees it, and the next read makes a small one again.
+  s.release();
+  EXPECT_EQ(s.allocated(), 0u);
+  p.send_all(small);
+  std::tie(ec, n) = p.read(s, asio::buffer(buf));
+  ASSERT_FALSE(ec);
+  ASSERT_EQ(n, small.size());
+  EXPECT_EQ(std::vector<std::uint8_t>(buf.begin(), buf.begin() + 3), small);
+  EXPECT_EQ(s.allocated(), BufferedSocket::kRecordBytes);
+}
+
+TEST(BufferedSocket, ReleaseKeepsWhatIsBuffered) {
+  Pair p;
+  const auto data = pattern(1000);
+  p.send_all(data);
+  BufferedSocket s(p.reader);
+  std::vector<std::uint8_t> buf(10);
+  auto [ec, n] = p.read(s, asio::buffer(buf));
+  ASSERT_FALSE(ec);
+  ASSERT_EQ(n, buf.size());
+  s.release();  // 990 bytes still held: nothing is freed
+  EXPECT_EQ(s.buffered(), data.size() - buf.size());
+  std::vector<std::uint8_t> rest(data.size());
+  std::tie(ec, n) = p.read(s, asio::buffer(rest));
+  ASSERT_FALSE(ec);
+  ASSERT_EQ(n, data.size() - buf.size());
+  EXPECT_TRUE(std::equal(rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(n), data.begin() + 10));
+}
+
+TEST(BufferedSocket, AnEmptyReadTakesNothing) {
+  Pair p;
+  const auto data = pattern(1000);
+  p.send_all(data);
+  BufferedSocket s(p.reader);
+  std::vector<std::uint8_t> one(1);
+  auto [ec, n] = p.read(s, asio::buffer(one));
+  ASSERT_FALSE(ec);
+  ASSERT_EQ(n, 1u);
+  EXPECT_EQ(one[0], data[0]);
+  std::tie(ec, n) = p.read(s, asio::mutable_buffer());
+  EXPECT_FALSE(ec);
+  EXPECT_EQ(n, 0u);
+  EXPECT_EQ(s.buffered(), data.size() - 1);
+  std::tie(ec, n) = p.read(s, asio::buffer(one));
+  ASSERT_FALSE(ec);
+  EXPECT_EQ(one[0], data[1]);
+}
+
+TEST(BufferedSocket, CancellingTheSocketEndsAWaitingRead) {
+  Pair p;  // nothing is ever written
+  BufferedSocket s(p.reader);
+  std::vector<std::uint8_t> buf(100);
+  std::error_code got_ec;
+  bool done = false;
+  s.async_read_some(asio::buffer(buf), [&](std::error_code ec, std::size_t) {
+    got_ec = ec;
+    done = true;
+  });
+  // Runs the read until it waits on the socket, then cancels it from inside the loop.
+  asio::post(p.io, [&] { p.reader.cancel(); });
+  p.io.run();
+  ASSERT_TRUE(done);
+  EXPECT_EQ(got_ec, asio::error::operation_aborted);
+  EXPECT_EQ(s.buffered(), 0u);
+}
+
+}  // namespace
+}  // namespace ftx::tls
