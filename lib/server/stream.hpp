@@ -32,8 +32,9 @@ class Stream {
   // the bytes sent (0 = the file ended before offset + n), or operation_not_supported when
   // this file cannot be sent so (copy it instead). Never raises SIGPIPE.
   virtual asio::awaitable<Result> send_file(int fd, std::uint64_t offset, std::size_t n);
-  // The connection is about to wait idle: buffers it can do without go (TLS: the read
-  // buffer under the engine, when it holds nothing). Not while a read is in progress.
+  // The connection is about to wait idle: buffers it can do without shrink (TLS: the read
+  // buffer under the engine, 256 KiB after bulk input, goes back to a record's 17 KiB when
+  // it holds nothing). Not while a read is in progress.
   virtual void shrink() {}
   // The TCP socket underneath: endpoints, cancel(), close().
   virtual asio::ip::tcp::socket& socket() = 0;

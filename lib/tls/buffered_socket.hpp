@@ -12,7 +12,8 @@
 // Memory: the buffer is as large as `capacity` only while data keeps coming. A read of the
 // socket that filled the buffer makes the next one use the large size; one that brought
 // less than a record (the peer sent a request and now waits for the answer) makes the next
-// one use a record's size; release() drops it (a server's connection that waits idle).
+// one use a record's size; release() drops it, so the next read makes a record-sized one
+// (a server's connection about to wait idle).
 //
 // Writes go straight to the socket (the engine writes one record and waits for it before
 // it encrypts the next, so there is nothing to gather without holding back data the peer
