@@ -141,23 +141,33 @@ class BufferedSocket {
 
 using Stream = asio::ssl::stream<BufferedSocket>;
 
-// Whether input has arrived that a read of `s` has not taken yet: records OpenSSL has
-// decrypted, or bytes the buffered socket holds (not yet decrypted). The socket's own
-// queue is not looked at.
+// Whether input has arrived that a read of `s` has not taken yet, anywhere above the
+// socket: in OpenSSL (decrypted or not: SSL_has_pending), in the BIO asio's engine feeds it
+// through (what the engine read from below and OpenSSL has not; when that BIO is full, the
+// engine holds more of it, which this does not see), or in the buffered socket. The
+// socket's own queue is not looked at.
 inline bool has_local_input(Stream& s) {
-  return SSL_pending(s.native_handle()) > 0 || s.next_layer().buffered() > 0;
+  SSL* ssl = s.native_handle();
+  return SSL_has_pending(ssl) == 1 || BIO_pending(SSL_get_rbio(ssl)) > 0 || s.next_layer().buffered() > 0;
 }
 
 // Reads into `buf` as plain TCP would: what has arrived, as much as fits. One read of a TLS
-// stream gives one record (16 KiB) at most; the records already here are read on into
-// `buf`. Callers that act once per read (answer, hand files on) then do so in as large bites
+// stream gives one record (16 KiB) at most; the records already here (has_local_input, or
+// in the socket's queue) are read on into `buf`. Callers that act once per read (answer, hand files on) then do so in as large bites
 // over TLS as over plain TCP. A record that arrived in part makes the read wait for the rest,
-// which is already on its way. An error after some bytes were read is left for the next read.
+// which is already on its way. An error after some bytes were read is left for the next read
+// (the end of the stream or a broken connection comes again there), but for a cancel: a
+// timeout cancels a read to end the exchange, and the next read would not know.
 inline asio::awaitable<std::tuple<std::error_code, std::size_t>> read_arrived(Stream& s, asio::mutable_buffer buf) {
   constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
   auto [ec, n] = co_await s.async_read_some(buf, kTuple);
-  while (!ec && n < buf.size() && has_local_input(s)) {
+  const auto arrived = [&] {
+    std::error_code ignored;
+    return has_local_input(s) || s.next_layer().socket().available(ignored) > 0;
+  };
+  while (!ec && n < buf.size() && arrived()) {
     auto [more_ec, more] = co_await s.async_read_some(buf + n, kTuple);
+    if (more_ec == asio::error::operation_aborted) co_return std::tuple{more_ec, n};
     if (more_ec) break;
     n += more;
   }

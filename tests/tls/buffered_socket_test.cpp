@@ -1,9 +1,12 @@
 // tls::BufferedSocket over a real TCP connection on 127.0.0.1: what one recv brought is
 // served by the next reads without touching the socket, in order and whole; the buffer
 // grows after a full receive and shrinks after a short one or a release; an empty read
-// takes nothing; the end of the stream and a cancel come through.
+// takes nothing; the end of the stream and a cancel come through. And read_arrived over a
+// real TLS connection.
 
 #include "tls/buffered_socket.hpp"
+
+#include "tls/certs.hpp"
 
 #include <gtest/gtest.h>
 
@@ -217,6 +220,52 @@ TEST(BufferedSocket, CancellingTheSocketEndsAWaitingRead) {
   ASSERT_TRUE(done);
   EXPECT_EQ(got_ec, asio::error::operation_aborted);
   EXPECT_EQ(s.buffered(), 0u);
+}
+
+// Over TLS: a client writes several records at once; once they have all arrived, one
+// read_arrived on the server takes them all, where one read of the TLS stream takes one.
+TEST(ReadArrived, TakesEveryRecordThatArrived) {
+  const auto pem = make_certificate(CertSpec{});
+  asio::ssl::context server_ctx(asio::ssl::context::tls_server);
+  server_ctx.use_certificate_chain(asio::buffer(pem.cert));
+  server_ctx.use_private_key(asio::buffer(pem.key), asio::ssl::context::pem);
+  asio::ssl::context client_ctx(asio::ssl::context::tls_client);
+  client_ctx.set_verify_mode(asio::ssl::verify_none);
+  Pair p;
+  Stream server(p.reader, server_ctx);
+  Stream client(p.writer, client_ctx);
+  std::error_code server_hs, client_hs;
+  server.async_handshake(asio::ssl::stream_base::server, [&](std::error_code ec) { server_hs = ec; });
+  client.async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) { client_hs = ec; });
+  p.io.run();
+  ASSERT_FALSE(server_hs) << server_hs.message();
+  ASSERT_FALSE(client_hs) << client_hs.message();
+
+  const auto data = pattern(5 * 16 * 1024 + 100);  // six records
+  std::error_code write_ec;
+  asio::async_write(client, asio::buffer(data), [&](std::error_code ec, std::size_t) { write_ec = ec; });
+  p.io.restart();
+  p.io.run();
+  ASSERT_FALSE(write_ec) << write_ec.message();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  // Each TLS 1.3 record adds 22 bytes: a 5-byte header, the content type, a 16-byte tag.
+  while (p.reader.available() < data.size() + 6 * 22) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the records never arrived";
+    std::this_thread::yield();
+  }
+
+  std::vector<std::uint8_t> buf(256 * 1024);
+  std::tuple<std::error_code, std::size_t> got;
+  asio::co_spawn(p.io, read_arrived(server, asio::buffer(buf)), [&](std::exception_ptr e, auto r) {
+    if (e) std::rethrow_exception(e);
+    got = r;
+  });
+  p.io.restart();
+  p.io.run();
+  const auto [ec, n] = got;
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(n, data.size());
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), buf.begin()));
 }
 
 }  // namespace
