@@ -751,12 +751,20 @@ void Client::throw_if_closing(const Frame& f) {
   if (f.type != MsgType::kError) return;
   // The server closes the connection after these (docs/protocol.md, status codes): no
   // answer will come for the requests behind, so this is the batch's end, not one file's
-  // failure. A connection error, as the close that follows would be; this side closes too
-  // (a stopping server waits for that before it lets go).
+  // failure. This side closes too (the server waits for that, a second at most, before it
+  // lets go). A stop or a timeout is a connection error, as the close that follows would be.
   if (f.status == Status::kShuttingDown || f.status == Status::kTimeout) {
     std::error_code ignored;
     socket_.close(ignored);
     throw Error(Failure::kConnection, address_ + ": " + printable(f.name));
+  }
+  // A batch sent to a server that wants a token: the first request is refused and the
+  // connection closed. Said as a single upload says it (exit 9), not as "lost" (exit 3)
+  // after every other file failed too.
+  if (f.status == Status::kUnauthorized || f.status == Status::kUnsupportedVersion) {
+    std::error_code ignored;
+    socket_.close(ignored);
+    throw error_from_reply(f, {});
   }
 }
 

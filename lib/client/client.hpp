@@ -336,9 +336,10 @@ class Client {
   [[noreturn]] void throw_timeout(const char* what);
   Error error_from_reply(const protocol::Frame& f, std::string_view context) const;
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
-  // In a batch: throws (kConnection) when `f` is an ERROR after which the server closes the
-  // connection (stopping, or a request timed out), rather than one file's failure, and
-  // closes this side (a stopping server waits for that, a second at most, before it lets go).
+  // In a batch: throws when `f` is an ERROR after which the server closes the connection,
+  // rather than one file's failure -- kConnection for a stop or a timed-out request, kAuth
+  // without the right token, kProtocol for another protocol version -- and closes this side
+  // (the server waits for that, a second at most, before it lets go).
   void throw_if_closing(const protocol::Frame& f);
   [[noreturn]] void connection_lost(const std::error_code& ec);
   void authenticate(const std::string& token);

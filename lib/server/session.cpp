@@ -228,6 +228,7 @@ asio::awaitable<void> Session::serve() {
   // close. One that never sent a request is closed without a word, as before.
   bool stopped_mid_exchange = false;
   bool still_sending = true;  // the client may still be sending: linger after telling it
+  bool refused_request = false;  // a request came without a token: perhaps a whole batch
   for (bool first = true;; first = false) {
     if (server_.stopping()) {
       stopped_mid_exchange = !first;
@@ -270,6 +271,7 @@ asio::awaitable<void> Session::serve() {
         req.type == MsgType::kPing || req.type == MsgType::kHello || req.type == MsgType::kAuth;
     if (!authenticated_ && !always_allowed) {
       co_await refuse_auth("sent " + std::string(protocol::to_string(req.type)) + " without authenticating");
+      refused_request = true;
       break;
     }
     pipelining_ = req.type == MsgType::kPut && (req.flags & protocol::kFlagStreamed) != 0;
@@ -327,6 +329,11 @@ asio::awaitable<void> Session::serve() {
     // answer them with a reset, which can destroy the answers above before the client
     // reads them, and fail its writes before it reads why.
     if (sent && stopped_mid_exchange && still_sending) co_await linger();
+  } else if (refused_request) {
+    // A client without the token that pipelined a batch has more requests on the way:
+    // closing on them would reset the connection, which can destroy the refusal before the
+    // client reads it. Its requests are read and dropped until it closes (a second at most).
+    co_await linger();
   }
   // Parallel uploads this connection held and nobody committed are abandoned once every
   // connection that held them is gone: let go now, not when the last reference to the

@@ -2,7 +2,8 @@
 # Everyday use of the built `ftx` binary, end to end against real servers on 127.0.0.1:
 # folders (put -r / get -r), one failing file in a batch, ls -l PATH, stat, rm / mv / mkdir,
 # a read-only server, --json, FTX_* variables, no progress bar off a terminal, and the
-# server's text and JSON log lines, and a put -r cut short by a server stop.
+# server's text and JSON log lines, a put -r cut short by a server stop, and a put -r
+# without the token a server wants.
 # Usage: everyday_test.sh PATH/TO/ftx
 set -euo pipefail
 FTX=$(realpath "$1")
@@ -450,6 +451,31 @@ else
   (cd "$T/root3/cut" && find . -type f -print0 | xargs -0 -r sha256sum) >"$T/cut.sums"
   check "put -r cut by a stop: every stored file is whole" in_dir "$T/many" sha256sum --quiet -c "$T/cut.sums"
 fi
+
+# =================================================================== 11. a folder without the token
+# put -r to a server that wants a token, without one: the server refuses the first file and
+# closes. One line with the reason and exit 9, as a single put says it -- not the first
+# file refused, then "connection lost" and exit 3.
+printf 'correct horse battery staple\n' >"$T/token"
+chmod 600 "$T/token"
+start_server "$T/serve4.log" --root "$T/root4" --min-free 0 --token-file "$T/token"
+python3 - "$T/few" <<'PY'
+import os, sys
+for d in range(3):
+    os.makedirs(f"{sys.argv[1]}/d{d}")
+    for f in range(100):
+        with open(f"{sys.argv[1]}/d{d}/f{f:03d}", "wb") as out:
+            out.write(os.urandom(2048))
+PY
+expect_exit 9 "$FTX" put -r "$T/few" few -s "$SERVER"
+check "put -r without the token: one line, about the token" \
+  grep -qx 'ftx: 127\.0\.0\.1:[0-9]*: authentication failed: this server needs the right token .*' "$T/err"
+check "put -r without the token: nothing else said" test "$(wc -l <"$T/err")" = 1
+check "put -r without the token: nothing stored" test ! -e "$T/root4/few"
+expect_exit 9 "$FTX" put -r "$T/few" few -s "$SERVER" --json
+jcheck "$T/out" 'len(L) == 1 and L[0]["exit_code"] == 9 and not L[0]["ok"]'
+FTX_TOKEN_FILE="$T/token" expect_exit 0 "$FTX" put -r -q "$T/few" few -s "$SERVER"
+check "put -r with the token: every file stored" test "$(find "$T/root4/few" -type f | wc -l)" = 300
 
 # ---- the main server stops cleanly on SIGTERM
 kill -TERM "$S1_PID"

@@ -301,6 +301,57 @@ TEST_F(Token, RightTokenWorksMissingOrWrongTokenIsRefused) {
   EXPECT_GE(std::chrono::steady_clock::now() - t0, 200ms) << "a wrong answer is answered after the delay";
 }
 
+TEST_F(Token, ABatchWithoutTheTokenEndsWithTheRefusal) {
+  // put -r without the token: the first file is refused and the server closes. That is the
+  // batch's end with the server's reason (exit 9 on the command line), not a refusal of one
+  // file followed by "connection lost" for the rest (exit 3).
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < 200; ++i) {
+    const auto local = dir_ / ("f" + std::to_string(i));
+    write_file(local, random_bytes(4096, 700 + static_cast<std::uint64_t>(i)));
+    items.push_back({local, "batch/f" + std::to_string(i)});
+  }
+  client::Client none(address());
+  std::size_t results = 0;
+  std::string message;
+  try {
+    none.put_many(items, {}, [&](const client::BatchResult&) { ++results; });
+    ADD_FAILURE() << "the batch succeeded without the token";
+  } catch (const client::Error& e) {
+    EXPECT_EQ(e.kind(), client::Failure::kAuth) << e.what();
+    message = e.what();
+  }
+  EXPECT_NE(message.find("token"), std::string::npos) << message;
+  EXPECT_EQ(results, 0u) << "no file is reported as if the server had judged it";
+  EXPECT_FALSE(std::filesystem::exists(root() / "batch"));
+}
+
+TEST_F(Token, TheRefusalOfABatchIsReadBeforeTheConnectionCloses) {
+  // After refusing a request sent without the token, the server reads (and drops) what the
+  // client still sends until the client closes: a batch's next requests, already on their
+  // way, must not be answered with a reset, which can destroy the refusal before the client
+  // reads it. Without that, the writes after the refusal fail (EPIPE or reset).
+  RawPeer peer(server_->port());
+  const auto streamed_put = [](int i) {
+    const auto body = random_bytes(4096, 800 + static_cast<std::uint64_t>(i));
+    Frame put = frame(MsgType::kPut, "nope/" + std::to_string(i));
+    put.flags = protocol::kFlagStreamed;
+    put.size = body.size();
+    put.digest = hash::sha256(body);
+    auto wire = protocol::encode(put);
+    wire.insert(wire.end(), body.begin(), body.end());
+    return wire;
+  };
+  peer.send_bytes(streamed_put(0));
+  const Frame why = peer.read_frame();
+  EXPECT_EQ(why.type, MsgType::kError);
+  EXPECT_EQ(why.status, Status::kUnauthorized);
+  EXPECT_TRUE(peer.closed_by_peer()) << "the server's side is closed after the refusal";
+  for (int i = 1; i <= 8; ++i) EXPECT_NO_THROW(peer.send_bytes(streamed_put(i))) << "write " << i;
+  peer.close();
+  EXPECT_FALSE(std::filesystem::exists(root() / "nope"));
+}
+
 TEST_F(Token, PingNeedsNoToken) {
   client::Client c(address());
   c.ping();  // health checks work without the secret; nothing is revealed
