@@ -734,7 +734,8 @@ Error Client::error_from_reply(const Frame& f, std::string_view context) const {
       return Error(Failure::kProtocol, address_ + " sent an unexpected " + std::string(protocol::to_string(f.type)) +
                                            " message during " + std::string(context));
     default:
-      return Error(Failure::kRejected, "server refused " + std::string(context) + ": " + msg);
+      return Error(Failure::kRejected, context.empty() ? "refused: " + msg
+                                                       : "server refused " + std::string(context) + ": " + msg);
   }
 }
 
@@ -1222,7 +1223,7 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
                     (f.request.flags & protocol::kFlagExecutable) != 0};
       } else if (reply.type == MsgType::kError) {
         throw_if_closing(reply);
-        r.error = f.late ? std::move(f.late) : error_from_reply(reply, context());
+        r.error = f.late ? std::move(f.late) : error_from_reply(reply, {});
       } else {
         fail_from_reply(reply, context());
       }
@@ -1558,7 +1559,7 @@ asio::awaitable<void> Client::get_receiver_loop(
     const Frame reply = co_await co_read_frame();
     if (reply.type == MsgType::kError) {
       throw_if_closing(reply);
-      r.error = error_from_reply(reply, context());
+      r.error = error_from_reply(reply, {});
       report(std::move(r), std::nullopt, std::nullopt);
       continue;
     }

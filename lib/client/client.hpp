@@ -105,7 +105,8 @@ struct BatchItem {
   std::string remote;
 };
 
-// The outcome of one BatchItem: either result or error is set.
+// The outcome of one BatchItem: either result or error is set. The error's message does not
+// name the item (the caller knows which it is): "refused: <the server's reason>".
 struct BatchResult {
   std::size_t index = 0;  // into the items given
   Result result;
@@ -334,6 +335,8 @@ class Client {
   // Runs the io_context until the pending operation completes or io_timeout_ passes.
   void run_with_timeout(const char* what);
   [[noreturn]] void throw_timeout(const char* what);
+  // The Error for an ERROR reply `f` to the request described by `context` ("put NAME");
+  // an empty context for a batch's per-file results, whose caller names the file itself.
   Error error_from_reply(const protocol::Frame& f, std::string_view context) const;
   [[noreturn]] void fail_from_reply(const protocol::Frame& f, std::string_view context);
   // In a batch: throws when `f` is an ERROR after which the server closes the connection,

@@ -305,6 +305,8 @@ S2=$SERVER
 small="mixed/a1.txt mixed/a2.txt mixed/sub/z2.txt mixed/z1.txt"
 expect_exit 5 "$FTX" put -r "$M" -s "$S2"
 check "the failing file is named on stderr" grep -q 'm-big\.bin' "$T/err"
+check "the failing file's line: its name, then the server's reason" \
+  grep -qx 'ftx: put "mixed/m-big\.bin": refused: "mixed/m-big\.bin" is 2097152 bytes; this server takes at most 1048576' "$T/err"
 expect_exit 0 "$FTX" ls mixed -s "$S2"
 check "the small files were stored despite the big one" \
   test "$(sed -E 's/.*  //' "$T/out" | tr '\n' ' ')" = "$small "
@@ -330,6 +332,7 @@ jexpect "put -r --json: one object per file, then a summary" "$T/out" "
   and sorted(o['remote'] for o in L[:5]) == ['mixedj/a1.txt', 'mixedj/a2.txt', 'mixedj/m-big.bin',
                                             'mixedj/sub/z2.txt', 'mixedj/z1.txt']
   and N['mixedj/m-big.bin']['ok'] is False and N['mixedj/m-big.bin']['exit_code'] == 5
+  and N['mixedj/m-big.bin']['error'].startswith('refused: ')
   and all(o['ok'] is True for o in L[:5] if o['remote'] != 'mixedj/m-big.bin')
   and L[5]['ok'] is False and L[5]['failed'] == 1 and L[5]['files'] == 4"
 expect_exit 0 "$FTX" ls mixedj -s "$S2"
