@@ -61,6 +61,13 @@ class BufferedSocket {
   // The buffer's size now: 0 before the first read and after release(), else
   // kRecordBytes or the capacity.
   std::size_t allocated() const { return size_; }
+  // While set, a read that finds nothing buffered and nothing in the socket's queue does not
+  // wait for the peer: it completes with asio::error::would_block (read_arrived's reads
+  // after its first).
+  void set_no_wait(bool on) { no_wait_ = on; }
+  // An error read_arrived met after it had read something: returned by its next call.
+  std::error_code& deferred_error() { return deferred_; }
+
   // Frees the buffer if it holds nothing (else does nothing); the next read of the socket
   // makes a record-sized one. Not while a read is in progress.
   void release() {
@@ -89,7 +96,7 @@ class BufferedSocket {
   struct ReadOp {
     BufferedSocket* self;
     MutableBufferSequence buffers;
-    enum class Step { kStart, kFromBuffer, kFromSocket } step = Step::kStart;
+    enum class Step { kStart, kFromBuffer, kFromSocket, kWouldBlock } step = Step::kStart;
 
     template <typename Op>
     void operator()(Op& op, std::error_code ec = {}, std::size_t n = 0) {
@@ -100,6 +107,14 @@ class BufferedSocket {
             step = Step::kFromBuffer;
             asio::defer(std::move(op));
             return;
+          }
+          if (self->no_wait_) {
+            std::error_code ignored;
+            if (self->socket_.available(ignored) == 0) {
+              step = Step::kWouldBlock;
+              asio::defer(std::move(op));
+              return;
+            }
           }
           step = Step::kFromSocket;
           self->size_buffer();
@@ -115,6 +130,9 @@ class BufferedSocket {
           break;
         case Step::kFromBuffer:
           break;
+        case Step::kWouldBlock:
+          op.complete(asio::error::would_block, 0);
+          return;
       }
       const std::size_t k =
           asio::buffer_copy(buffers, asio::buffer(self->buf_.get() + self->begin_, self->buffered()));
@@ -137,6 +155,8 @@ class BufferedSocket {
   std::size_t capacity_;
   std::size_t begin_ = 0;  // buf_[begin_, end_) is received and not yet read; end_ is
   std::size_t end_ = 0;    // also what the last read of the socket brought
+  bool no_wait_ = false;
+  std::error_code deferred_;
 };
 
 using Stream = asio::ssl::stream<BufferedSocket>;
@@ -152,24 +172,35 @@ inline bool has_local_input(Stream& s) {
 }
 
 // Reads into `buf` as plain TCP would: what has arrived, as much as fits. One read of a TLS
-// stream gives one record (16 KiB) at most; the records already here (has_local_input, or
-// in the socket's queue) are read on into `buf`. Callers that act once per read (answer, hand files on) then do so in as large bites
-// over TLS as over plain TCP. A record that arrived in part makes the read wait for the rest,
-// which is already on its way. An error after some bytes were read is left for the next read
-// (the end of the stream or a broken connection comes again there), but for a cancel: a
-// timeout cancels a read to end the exchange, and the next read would not know.
+// stream gives one record (16 KiB) at most; after the first, which waits as any read does,
+// this reads on as long as that needs no waiting for the peer: records already decrypted,
+// or whose bytes are here (has_local_input, or in the socket's queue). A record only part of
+// which has arrived, or one that carries no data (a key update, a session ticket), ends it
+// with what it has. Callers that act once per read (answer, hand files on) then do so in as
+// large bites over TLS as over plain TCP, and a deadline armed before the read still
+// measures progress. An error after some bytes were read is returned by the next call.
 inline asio::awaitable<std::tuple<std::error_code, std::size_t>> read_arrived(Stream& s, asio::mutable_buffer buf) {
   constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
+  if (auto ec = std::exchange(s.next_layer().deferred_error(), {})) co_return std::tuple{ec, std::size_t{0}};
   auto [ec, n] = co_await s.async_read_some(buf, kTuple);
   const auto arrived = [&] {
     std::error_code ignored;
     return has_local_input(s) || s.next_layer().socket().available(ignored) > 0;
   };
+  // Set for the reads after the first; cleared however this ends (a destroyed frame too).
+  const struct NoWait {
+    BufferedSocket& socket;
+    explicit NoWait(BufferedSocket& b) : socket(b) {}
+    ~NoWait() { socket.set_no_wait(false); }
+  } no_wait(s.next_layer());
   while (!ec && n < buf.size() && arrived()) {
+    s.next_layer().set_no_wait(true);
     auto [more_ec, more] = co_await s.async_read_some(buf + n, kTuple);
-    if (more_ec == asio::error::operation_aborted) co_return std::tuple{more_ec, n};
-    if (more_ec) break;
     n += more;
+    if (more_ec) {
+      if (more_ec != asio::error::would_block) s.next_layer().deferred_error() = more_ec;
+      break;
+    }
   }
   co_return std::tuple{ec, n};
 }

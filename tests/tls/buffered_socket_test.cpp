@@ -13,6 +13,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <memory>
+#include <optional>
+#include <tuple>
 #include <thread>
 #include <vector>
 
@@ -28,6 +31,9 @@ struct Pair {
 
   Pair() {
     tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    // A receive window that holds what the tests send before they read (the accepted
+    // socket inherits it; older kernels' default window is about 64 KiB).
+    acceptor.set_option(asio::socket_base::receive_buffer_size(1 << 20));
     writer.connect(acceptor.local_endpoint());
     acceptor.accept(reader);
   }
@@ -45,7 +51,8 @@ struct Pair {
     }
   }
 
-  // One async_read_some of `s` into `buf`, run to completion.
+  // One async_read_some of `s` into `buf`, run to completion -- 5 s at most: a read still
+  // waiting then is cancelled and counts as a failure.
   std::pair<std::error_code, std::size_t> read(BufferedSocket& s, asio::mutable_buffer buf) {
     std::pair<std::error_code, std::size_t> out;
     bool done = false;
@@ -54,8 +61,13 @@ struct Pair {
       done = true;
     });
     io.restart();
-    io.run();
-    EXPECT_TRUE(done);
+    io.run_for(std::chrono::seconds(5));
+    if (!done) {
+      ADD_FAILURE() << "the read waited";
+      reader.cancel();
+      io.restart();
+      io.run();
+    }
     return out;
   }
 };
@@ -222,50 +234,150 @@ TEST(BufferedSocket, CancellingTheSocketEndsAWaitingRead) {
   EXPECT_EQ(s.buffered(), 0u);
 }
 
-// Over TLS: a client writes several records at once; once they have all arrived, one
-// read_arrived on the server takes them all, where one read of the TLS stream takes one.
-TEST(ReadArrived, TakesEveryRecordThatArrived) {
-  const auto pem = make_certificate(CertSpec{});
-  asio::ssl::context server_ctx(asio::ssl::context::tls_server);
-  server_ctx.use_certificate_chain(asio::buffer(pem.cert));
-  server_ctx.use_private_key(asio::buffer(pem.key), asio::ssl::context::pem);
-  asio::ssl::context client_ctx(asio::ssl::context::tls_client);
-  client_ctx.set_verify_mode(asio::ssl::verify_none);
+TEST(BufferedSocket, ABufferedReadCompletesLaterNotInline) {
   Pair p;
-  Stream server(p.reader, server_ctx);
-  Stream client(p.writer, client_ctx);
-  std::error_code server_hs, client_hs;
-  server.async_handshake(asio::ssl::stream_base::server, [&](std::error_code ec) { server_hs = ec; });
-  client.async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) { client_hs = ec; });
-  p.io.run();
-  ASSERT_FALSE(server_hs) << server_hs.message();
-  ASSERT_FALSE(client_hs) << client_hs.message();
-
-  const auto data = pattern(5 * 16 * 1024 + 100);  // six records
-  std::error_code write_ec;
-  asio::async_write(client, asio::buffer(data), [&](std::error_code ec, std::size_t) { write_ec = ec; });
+  p.send_all(pattern(100));
+  BufferedSocket s(p.reader);
+  std::vector<std::uint8_t> buf(10);
+  ASSERT_EQ(p.read(s, asio::buffer(buf)).second, 10u);  // the rest is buffered now
+  bool done = false;
+  s.async_read_some(asio::buffer(buf), [&](std::error_code, std::size_t) { done = true; });
+  EXPECT_FALSE(done) << "completed inside async_read_some";
   p.io.restart();
   p.io.run();
-  ASSERT_FALSE(write_ec) << write_ec.message();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  // Each TLS 1.3 record adds 22 bytes: a 5-byte header, the content type, a 16-byte tag.
-  while (p.reader.available() < data.size() + 6 * 22) {
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the records never arrived";
-    std::this_thread::yield();
-  }
+  EXPECT_TRUE(done);
+}
 
-  std::vector<std::uint8_t> buf(256 * 1024);
-  std::tuple<std::error_code, std::size_t> got;
-  asio::co_spawn(p.io, read_arrived(server, asio::buffer(buf)), [&](std::exception_ptr e, auto r) {
-    if (e) std::rethrow_exception(e);
-    got = r;
-  });
-  p.io.restart();
-  p.io.run();
-  const auto [ec, n] = got;
+TEST(BufferedSocket, NoWaitReadsTakeWhatIsThereAndNeverWait) {
+  Pair p;
+  BufferedSocket s(p.reader);
+  s.set_no_wait(true);
+  std::vector<std::uint8_t> buf(100);
+  // Nothing sent: completes at once, with would_block (a waiting read would hang here).
+  auto [ec, n] = p.read(s, asio::buffer(buf));
+  EXPECT_EQ(ec, asio::error::would_block);
+  EXPECT_EQ(n, 0u);
+  // Something in the socket's queue: read as usual.
+  const auto data = pattern(50);
+  p.send_all(data, /*end=*/false);
+  std::tie(ec, n) = p.read(s, asio::buffer(buf));
   ASSERT_FALSE(ec) << ec.message();
   ASSERT_EQ(n, data.size());
   EXPECT_TRUE(std::equal(data.begin(), data.end(), buf.begin()));
+  std::tie(ec, n) = p.read(s, asio::buffer(buf));
+  EXPECT_EQ(ec, asio::error::would_block);
+}
+
+// A TLS connection over a Pair: both sides tls::Stream, the handshake done.
+struct TlsPair {
+  Pair p;
+  Pem pem = make_certificate(CertSpec{});
+  asio::ssl::context server_ctx{asio::ssl::context::tls_server};
+  asio::ssl::context client_ctx{asio::ssl::context::tls_client};
+  std::unique_ptr<Stream> server;
+  std::unique_ptr<Stream> client;
+
+  TlsPair() {
+    server_ctx.use_certificate_chain(asio::buffer(pem.cert));
+    server_ctx.use_private_key(asio::buffer(pem.key), asio::ssl::context::pem);
+    client_ctx.set_verify_mode(asio::ssl::verify_none);
+    server = std::make_unique<Stream>(p.reader, server_ctx);
+    client = std::make_unique<Stream>(p.writer, client_ctx);
+    std::error_code server_hs, client_hs;
+    server->async_handshake(asio::ssl::stream_base::server, [&](std::error_code ec) { server_hs = ec; });
+    client->async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) { client_hs = ec; });
+    p.io.run();
+    EXPECT_FALSE(server_hs) << server_hs.message();
+    EXPECT_FALSE(client_hs) << client_hs.message();
+  }
+
+  void client_write(const std::vector<std::uint8_t>& data) {
+    std::error_code write_ec;
+    asio::async_write(*client, asio::buffer(data), [&](std::error_code ec, std::size_t) { write_ec = ec; });
+    p.io.restart();
+    p.io.run();
+    EXPECT_FALSE(write_ec) << write_ec.message();
+  }
+
+  // Waits until more than `before` bytes are queued on the server's socket; returns how many.
+  std::size_t wait_for_more_than(std::size_t before) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (p.reader.available() <= before) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ADD_FAILURE() << "nothing more arrived";
+        break;
+      }
+      std::this_thread::yield();
+    }
+    return p.reader.available();
+  }
+
+  // read_arrived on the server into `buf`, given 5 s at most.
+  std::optional<std::tuple<std::error_code, std::size_t>> read_arrived_into(std::vector<std::uint8_t>& buf) {
+    std::optional<std::tuple<std::error_code, std::size_t>> got;
+    asio::co_spawn(p.io, read_arrived(*server, asio::buffer(buf)), [&](std::exception_ptr e, auto r) {
+      if (e) std::rethrow_exception(e);
+      got = r;
+    });
+    p.io.restart();
+    p.io.run_for(std::chrono::seconds(5));
+    if (!got) {
+      p.reader.cancel();  // let the read end, so that nothing outlives the test
+      p.io.restart();
+      p.io.run();
+    }
+    return got;
+  }
+};
+
+// Over TLS: a client writes several records at once; once they have all arrived, one
+// read_arrived on the server takes them all, where one read of the TLS stream takes one.
+TEST(ReadArrived, TakesEveryRecordThatArrived) {
+  TlsPair t;
+  const auto data = pattern(5 * 16 * 1024 + 100);  // six records
+  t.client_write(data);
+  // Each TLS 1.3 record adds 22 bytes: a 5-byte header, the content type, a 16-byte tag.
+  t.wait_for_more_than(data.size() + 6 * 22 - 1);
+  std::vector<std::uint8_t> buf(256 * 1024);
+  const auto got = t.read_arrived_into(buf);
+  ASSERT_TRUE(got) << "read_arrived waited";
+  const auto [ec, n] = *got;
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(n, data.size());
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), buf.begin()));
+}
+
+// A record that carries no data behind the last one that does (here a key update; also a
+// session ticket, or a record only part of which has arrived) must not make read_arrived
+// wait for the peer: it returns what it read. A peer that sends a request and then waits
+// for the answer would otherwise wait for a timeout.
+TEST(ReadArrived, ReturnsWithoutWaitingWhenWhatFollowsCarriesNoData) {
+  TlsPair t;
+  const auto data = pattern(1000);
+  t.client_write(data);
+  const std::size_t record = t.wait_for_more_than(0);
+  ASSERT_EQ(SSL_key_update(t.client->native_handle(), SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+  std::error_code hs_ec;  // a handshake call sends the key update
+  t.client->async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) { hs_ec = ec; });
+  t.p.io.restart();
+  t.p.io.run();
+  ASSERT_FALSE(hs_ec) << hs_ec.message();
+  t.wait_for_more_than(record);
+  std::vector<std::uint8_t> buf(64 * 1024);
+  const auto got = t.read_arrived_into(buf);
+  ASSERT_TRUE(got) << "read_arrived waited for the peer after a record without data";
+  const auto [ec, n] = *got;
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(n, data.size());
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), buf.begin()));
+  // The stream goes on: the next record reads as usual, under the new keys.
+  const auto more = pattern(300);
+  t.client_write(more);
+  const auto next = t.read_arrived_into(buf);
+  ASSERT_TRUE(next);
+  ASSERT_FALSE(std::get<0>(*next)) << std::get<0>(*next).message();
+  ASSERT_EQ(std::get<1>(*next), more.size());
+  EXPECT_TRUE(std::equal(more.begin(), more.end(), buf.begin()));
 }
 
 }  // namespace
