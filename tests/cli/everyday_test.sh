@@ -96,6 +96,20 @@ start_server() {
   die "server on $SERVER does not answer ping"
 }
 
+# make_tree DIR FOLDERS FILES BYTES: DIR/dNN/fNNNN, FILES files of BYTES random bytes in each
+# of FOLDERS folders.
+make_tree() {
+  python3 - "$@" <<'PY'
+import os, sys
+root, folders, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for d in range(folders):
+    os.makedirs(f"{root}/d{d:02d}")
+    for f in range(files):
+        with open(f"{root}/d{d:02d}/f{f:04d}", "wb") as out:
+            out.write(os.urandom(size))
+PY
+}
+
 # The local files' listing as `ftx ls` prints it (-l: with SHA-256), names relative to $PWD.
 expected_ls() {
   local long=$1; shift
@@ -417,14 +431,7 @@ jexpect "--log-format json: JSON lines with the put" "$T/serve2.log" "any(o.get(
 # many are on the server, whole.
 start_server "$T/serve3.log" --root "$T/root3" --min-free 0
 S3_PID=$SERVER_PID
-python3 - "$T/many" <<'PY'
-import os, sys
-for d in range(20):
-    os.makedirs(f"{sys.argv[1]}/d{d:02d}")
-    for f in range(1000):
-        with open(f"{sys.argv[1]}/d{d:02d}/f{f:04d}", "wb") as out:
-            out.write(os.urandom(512))
-PY
+make_tree "$T/many" 20 1000 512
 cut_rc=0
 "$FTX" put -r -q "$T/many" cut -s "$SERVER" >"$T/cut.out" 2>"$T/cut.err" &
 CUT_PID=$!
@@ -462,14 +469,7 @@ fi
 printf 'correct horse battery staple\n' >"$T/token"
 chmod 600 "$T/token"
 start_server "$T/serve4.log" --root "$T/root4" --min-free 0 --token-file "$T/token"
-python3 - "$T/few" <<'PY'
-import os, sys
-for d in range(3):
-    os.makedirs(f"{sys.argv[1]}/d{d}")
-    for f in range(100):
-        with open(f"{sys.argv[1]}/d{d}/f{f:03d}", "wb") as out:
-            out.write(os.urandom(2048))
-PY
+make_tree "$T/few" 3 100 2048
 expect_exit 9 "$FTX" put -r "$T/few" few -s "$SERVER"
 check "put -r without the token: one line, about the token" \
   grep -qx 'ftx: 127\.0\.0\.1:[0-9]*: authentication failed: this server needs the right token .*' "$T/err"

@@ -333,14 +333,7 @@ TEST_F(Token, TheRefusalOfABatchIsReadBeforeTheConnectionCloses) {
   // reads it. Without that, the writes after the refusal fail (EPIPE or reset).
   RawPeer peer(server_->port());
   const auto streamed_put = [](int i) {
-    const auto body = random_bytes(4096, 800 + static_cast<std::uint64_t>(i));
-    Frame put = frame(MsgType::kPut, "nope/" + std::to_string(i));
-    put.flags = protocol::kFlagStreamed;
-    put.size = body.size();
-    put.digest = hash::sha256(body);
-    auto wire = protocol::encode(put);
-    wire.insert(wire.end(), body.begin(), body.end());
-    return wire;
+    return streamed_put_wire("nope/" + std::to_string(i), 800 + static_cast<std::uint64_t>(i));
   };
   peer.send_bytes(streamed_put(0));
   const Frame why = peer.read_frame();

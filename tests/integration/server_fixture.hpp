@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "client/client.hpp"
+#include "hash/sha256.hpp"
 #include "server/server.hpp"
 #include "support/test_support.hpp"
 
@@ -24,6 +25,19 @@ inline protocol::Frame frame(protocol::MsgType t, std::string name = {}) {
 }
 
 // The kind of client::Error that `f` throws (a test failure if it throws none).
+// The bytes of a streamed PUT of `name` (what `put -r` sends per small file): the header and
+// 4 KiB of random body from `seed`.
+inline std::vector<std::uint8_t> streamed_put_wire(const std::string& name, std::uint64_t seed) {
+  const auto body = random_bytes(4096, seed);
+  protocol::Frame put = frame(protocol::MsgType::kPut, name);
+  put.flags = protocol::kFlagStreamed;
+  put.size = body.size();
+  put.digest = hash::sha256(body);
+  auto wire = protocol::encode(put);
+  wire.insert(wire.end(), body.begin(), body.end());
+  return wire;
+}
+
 inline client::Failure failure_of(const std::function<void()>& f) {
   try {
     f();

@@ -315,14 +315,7 @@ TEST_F(ServerTest, AStoppingServerKeepsReadingWhatABatchStillSends) {
   // Without that, the second write here, after the server's end, fails (EPIPE or reset).
   RawPeer peer(server_->port());
   const auto streamed_put = [](int i) {
-    const auto body = random_bytes(4096, 500 + static_cast<std::uint64_t>(i));
-    Frame put = frame(MsgType::kPut, "linger/" + std::to_string(i));
-    put.flags = protocol::kFlagStreamed;
-    put.size = body.size();
-    put.digest = hash::sha256(body);
-    auto wire = protocol::encode(put);
-    wire.insert(wire.end(), body.begin(), body.end());
-    return wire;
+    return streamed_put_wire("linger/" + std::to_string(i), 500 + static_cast<std::uint64_t>(i));
   };
   peer.send_bytes(streamed_put(0));
   ASSERT_EQ(peer.read_frame().type, MsgType::kDone);
