@@ -54,7 +54,6 @@ class BufferedSocket {
   executor_type get_executor() { return socket_.get_executor(); }
   lowest_layer_type& lowest_layer() { return socket_.lowest_layer(); }
   const lowest_layer_type& lowest_layer() const { return socket_.lowest_layer(); }
-  asio::ip::tcp::socket& socket() { return socket_; }
 
   // Bytes received from the socket that no read has taken yet.
   std::size_t buffered() const { return end_ - begin_; }
@@ -173,28 +172,23 @@ inline bool has_local_input(Stream& s) {
 
 // Reads into `buf` as plain TCP would: what has arrived, as much as fits. One read of a TLS
 // stream gives one record (16 KiB) at most; after the first, which waits as any read does,
-// this reads on as long as that needs no waiting for the peer: records already decrypted,
-// or whose bytes are here (has_local_input, or in the socket's queue). A record only part of
-// which has arrived, or one that carries no data (a key update, a session ticket), ends it
-// with what it has. Callers that act once per read (answer, hand files on) then do so in as
+// this reads on in the buffered socket's no-wait mode, so as long as that needs no waiting
+// for the peer: records already decrypted, or whose bytes are here or in the socket's queue.
+// Nothing more there, a record only part of which has arrived, or one that carries no data
+// (a key update, a session ticket) ends it with what it has. Callers that act once per read (answer, hand files on) then do so in as
 // large bites over TLS as over plain TCP, and a deadline armed before the read still
 // measures progress. An error after some bytes were read is returned by the next call.
 inline asio::awaitable<std::tuple<std::error_code, std::size_t>> read_arrived(Stream& s, asio::mutable_buffer buf) {
   constexpr auto kTuple = asio::experimental::as_tuple(asio::use_awaitable);
   if (auto ec = std::exchange(s.next_layer().deferred_error(), {})) co_return std::tuple{ec, std::size_t{0}};
   auto [ec, n] = co_await s.async_read_some(buf, kTuple);
-  const auto arrived = [&] {
-    std::error_code ignored;
-    return has_local_input(s) || s.next_layer().socket().available(ignored) > 0;
-  };
   // Set for the reads after the first; cleared however this ends (a destroyed frame too).
   const struct NoWait {
     BufferedSocket& socket;
-    explicit NoWait(BufferedSocket& b) : socket(b) {}
+    explicit NoWait(BufferedSocket& b) : socket(b) { socket.set_no_wait(true); }
     ~NoWait() { socket.set_no_wait(false); }
   } no_wait(s.next_layer());
-  while (!ec && n < buf.size() && arrived()) {
-    s.next_layer().set_no_wait(true);
+  while (!ec && n < buf.size()) {
     auto [more_ec, more] = co_await s.async_read_some(buf + n, kTuple);
     n += more;
     if (more_ec) {

@@ -44,11 +44,21 @@ struct Pair {
     const std::size_t before = reader.available();
     asio::write(writer, asio::buffer(data));
     if (end) writer.shutdown(tcp::socket::shutdown_send);
+    wait_for(before + data.size());
+  }
+
+  // Waits (10 s at most) until at least `bytes` are queued on the reading side; returns how
+  // many are.
+  std::size_t wait_for(std::size_t bytes) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (reader.available() < before + data.size()) {
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the data never arrived";
+    while (reader.available() < bytes) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ADD_FAILURE() << "never arrived: " << bytes << " bytes";
+        break;
+      }
       std::this_thread::yield();
     }
+    return reader.available();
   }
 
   // One async_read_some of `s` into `buf`, run to completion -- 5 s at most: a read still
@@ -286,19 +296,6 @@ struct TlsPair {
     EXPECT_FALSE(write_ec) << write_ec.message();
   }
 
-  // Waits until more than `before` bytes are queued on the server's socket; returns how many.
-  std::size_t wait_for_more_than(std::size_t before) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (p.reader.available() <= before) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        ADD_FAILURE() << "nothing more arrived";
-        break;
-      }
-      std::this_thread::yield();
-    }
-    return p.reader.available();
-  }
-
   // read_arrived on the server into `buf`, given 5 s at most.
   std::optional<std::tuple<std::error_code, std::size_t>> read_arrived_into(std::vector<std::uint8_t>& buf) {
     std::optional<std::tuple<std::error_code, std::size_t>> got;
@@ -324,7 +321,7 @@ TEST(ReadArrived, TakesEveryRecordThatArrived) {
   const auto data = pattern(5 * 16 * 1024 + 100);  // six records
   t.client_write(data);
   // Each TLS 1.3 record adds 22 bytes: a 5-byte header, the content type, a 16-byte tag.
-  t.wait_for_more_than(data.size() + 6 * 22 - 1);
+  t.p.wait_for(data.size() + 6 * 22);
   std::vector<std::uint8_t> buf(256 * 1024);
   const auto got = t.read_arrived_into(buf);
   ASSERT_TRUE(got) << "read_arrived waited";
@@ -342,14 +339,14 @@ TEST(ReadArrived, ReturnsWithoutWaitingWhenWhatFollowsCarriesNoData) {
   TlsPair t;
   const auto data = pattern(1000);
   t.client_write(data);
-  const std::size_t record = t.wait_for_more_than(0);
+  const std::size_t record = t.p.wait_for(1);
   ASSERT_EQ(SSL_key_update(t.client->native_handle(), SSL_KEY_UPDATE_NOT_REQUESTED), 1);
   std::error_code hs_ec;  // a handshake call sends the key update
   t.client->async_handshake(asio::ssl::stream_base::client, [&](std::error_code ec) { hs_ec = ec; });
   t.p.io.restart();
   t.p.io.run();
   ASSERT_FALSE(hs_ec) << hs_ec.message();
-  t.wait_for_more_than(record);
+  t.p.wait_for(record + 1);
   std::vector<std::uint8_t> buf(64 * 1024);
   const auto got = t.read_arrived_into(buf);
   ASSERT_TRUE(got) << "read_arrived waited for the peer after a record without data";
