@@ -1223,6 +1223,14 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
                     (f.request.flags & protocol::kFlagExecutable) != 0};
       } else if (reply.type == MsgType::kError) {
         throw_if_closing(reply);
+        if (reply.status == Status::kForbidden) {
+          // A read-only server refuses every upload alike, for the same server-wide reason:
+          // said once, as a single put says it, not once for each of 10,000 files. The
+          // server keeps the connection; this side drops it with the requests behind.
+          std::error_code ignored;
+          socket_.close(ignored);
+          throw Error(Failure::kRejected, address_ + ": " + printable(reply.name));
+        }
         r.error = f.late ? std::move(f.late) : error_from_reply(reply, {});
       } else {
         fail_from_reply(reply, context());

@@ -198,7 +198,8 @@ class Client {
   // on the caller's thread. Throws Error only when the connection itself fails -- including
   // an ERROR after which the server closes it (status 14, stopping; 13, timeout), which ends
   // the batch with a kConnection Error rather than failing one item; items not yet reported
-  // then did not complete. If on_result throws, the batch ends with that
+  // then did not complete. A read-only server's refusal (status 11), which every upload
+  // would get alike, also ends put_many: Error(kRejected), this connection closed. If on_result throws, the batch ends with that
   // exception, and no more items are reported (some of them may have been saved).
   // For get_many, items' local paths are final target paths whose folders exist.
   // With opts.connections > 1, more connections are opened (same address, token, TLS options

@@ -296,6 +296,15 @@ snapshot "$R" >"$T/ro.before"
 expect_exit 5 "$FTX" put "$T/f1" new.txt -s "$S3"
 expect_exit 5 "$FTX" put "$T/f1" keep.txt -s "$S3"
 expect_exit 5 "$FTX" put -r "$T/tree/photos" -s "$S3"
+# A tree of files alone (no empty folder to make first): the batch ends at the first refusal,
+# said once -- not once per file.
+make_tree "$T/ro-tree" 2 100 512
+expect_exit 5 "$FTX" put -r "$T/ro-tree" -s "$S3"
+check "put -r to a read-only server: one line, saying so" \
+  grep -qx 'ftx: 127\.0\.0\.1:[0-9]*: server is read-only; uploads are refused' "$T/err"
+check "put -r to a read-only server: nothing else said" test "$(wc -l <"$T/err")" = 1
+expect_exit 5 "$FTX" put -r "$T/ro-tree" -s "$S3" --json
+jcheck "$T/out" 'len(L) == 1 and L[0]["exit_code"] == 5 and not L[0]["ok"]'
 expect_exit 5 "$FTX" rm keep.txt -s "$S3"
 expect_exit 5 "$FTX" rm empty -s "$S3"
 expect_exit 5 "$FTX" mv keep.txt moved.txt -s "$S3"

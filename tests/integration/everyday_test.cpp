@@ -964,20 +964,44 @@ class ReadOnlyCommandsTest : public ServerTest {
 
 TEST_F(ReadOnlyCommandsTest, ChangesAreRefusedAndReadsStillWork) {
   write_file(root() / "keep", std::string("k"));
-  write_file(dir_ / "src", std::string("s"));
   client::Client c(address());
   EXPECT_EQ(failure_of([&] { c.remove("keep"); }), client::Failure::kRejected);
   EXPECT_EQ(failure_of([&] { c.move("keep", "other"); }), client::Failure::kRejected);
   EXPECT_EQ(failure_of([&] { c.make_folder("new"); }), client::Failure::kRejected);
-  std::vector<client::BatchResult> results;
-  c.put_many({{dir_ / "src", "src"}}, {}, [&](const client::BatchResult& r) { results.push_back(r); });
-  ASSERT_EQ(results.size(), 1u);
-  ASSERT_TRUE(results[0].error);
-  EXPECT_EQ(results[0].error->kind(), client::Failure::kRejected);
   EXPECT_TRUE(std::filesystem::exists(root() / "keep"));
   EXPECT_FALSE(std::filesystem::exists(root() / "other"));
   EXPECT_FALSE(std::filesystem::exists(root() / "new"));
   EXPECT_EQ(c.stat("keep").size, 1u);
+}
+
+// Every upload would be refused for the same reason: the batch ends at the first refusal,
+// with one error that says why, instead of one failed result per file.
+TEST_F(ReadOnlyCommandsTest, ABatchOfUploadsEndsWithOneRefusal) {
+  write_file(root() / "keep", std::string("k"));
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < 300; ++i) {
+    const std::string name = "f" + std::to_string(i);
+    write_file(dir_ / "src" / name, random_bytes(4096, static_cast<std::uint64_t>(i)));
+    items.push_back({dir_ / "src" / name, "up/" + name});
+  }
+  for (const unsigned connections : {1u, 2u}) {
+    SCOPED_TRACE(connections);
+    client::Client c(address());
+    std::size_t reported = 0;
+    try {
+      c.put_many(items, client::BatchOptions{.connections = connections},
+                 [&](const client::BatchResult&) { ++reported; });
+      ADD_FAILURE() << "no error";
+    } catch (const client::Error& e) {
+      EXPECT_EQ(e.kind(), client::Failure::kRejected);
+      EXPECT_NE(std::string(e.what()).find("read-only"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(reported, 0u);
+    EXPECT_FALSE(std::filesystem::exists(root() / "up"));
+  }
+  // The server is none the worse for the dropped connections.
+  client::Client after(address());
+  EXPECT_EQ(after.stat("keep").size, 1u);
 }
 
 }  // namespace

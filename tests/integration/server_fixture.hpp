@@ -24,7 +24,6 @@ inline protocol::Frame frame(protocol::MsgType t, std::string name = {}) {
   return f;
 }
 
-// The kind of client::Error that `f` throws (a test failure if it throws none).
 // The bytes of a streamed PUT of `name` (what `put -r` sends per small file): the header and
 // 4 KiB of random body from `seed`.
 inline std::vector<std::uint8_t> streamed_put_wire(const std::string& name, std::uint64_t seed) {
@@ -38,6 +37,7 @@ inline std::vector<std::uint8_t> streamed_put_wire(const std::string& name, std:
   return wire;
 }
 
+// The kind of client::Error that `f` throws (a test failure if it throws none).
 inline client::Failure failure_of(const std::function<void()>& f) {
   try {
     f();
