@@ -56,6 +56,7 @@ struct PutOptions {
   bool recursive = false;
   bool quiet = false;
   bool no_resume = false;
+  bool skip_identical = false;  // --skip-identical: leave files the other side holds already
   unsigned parallel = 1;  // -P: connections for one file (1 = the usual single stream)
 };
 
@@ -66,6 +67,7 @@ struct GetOptions {
   bool recursive = false;
   bool quiet = false;
   bool no_resume = false;
+  bool skip_identical = false;  // --skip-identical: leave files the other side holds already
   unsigned parallel = 1;  // -P: connections for one file (1 = the usual single stream)
 };
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <utility>
 
 namespace ftx::app {
 
@@ -65,8 +66,12 @@ bool progress_wanted(bool quiet, bool json) {
   return !quiet && !json && ::isatty(STDOUT_FILENO) == 1 && ::isatty(STDERR_FILENO) == 1;
 }
 
-ProgressBar::ProgressBar(bool enabled, std::uint64_t total_bytes, std::uint64_t total_files)
-    : enabled_(enabled), total_(total_bytes), total_files_(total_files), start_(std::chrono::steady_clock::now()) {}
+ProgressBar::ProgressBar(bool enabled, std::uint64_t total_bytes, std::uint64_t total_files, std::string label)
+    : enabled_(enabled),
+      label_(label.empty() ? std::string() : std::move(label) + " "),
+      total_(total_bytes),
+      total_files_(total_files),
+      start_(std::chrono::steady_clock::now()) {}
 
 ProgressBar::~ProgressBar() {
   // An error ends the command mid-line: leave the bar as it was and move on.
@@ -116,7 +121,8 @@ void ProgressBar::draw(bool force) {
   std::string files;
   if (total_files_ > 0) files = "  " + std::to_string(files_done_) + "/" + std::to_string(total_files_) + " files";
   // \r and erase-to-end-of-line: the bar redraws in place.
-  std::fprintf(stderr, "\r[%s] %3d%%  %s / %s  %s/s  ETA %s%s\x1b[K", bar.c_str(), pct, human_size(done_).c_str(),
+  std::fprintf(stderr, "\r%s[%s] %3d%%  %s / %s  %s/s  ETA %s%s\x1b[K", label_.c_str(), bar.c_str(), pct,
+               human_size(done_).c_str(),
                human_size(total_).c_str(), human_size(static_cast<std::uint64_t>(rate)).c_str(), eta.c_str(),
                files.c_str());
   std::fflush(stderr);

@@ -31,7 +31,8 @@ nlohmann::json json_error(const client::Error& e);
 // (every call a no-op) unless `enabled`; see progress_wanted().
 class ProgressBar {
  public:
-  ProgressBar(bool enabled, std::uint64_t total_bytes, std::uint64_t total_files = 0);
+  // `label`, when given, leads the line (a phase other than the transfer: "checking").
+  ProgressBar(bool enabled, std::uint64_t total_bytes, std::uint64_t total_files = 0, std::string label = {});
   ~ProgressBar();
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
@@ -53,6 +54,7 @@ class ProgressBar {
   void draw(bool force);
 
   bool enabled_;
+  std::string label_;
   bool finished_ = false;
   std::uint64_t total_;
   std::uint64_t done_ = 0;

@@ -14,11 +14,14 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <set>
+#include <unordered_map>
 
 #include "apps/ftx/commands.hpp"
 #include "apps/ftx/exit_codes.hpp"
 #include "apps/ftx/output.hpp"
+#include "client/compare.hpp"
 #include "client/local_file.hpp"
 #include "hash/sha256.hpp"
 #include "storage/fd.hpp"
@@ -43,10 +46,25 @@ nlohmann::json json_result(const char* op, const std::string& local, const std::
   return j;
 }
 
+// --skip-identical: the JSON object of a file left alone because the other side holds it
+// already (nothing moved; bytes and sha256 are the file's).
+nlohmann::json json_identical(const char* op, const std::string& local, const std::string& remote,
+                              const client::Entry& e) {
+  return {{"ok", true},
+          {"op", op},
+          {"local", local},
+          {"remote", remote},
+          {"bytes", e.size},
+          {"sha256", hash::to_hex(*e.digest)},
+          {"executable", e.executable},
+          {"identical", true}};
+}
+
 // The outcome of a folder transfer, for the summary line and the exit code.
 struct Tally {
   std::uint64_t files = 0;
   std::uint64_t failed = 0;
+  std::uint64_t identical = 0;  // --skip-identical: not moved, the other side has them
   std::uint64_t bytes = 0;
   int first_failure = kOk;  // the exit code: that of the first file (in sorted order) that failed
   std::size_t first_failed_index = SIZE_MAX;  // -P reports files out of order
@@ -68,10 +86,63 @@ struct Tally {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   nlohmann::json json(const char* op, std::uint64_t skipped) const {
-    return {{"op", op},         {"summary", true}, {"ok", failed == 0}, {"files", files - failed},
-            {"failed", failed}, {"skipped", skipped}, {"bytes", bytes}, {"seconds", seconds()}};
+    return {{"op", op},         {"summary", true},      {"ok", failed == 0},      {"files", files - failed},
+            {"failed", failed}, {"identical", identical}, {"skipped", skipped}, {"bytes", bytes},
+            {"seconds", seconds()}};
+  }
+  // The summary line's tail: ", 2 failed", ", 9998 identical (not sent)".
+  std::string tail(const char* not_moved) const {
+    std::string t;
+    if (failed > 0) t += ", " + std::to_string(failed) + " failed";
+    if (identical > 0) t += ", " + std::to_string(identical) + " identical (" + not_moved + ")";
+    return t;
   }
 };
+
+// --skip-identical for a folder: which of `items` the other side holds already, `entries[i]`
+// being the server's file of the same name (nullptr: none). Each file with a counterpart is
+// compared (client::is_identical: a stat, and for those whose size, mtime and mode match, a
+// read and a hash) under a "checking" bar that counts the counterparts' bytes.
+std::vector<bool> find_identical(const std::vector<client::BatchItem>& items,
+                                 const std::vector<const client::Entry*>& entries, bool bar_wanted) {
+  std::uint64_t bytes = 0;
+  std::uint64_t files = 0;
+  for (const auto* e : entries) {
+    if (e != nullptr) bytes += e->size, ++files;
+  }
+  std::vector<bool> same(items.size(), false);
+  ProgressBar bar(bar_wanted && files > 0, bytes, files, "checking");
+  std::uint64_t checked = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (entries[i] == nullptr) continue;
+    same[i] = client::is_identical(items[i].local, *entries[i], [&](std::uint64_t n) { bar.add_bytes(n); });
+    checked += entries[i]->size;
+    bar.bytes(checked);  // a file that differed counts as checked all the same
+    bar.file_done();
+  }
+  bar.finish();
+  return same;
+}
+
+// Takes the identical files out of `items` (find_identical's `same`), reporting each with
+// --json and counting it in `tally`; returns the rest, in order, and subtracts the identical
+// files' bytes from `bytes`.
+std::vector<client::BatchItem> drop_identical(std::vector<client::BatchItem> items, const std::vector<bool>& same,
+                                              const std::vector<const client::Entry*>& entries, const char* op,
+                                              bool json, Tally& tally, std::uint64_t& bytes) {
+  std::vector<client::BatchItem> rest;
+  rest.reserve(items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (!same[i]) {
+      rest.push_back(std::move(items[i]));
+      continue;
+    }
+    ++tally.identical;
+    bytes -= std::min(bytes, entries[i]->size);
+    if (json) print_json(json_identical(op, items[i].local.string(), items[i].remote, *entries[i]));
+  }
+  return rest;
+}
 
 // After the error of a connection failure that ended a folder transfer half-way (a lost
 // connection, a stopping server), on stderr: what got through before it is not hidden
@@ -228,6 +299,24 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     auto c = connect(opts.client, address);
     // Empty folders first (puts create the others); parents before children, as sorted.
     for (const auto& folder : tree.empty_folders) c->make_folder(folder);
+    if (opts.skip_identical) {
+      // What the server holds under REMOTE_DIR, with its SHA-256s (stored ones: no hashing
+      // there for files it received). None yet is no error: nothing is identical then.
+      std::unordered_map<std::string, client::Entry> stored;
+      try {
+        c->list(remote_root, [&](const client::Entry& e) { stored.emplace(e.name, e); },
+                client::ListOptions{.digests = true});
+      } catch (const client::Error& e) {
+        if (e.kind() != client::Failure::kNotFound) throw;
+      }
+      std::vector<const client::Entry*> entries(tree.files.size(), nullptr);
+      for (std::size_t i = 0; i < tree.files.size(); ++i) {
+        const auto it = stored.find(tree.files[i].remote);
+        if (it != stored.end()) entries[i] = &it->second;
+      }
+      const auto same = find_identical(tree.files, entries, bar_wanted);
+      tree.files = drop_identical(std::move(tree.files), same, entries, "put", opts.client.json, tally, tree.bytes);
+    }
     ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
     sending = true;
     c->put_many(
@@ -254,7 +343,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     std::printf("stored %llu of %zu files (%s) under %s in %.1f s%s\n",
                 static_cast<unsigned long long>(tally.files - tally.failed), tree.files.size(),
                 human_size(tally.bytes).c_str(), printable(remote_root).c_str(), tally.seconds(),
-                tally.failed > 0 ? (", " + std::to_string(tally.failed) + " failed").c_str() : "");
+                tally.tail("not sent").c_str());
   }
   return tally.first_failure;
 }
@@ -271,6 +360,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
                                                         : fs::path(fs::path(remote_root).filename());
   Tally tally;
   std::vector<client::BatchItem> files;
+  std::vector<client::Entry> remote_files;  // --skip-identical: files[i]'s entry, for the comparison
   std::uint64_t total = 0;
   std::uint64_t skipped = 0;
   bool receiving = false;  // the files' batch began
@@ -298,12 +388,16 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
             folders.push_back(local_root / rel);
           } else {
             files.push_back({local_root / rel, e.name});
+            if (opts.skip_identical) remote_files.push_back(e);
             total += e.size;
           }
         },
-        // Sizes only for the bar's total: without one the server need not stat every entry
-        // (most of a 10,000-file listing's time, and nothing is fetched until it is done).
-        client::ListOptions{.digests = false, .folders = true, .names_only = !bar_wanted});
+        // Sizes only for the bar's total or the comparison: without them the server need not
+        // stat every entry (most of a 10,000-file listing's time, and nothing is fetched until
+        // it is done).
+        client::ListOptions{.digests = opts.skip_identical,
+                            .folders = true,
+                            .names_only = !bar_wanted && !opts.skip_identical});
     for (const auto& f : folders) {
       std::error_code ec;
       fs::create_directories(f, ec);
@@ -317,6 +411,13 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
       std::error_code ec;
       fs::create_directories(fs::path(made), ec);
       if (ec) throw client::Error(client::Failure::kLocalIo, "cannot create folder " + made + ": " + ec.message());
+    }
+    if (opts.skip_identical) {
+      std::vector<const client::Entry*> entries;
+      entries.reserve(remote_files.size());
+      for (const auto& e : remote_files) entries.push_back(&e);
+      const auto same = find_identical(files, entries, bar_wanted);
+      files = drop_identical(std::move(files), same, entries, "get", opts.client.json, tally, total);
     }
     ProgressBar bar(bar_wanted, total, files.size());
     receiving = true;
@@ -343,8 +444,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
   } else {
     std::printf("saved %llu of %zu files (%s) into %s in %.1f s%s\n",
                 static_cast<unsigned long long>(tally.files - tally.failed), files.size(),
-                human_size(tally.bytes).c_str(), local_root.c_str(), tally.seconds(),
-                tally.failed > 0 ? (", " + std::to_string(tally.failed) + " failed").c_str() : "");
+                human_size(tally.bytes).c_str(), local_root.c_str(), tally.seconds(), tally.tail("not fetched").c_str());
   }
   return tally.first_failure;
 }
@@ -360,6 +460,37 @@ void add_parallel_option(CLI::App& cmd, unsigned& parallel, const char* what) {
                      "connections (more cores at work on both sides); each file travels whole on one of them")
       ->check(CLI::Range(1u, 64u))
       ->default_str("1");
+}
+
+// --skip-identical: the same words on put and get.
+void add_skip_identical_option(CLI::App& cmd, bool& skip, const char* other_side) {
+  cmd.add_flag("--skip-identical", skip,
+               std::string("skip every file ") + other_side +
+                   " already holds: same size, mtime, executable bit and SHA-256 (a file whose size and mtime match "
+                   "is read and hashed here to make sure); with -r, file by file");
+}
+
+// A single file left alone by --skip-identical: "identical <shown> (<size>, sha256 <hex>):
+// not <sent|fetched>", or its JSON object.
+void report_identical(const char* op, const std::string& local, const std::string& remote, const client::Entry& e,
+                      bool json, const std::string& shown, const char* not_moved) {
+  if (json) {
+    print_json(json_identical(op, local, remote, e));
+  } else {
+    std::printf("identical %s (%s, sha256 %s): not %s\n", printable(shown).c_str(), human_size(e.size).c_str(),
+                hash::to_hex(*e.digest).c_str(), not_moved);
+  }
+}
+
+// The server's file `remote` for --skip-identical, or nullopt when it has none (or a folder).
+std::optional<client::Entry> stored_entry(client::Client& c, const std::string& remote) {
+  try {
+    auto e = c.stat(remote);
+    if (!e.folder && e.digest) return e;
+  } catch (const client::Error& err) {
+    if (err.kind() != client::Failure::kNotFound) throw;
+  }
+  return std::nullopt;
 }
 
 // Progress for put and get: the bar learns the total on the first call, which also says
@@ -389,6 +520,7 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
   add_parallel_option(*cmd, opts.parallel,
                       "The server publishes the file once its whole SHA-256 matched; an interrupted one resumes "
                       "with the ranges the server lacks.");
+  add_skip_identical_option(*cmd, opts.skip_identical, "the server");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
@@ -399,6 +531,7 @@ CLI::App* setup_put(CLI::App& app, PutOptions& opts) {
       "  ftx put -r site/ www/2026         upload the tree under www/2026/\n"
       "  ftx put -P 8 big.iso              over 8 connections (a long, lossy link)\n"
       "  ftx put -r -P 2 photos            the tree's files over 2 connections\n"
+      "  ftx put -r --skip-identical photos  again later: only new and changed files are sent\n"
       "  ftx put data.csv --json           {\"bytes\":...,\"executable\":false,...,\"ok\":true,\"op\":\"put\",...}");
   return cmd;
 }
@@ -418,6 +551,7 @@ CLI::App* setup_get(CLI::App& app, GetOptions& opts) {
                 "and leave none should this one be interrupted");
   add_parallel_option(*cmd, opts.parallel,
                       "The file replaces LOCAL_PATH once its whole SHA-256 matched; an interrupted one resumes with the ranges it lacks.");
+  add_skip_identical_option(*cmd, opts.skip_identical, "LOCAL_PATH");
   add_server_option(*cmd, opts.client);
   cmd->footer(
       "Examples:\n"
@@ -429,7 +563,8 @@ CLI::App* setup_get(CLI::App& app, GetOptions& opts) {
       "  ftx get -r photos                 into ./photos\n"
       "  ftx get -r www/2026 /srv/site     into /srv/site\n"
       "  ftx get -r . backup/              everything stored\n"
-      "  ftx get -r -P 2 photos            the tree's files over 2 connections");
+      "  ftx get -r -P 2 photos            the tree's files over 2 connections\n"
+      "  ftx get -r --skip-identical photos  fetch only what ./photos lacks or holds otherwise");
   return cmd;
 }
 
@@ -451,6 +586,12 @@ int run_put(const PutOptions& opts) {
   }
   return run_client_action(opts.client, "put", [&] {
     auto c = connect(opts.client, *address);
+    if (opts.skip_identical) {
+      const auto e = stored_entry(*c, remote);
+      if (e && client::is_identical(opts.local, *e)) {
+        return report_identical("put", opts.local, remote, *e, opts.client.json, remote, "sent");
+      }
+    }
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
     const auto r = opts.parallel > 1
                        ? c->put_parallel(opts.local, remote, opts.parallel, bar_progress(bar),
@@ -472,6 +613,13 @@ int run_get(const GetOptions& opts) {
   if (opts.recursive) return get_folder(opts, *address);
   return run_client_action(opts.client, "get", [&] {
     auto c = connect(opts.client, *address);
+    if (opts.skip_identical && opts.local != "-" && opts.local != "/dev/stdout") {
+      const auto target = client::Client::download_target(opts.remote, opts.local);
+      const auto e = stored_entry(*c, opts.remote);
+      if (e && client::is_identical(target, *e)) {
+        return report_identical("get", target.string(), opts.remote, *e, opts.client.json, target.string(), "fetched");
+      }
+    }
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
     const auto r = opts.parallel > 1
                        ? c->get_parallel(opts.remote, opts.local, opts.parallel, bar_progress(bar),

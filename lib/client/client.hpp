@@ -239,6 +239,11 @@ class Client {
   // One round trip; throws if the server does not answer as an ftx server.
   void ping();
 
+  // Where get(remote, local) saves the file (not for standard output): ./<base name> when
+  // `local` is empty, <local>/<base name> when it is a folder, else `local`. Throws
+  // Error(kLocalIo) when no file name can be told.
+  static std::filesystem::path download_target(const std::string& remote, const std::filesystem::path& local);
+
  private:
   struct Batch;  // state shared by a batch's sender and receiver (client.cpp)
   class BatchQueue;  // hands a batch's items out to its connections (client.cpp)
@@ -256,8 +261,6 @@ class Client {
   void put_ranges(Parallel& p);
   // Sends a header and its body in one go (a kPutRange).
   asio::awaitable<void> co_send_with_body(const protocol::Frame& f, std::span<const std::uint8_t> body);
-  // Where a download of `remote` to `local` goes (get's rules: ./<base name>, into a folder).
-  static std::filesystem::path download_target(const std::string& remote, const std::filesystem::path& local);
 
   // The I/O core: coroutines on io_, each completed operation counting as progress.
   asio::awaitable<void> co_write(std::span<const std::uint8_t> data);

@@ -2,8 +2,8 @@
 # Everyday use of the built `ftx` binary, end to end against real servers on 127.0.0.1:
 # folders (put -r / get -r), one failing file in a batch, ls -l PATH, stat, rm / mv / mkdir,
 # a read-only server, --json, FTX_* variables, no progress bar off a terminal, and the
-# server's text and JSON log lines, a put -r cut short by a server stop, and a put -r
-# without the token a server wants.
+# server's text and JSON log lines, a put -r cut short by a server stop, a put -r
+# without the token a server wants, and --skip-identical re-runs.
 # Usage: everyday_test.sh PATH/TO/ftx
 set -euo pipefail
 FTX=$(realpath "$1")
@@ -488,6 +488,52 @@ expect_exit 9 "$FTX" put -r "$T/few" few -s "$SERVER" --json
 jcheck "$T/out" 'len(L) == 1 and L[0]["exit_code"] == 9 and not L[0]["ok"]'
 FTX_TOKEN_FILE="$T/token" expect_exit 0 "$FTX" put -r -q "$T/few" few -s "$SERVER"
 check "put -r with the token: every file stored" test "$(find "$T/root4/few" -type f | wc -l)" = 300
+
+# =================================================================== 12. --skip-identical
+# A second run moves only what changed: a file is left alone when the other side has the same
+# size, mtime, executable bit and SHA-256. Changed bytes under the same size and mtime are
+# caught by the hash; the server's log shows what travelled.
+start_server "$T/serve5.log" --root "$T/root5" --min-free 0
+make_tree "$T/same" 3 20 1000
+expect_exit 0 "$FTX" put -r -q "$T/same" same -s "$SERVER"
+# flip_byte FILE: one byte changed, size and mtime kept.
+flip_byte() {
+  touch -r "$1" "$T/mtime.ref"
+  python3 -c 'import sys; f = open(sys.argv[1], "r+b"); b = f.read(11)[10]; f.seek(10); f.write(bytes([b ^ 1]))' "$1"
+  touch -r "$T/mtime.ref" "$1"
+}
+flip_byte "$T/same/d00/f0003"
+touch -d '2021-01-01 00:00:00' "$T/same/d01/f0000"
+puts_before=$(grep -c ' put "same/' "$T/serve5.log")
+expect_exit 0 "$FTX" put -r --skip-identical "$T/same" same -s "$SERVER"
+grep -qE '^stored 2 of 2 files \(.*\) under same in [0-9.]+ s, 58 identical \(not sent\)$' "$T/out" && ok ||
+  bad "put -r --skip-identical summary: $(cat "$T/out")"
+check "put -r --skip-identical sent the two changed files alone" \
+  test "$(($(grep -c ' put "same/' "$T/serve5.log") - puts_before))" = 2
+check "the changed bytes reached the server" cmp "$T/same/d00/f0003" "$T/root5/same/d00/f0003"
+check "the new mtime reached the server" \
+  test "$(stat -c %Y "$T/root5/same/d01/f0000")" = "$(stat -c %Y "$T/same/d01/f0000")"
+expect_exit 0 "$FTX" put -r --skip-identical --json "$T/same" same -s "$SERVER"
+jcheck "$T/out" 'len(L) == 61 and all(o["ok"] and o["identical"] for o in L[:-1]) and L[-1]["identical"] == 60 and L[-1]["files"] == 0'
+expect_exit 0 "$FTX" put -r -q --skip-identical "$T/same" elsewhere -s "$SERVER"
+grep -qE '^stored 60 of 60 files .* in [0-9.]+ s$' "$T/out" && ok || bad "put -r --skip-identical to a new folder: $(cat "$T/out")"
+expect_exit 0 "$FTX" put --skip-identical "$T/same/d02/f0001" same/d02/f0001 -s "$SERVER"
+check "put --skip-identical of one file says it was not sent" \
+  grep -qE '^identical same/d02/f0001 \(1000 B, sha256 [0-9a-f]{64}\): not sent$' "$T/out"
+expect_exit 0 "$FTX" put "$T/same/d02/f0001" same/d02/f0001 -s "$SERVER"
+check "without --skip-identical the file is sent as ever" grep -q '^stored same/d02/f0001 ' "$T/out"
+# Downloads alike, compared with the local copy.
+expect_exit 0 "$FTX" get -r -q same "$T/back" -s "$SERVER"
+flip_byte "$T/back/d02/f0005"
+gets_before=$(grep -c ' get "same/' "$T/serve5.log")
+expect_exit 0 "$FTX" get -r --skip-identical same "$T/back" -s "$SERVER"
+grep -qE '^saved 1 of 1 files \(.*\) into .*/back in [0-9.]+ s, 59 identical \(not fetched\)$' "$T/out" && ok ||
+  bad "get -r --skip-identical summary: $(cat "$T/out")"
+check "get -r --skip-identical fetched the changed file alone" \
+  test "$(($(grep -c ' get "same/' "$T/serve5.log") - gets_before))" = 1
+check "get -r --skip-identical: the copy is whole again" diff -r "$T/same" "$T/back"
+expect_exit 0 "$FTX" get --skip-identical same/d00/f0000 "$T/back/d00/f0000" -s "$SERVER" --json
+jcheck "$T/out" 'len(L) == 1 and L[0]["identical"] and L[0]["ok"] and L[0]["bytes"] == 1000'
 
 # ---- the main server stops cleanly on SIGTERM
 kill -TERM "$S1_PID"

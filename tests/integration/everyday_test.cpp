@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -18,6 +19,7 @@
 #include <thread>
 
 #include "client/client.hpp"
+#include "client/compare.hpp"
 #include "hash/sha256.hpp"
 #include "integration/server_fixture.hpp"
 #include "protocol/codec.hpp"
@@ -824,6 +826,55 @@ TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
   const auto want = hash::sha256(third);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), reinterpret_cast<const std::uint8_t*>(rec) + 32))
       << "the digest record (its last 32 bytes) holds the new SHA-256";
+}
+
+// --skip-identical leaves a file alone only when client::is_identical says so: its size,
+// mtime, executable bit and SHA-256 all match the server's file.
+TEST_F(ServerTest, AFileIsIdenticalOnlyWhenItsBytesAndMetadataAllMatch) {
+  const auto data = random_bytes(5000, 21);
+  const auto local = dir_ / "f";
+  write_file(local, data);
+  client::Client c(address());
+  c.put(local, "f");
+  const auto stored = c.stat("f");
+  struct stat st {};
+  ASSERT_EQ(::stat(local.c_str(), &st), 0);
+  const auto set_mtime = [&](timespec mtime) {
+    const timespec times[2] = {{0, UTIME_OMIT}, mtime};
+    ASSERT_EQ(::utimensat(AT_FDCWD, local.c_str(), times, 0), 0);
+  };
+  std::uint64_t hashed = 0;
+  EXPECT_TRUE(client::is_identical(local, stored, [&](std::uint64_t n) { hashed += n; }));
+  EXPECT_EQ(hashed, data.size());
+
+  // Other bytes under the same size and mtime: only the SHA-256 tells them apart.
+  auto other = data;
+  other[2500] ^= 1;
+  write_file(local, other);
+  set_mtime(st.st_mtim);
+  EXPECT_FALSE(client::is_identical(local, stored));
+  write_file(local, data);
+  set_mtime(st.st_mtim);
+  EXPECT_TRUE(client::is_identical(local, stored));
+
+  // The same bytes with another mtime or executable bit: a transfer would change the copy.
+  set_mtime({st.st_mtim.tv_sec, (st.st_mtim.tv_nsec + 1) % 1000000000});
+  EXPECT_FALSE(client::is_identical(local, stored));
+  set_mtime(st.st_mtim);
+  ASSERT_EQ(::chmod(local.c_str(), 0755), 0);
+  EXPECT_FALSE(client::is_identical(local, stored));
+  ASSERT_EQ(::chmod(local.c_str(), st.st_mode & 07777), 0);
+  EXPECT_TRUE(client::is_identical(local, stored));
+
+  // Never followed, never guessed: a link to the file, no file, a folder, no digest.
+  ASSERT_EQ(::symlink(local.c_str(), (dir_ / "link").c_str()), 0);
+  EXPECT_FALSE(client::is_identical(dir_ / "link", stored));
+  EXPECT_FALSE(client::is_identical(dir_ / "missing", stored));
+  c.make_folder("folder");
+  EXPECT_FALSE(client::is_identical(local, c.stat("folder")));
+  auto without_digest = stored;
+  without_digest.digest.reset();
+  EXPECT_FALSE(client::is_identical(local, without_digest));
 }
 
 TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {

@@ -1,0 +1,57 @@
+#include "client/compare.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <memory>
+
+#include "hash/sha256.hpp"
+#include "storage/fd.hpp"
+
+namespace ftx::client {
+
+namespace {
+
+// The metadata a transfer carries (size, mtime in ns, executable bit), compared first: it
+// rules out nearly every changed file without reading it.
+bool same_metadata(const struct stat& st, const Entry& remote) {
+  return S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == remote.size &&
+         storage::mtime_ns(st) == remote.mtime_ns && ((st.st_mode & S_IXUSR) != 0) == remote.executable;
+}
+
+}  // namespace
+
+bool is_identical(const std::filesystem::path& local, const Entry& remote,
+                  const std::function<void(std::uint64_t)>& on_bytes) {
+  if (remote.folder || !remote.described || !remote.digest) return false;
+  const storage::UniqueFd fd(::open(local.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  struct stat before {};
+  if (!fd || ::fstat(fd.get(), &before) != 0 || !same_metadata(before, remote)) return false;
+  hash::Sha256 sha;
+  constexpr std::size_t kChunk = 1 << 20;
+  const auto buf = std::make_unique<std::uint8_t[]>(kChunk);
+  std::uint64_t total = 0;
+  for (;;) {
+    const ssize_t got = ::read(fd.get(), buf.get(), kChunk);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return false;
+    if (got == 0) break;
+    sha.update(std::span<const std::uint8_t>(buf.get(), static_cast<std::size_t>(got)));
+    total += static_cast<std::uint64_t>(got);
+    if (on_bytes) on_bytes(static_cast<std::uint64_t>(got));
+  }
+  // A file written to while it was read is not known to be anything: send it (its upload
+  // hashes what it sends).
+  struct stat after {};
+  if (total != remote.size || ::fstat(fd.get(), &after) != 0 || !same_metadata(after, remote) ||
+      after.st_ctim.tv_sec != before.st_ctim.tv_sec || after.st_ctim.tv_nsec != before.st_ctim.tv_nsec) {
+    return false;
+  }
+  return sha.finish() == *remote.digest;
+}
+
+}  // namespace ftx::client

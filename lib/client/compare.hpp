@@ -1,0 +1,22 @@
+#pragma once
+// --skip-identical: whether a file need not move because the other side already holds it,
+// byte for byte and with the same metadata a transfer would give it.
+
+#include <filesystem>
+#include <functional>
+
+#include "client/client.hpp"
+
+namespace ftx::client {
+
+// Whether the local file `local` is the same file as the server's `remote`: a regular file
+// (a symbolic link is not followed) of the same size, mtime to the nanosecond and executable
+// bit, whose SHA-256 is remote.digest. The file is read and hashed only when all the rest
+// matches, so a changed file usually costs one stat. Any doubt is "not identical" -- no such
+// file, a read error, a file that changes while it is read, a remote entry that is a folder
+// or lacks its digest -- and the transfer then goes ahead and reports what is wrong itself.
+// `on_bytes`, when set, is called with each run of bytes hashed (for a progress bar).
+bool is_identical(const std::filesystem::path& local, const Entry& remote,
+                  const std::function<void(std::uint64_t)>& on_bytes = {});
+
+}  // namespace ftx::client
