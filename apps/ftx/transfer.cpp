@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -99,48 +100,50 @@ struct Tally {
   }
 };
 
-// --skip-identical for a folder: which of `items` the other side holds already, `entries[i]`
-// being the server's file of the same name (nullptr: none). Each file with a counterpart is
-// compared (client::is_identical: a stat, and for those whose size, mtime and mode match, a
-// read and a hash) under a "checking" bar that counts the counterparts' bytes.
-std::vector<bool> find_identical(const std::vector<client::BatchItem>& items,
-                                 const std::vector<const client::Entry*>& entries, bool bar_wanted) {
-  std::uint64_t bytes = 0;
+// --skip-identical for a folder: leaves out of `items` the files the other side holds
+// already, `entries[i]` being the server's file of items[i]'s name (nullptr: none), and
+// returns the rest, in order. Each left out is counted in `tally`, its bytes taken off
+// `bytes`, and with `json` reported. A stat per file first (client::may_be_identical); those
+// whose size, mtime and mode match are then read and hashed, under a "checking" bar that
+// counts their bytes -- with the connection `c` closed, as hashing may take longer than the
+// server lets a connection wait between requests (--idle-timeout). `reconnect` opens a new
+// one into `c` when files remain to be moved.
+std::vector<client::BatchItem> leave_out_identical(std::vector<client::BatchItem> items,
+                                                   std::vector<const client::Entry*> entries, const char* op,
+                                                   bool json, bool bar_wanted, Tally& tally, std::uint64_t& bytes,
+                                                   std::unique_ptr<client::Client>& c,
+                                                   const std::function<std::unique_ptr<client::Client>()>& reconnect) {
+  std::uint64_t to_check = 0;
   std::uint64_t files = 0;
-  for (const auto* e : entries) {
-    if (e != nullptr) bytes += e->size, ++files;
-  }
-  std::vector<bool> same(items.size(), false);
-  ProgressBar bar(bar_wanted && files > 0, bytes, files, "checking");
-  std::uint64_t checked = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
-    if (entries[i] == nullptr) continue;
-    same[i] = client::is_identical(items[i].local, *entries[i], [&](std::uint64_t n) { bar.add_bytes(n); });
-    checked += entries[i]->size;
-    bar.bytes(checked);  // a file that differed counts as checked all the same
-    bar.file_done();
+    if (entries[i] != nullptr && !client::may_be_identical(items[i].local, *entries[i])) entries[i] = nullptr;
+    if (entries[i] != nullptr) to_check += entries[i]->size, ++files;
   }
-  bar.finish();
-  return same;
-}
-
-// Takes the identical files out of `items` (find_identical's `same`), reporting each with
-// --json and counting it in `tally`; returns the rest, in order, and subtracts the identical
-// files' bytes from `bytes`.
-std::vector<client::BatchItem> drop_identical(std::vector<client::BatchItem> items, const std::vector<bool>& same,
-                                              const std::vector<const client::Entry*>& entries, const char* op,
-                                              bool json, Tally& tally, std::uint64_t& bytes) {
+  if (files == 0) return items;
+  c.reset();
   std::vector<client::BatchItem> rest;
-  rest.reserve(items.size());
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    if (!same[i]) {
-      rest.push_back(std::move(items[i]));
-      continue;
+  {
+    ProgressBar bar(bar_wanted, to_check, files, "checking");
+    std::uint64_t checked = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const client::Entry* e = entries[i];
+      const bool same = e != nullptr && client::is_identical(items[i].local, *e, [&](std::uint64_t n) { bar.add_bytes(n); });
+      if (e != nullptr) {
+        checked += e->size;
+        bar.bytes(checked);  // a file that differed counts as checked all the same
+        bar.file_done();
+      }
+      if (!same) {
+        rest.push_back(std::move(items[i]));
+        continue;
+      }
+      ++tally.identical;
+      bytes -= std::min(bytes, e->size);
+      if (json) print_json(json_identical(op, items[i].local.string(), items[i].remote, *e));
     }
-    ++tally.identical;
-    bytes -= std::min(bytes, entries[i]->size);
-    if (json) print_json(json_identical(op, items[i].local.string(), items[i].remote, *entries[i]));
+    bar.finish();
   }
+  if (!rest.empty()) c = reconnect();
   return rest;
 }
 
@@ -314,8 +317,9 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
         const auto it = stored.find(tree.files[i].remote);
         if (it != stored.end()) entries[i] = &it->second;
       }
-      const auto same = find_identical(tree.files, entries, bar_wanted);
-      tree.files = drop_identical(std::move(tree.files), same, entries, "put", opts.client.json, tally, tree.bytes);
+      tree.files = leave_out_identical(std::move(tree.files), std::move(entries), "put", opts.client.json, bar_wanted,
+                                       tally, tree.bytes, c, [&] { return connect(opts.client, address); });
+      if (tree.files.empty()) return;  // all there already
     }
     ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
     sending = true;
@@ -416,8 +420,9 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
       std::vector<const client::Entry*> entries;
       entries.reserve(remote_files.size());
       for (const auto& e : remote_files) entries.push_back(&e);
-      const auto same = find_identical(files, entries, bar_wanted);
-      files = drop_identical(std::move(files), same, entries, "get", opts.client.json, tally, total);
+      files = leave_out_identical(std::move(files), std::move(entries), "get", opts.client.json, bar_wanted, tally, total,
+                                  c, [&] { return connect(opts.client, address); });
+      if (files.empty()) return;  // all there already
     }
     ProgressBar bar(bar_wanted, total, files.size());
     receiving = true;
@@ -588,8 +593,12 @@ int run_put(const PutOptions& opts) {
     auto c = connect(opts.client, *address);
     if (opts.skip_identical) {
       const auto e = stored_entry(*c, remote);
-      if (e && client::is_identical(opts.local, *e)) {
-        return report_identical("put", opts.local, remote, *e, opts.client.json, remote, "sent");
+      if (e && client::may_be_identical(opts.local, *e)) {
+        c.reset();  // hashing a large file may take longer than the server lets a connection wait
+        if (client::is_identical(opts.local, *e)) {
+          return report_identical("put", opts.local, remote, *e, opts.client.json, remote, "sent");
+        }
+        c = connect(opts.client, *address);
       }
     }
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
@@ -616,8 +625,12 @@ int run_get(const GetOptions& opts) {
     if (opts.skip_identical && opts.local != "-" && opts.local != "/dev/stdout") {
       const auto target = client::Client::download_target(opts.remote, opts.local);
       const auto e = stored_entry(*c, opts.remote);
-      if (e && client::is_identical(target, *e)) {
-        return report_identical("get", target.string(), opts.remote, *e, opts.client.json, target.string(), "fetched");
+      if (e && client::may_be_identical(target, *e)) {
+        c.reset();  // as for put
+        if (client::is_identical(target, *e)) {
+          return report_identical("get", target.string(), opts.remote, *e, opts.client.json, target.string(), "fetched");
+        }
+        c = connect(opts.client, *address);
       }
     }
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);

@@ -23,14 +23,29 @@ bool same_metadata(const struct stat& st, const Entry& remote) {
          storage::mtime_ns(st) == remote.mtime_ns && ((st.st_mode & S_IXUSR) != 0) == remote.executable;
 }
 
+// Whether `remote` can be compared at all: a file with its metadata and SHA-256.
+bool comparable(const Entry& remote) { return !remote.folder && remote.described && remote.digest; }
+
 }  // namespace
+
+bool may_be_identical(const std::filesystem::path& local, const Entry& remote) {
+  struct stat st {};
+  return comparable(remote) && ::lstat(local.c_str(), &st) == 0 && same_metadata(st, remote);
+}
 
 bool is_identical(const std::filesystem::path& local, const Entry& remote,
                   const std::function<void(std::uint64_t)>& on_bytes) {
-  if (remote.folder || !remote.described || !remote.digest) return false;
-  const storage::UniqueFd fd(::open(local.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!comparable(remote)) return false;
+  // A stat first: most changed files end here, and nothing but a regular file is opened (a
+  // FIFO would block the open, a device might act on it).
+  struct stat found {};
+  if (::lstat(local.c_str(), &found) != 0 || !same_metadata(found, remote)) return false;
+  const storage::UniqueFd fd(::open(local.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   struct stat before {};
-  if (!fd || ::fstat(fd.get(), &before) != 0 || !same_metadata(before, remote)) return false;
+  if (!fd || ::fstat(fd.get(), &before) != 0 || before.st_dev != found.st_dev || before.st_ino != found.st_ino ||
+      !same_metadata(before, remote)) {
+    return false;
+  }
   hash::Sha256 sha;
   constexpr std::size_t kChunk = 1 << 20;
   const auto buf = std::make_unique<std::uint8_t[]>(kChunk);

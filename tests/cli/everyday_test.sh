@@ -534,6 +534,19 @@ check "get -r --skip-identical fetched the changed file alone" \
 check "get -r --skip-identical: the copy is whole again" diff -r "$T/same" "$T/back"
 expect_exit 0 "$FTX" get --skip-identical same/d00/f0000 "$T/back/d00/f0000" -s "$SERVER" --json
 jcheck "$T/out" 'len(L) == 1 and L[0]["identical"] and L[0]["ok"] and L[0]["bytes"] == 1000'
+# The check reads and hashes with no connection open: a server that drops a connection left
+# waiting (--idle-timeout 0.1 s) must not fail the files to send after it. 256 MiB (sparse,
+# on both sides: the server hashes its copy for the listing) take longer than that to hash.
+mkdir -p "$T/slow/src" "$T/root6/slow"
+truncate -s 256M "$T/slow/src/big"
+truncate -s 256M "$T/root6/slow/big"
+touch -r "$T/slow/src/big" "$T/root6/slow/big"
+echo small >"$T/slow/src/small"
+start_server "$T/serve6.log" --root "$T/root6" --min-free 0 --idle-timeout 0.1
+expect_exit 0 "$FTX" put -r --skip-identical "$T/slow/src" slow -s "$SERVER"
+grep -qE '^stored 1 of 1 files \(6 B\) under slow in [0-9.]+ s, 1 identical \(not sent\)$' "$T/out" && ok ||
+  bad "put -r --skip-identical after a long check: $(cat "$T/out")"
+check "the file sent after the long check arrived" cmp "$T/slow/src/small" "$T/root6/slow/small"
 
 # ---- the main server stops cleanly on SIGTERM
 kill -TERM "$S1_PID"
