@@ -866,9 +866,19 @@ TEST_F(ServerTest, AFileIsIdenticalOnlyWhenItsBytesAndMetadataAllMatch) {
   ASSERT_EQ(::chmod(local.c_str(), st.st_mode & 07777), 0);
   EXPECT_TRUE(client::is_identical(local, stored));
 
-  // Never followed, never guessed: a link to the file, no file, a folder, no digest.
+  EXPECT_TRUE(client::may_be_identical(local, stored));
+  set_mtime({st.st_mtim.tv_sec + 1, st.st_mtim.tv_nsec});
+  EXPECT_FALSE(client::may_be_identical(local, stored));
+  set_mtime(st.st_mtim);
+
+  // Never followed, never guessed: a link to the file, no file, a folder, no digest. A FIFO
+  // is not even opened (that would wait for a writer).
   ASSERT_EQ(::symlink(local.c_str(), (dir_ / "link").c_str()), 0);
   EXPECT_FALSE(client::is_identical(dir_ / "link", stored));
+  ASSERT_EQ(::mkfifo((dir_ / "fifo").c_str(), 0644), 0);
+  auto empty = stored;
+  empty.size = 0;
+  EXPECT_FALSE(client::is_identical(dir_ / "fifo", empty));
   EXPECT_FALSE(client::is_identical(dir_ / "missing", stored));
   c.make_folder("folder");
   EXPECT_FALSE(client::is_identical(local, c.stat("folder")));
