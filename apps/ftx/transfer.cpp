@@ -100,35 +100,57 @@ struct Tally {
   }
 };
 
+// Whether a refusal leaves --skip-identical merely knowing nothing (the transfer then goes
+// ahead and meets the problem itself, if it is one): no such file, or one the server will not
+// describe. Anything else (a lost connection, ...) ends the command as it would have anyway.
+bool nothing_known(const client::Error& e) {
+  return e.kind() == client::Failure::kNotFound || e.kind() == client::Failure::kRejected;
+}
+
 // --skip-identical for a folder: leaves out of `items` the files the other side holds
-// already, `entries[i]` being the server's file of items[i]'s name (nullptr: none), and
-// returns the rest, in order. Each left out is counted in `tally`, its bytes taken off
-// `bytes`, and with `json` reported. A stat per file first (client::may_be_identical); those
-// whose size, mtime and mode match are then read and hashed, under a "checking" bar that
-// counts their bytes -- with the connection `c` closed, as hashing may take longer than the
-// server lets a connection wait between requests (--idle-timeout). `reconnect` opens a new
-// one into `c` when files remain to be moved.
+// already, `listed[i]` being the server's file of items[i]'s name as a listing described it
+// (nullptr: none), and returns the rest, in order. Each left out is counted in `tally`, its
+// bytes taken off `bytes`, and with `json` reported.
+//  1. A stat per local file (client::may_be_identical) keeps those whose size, mtime and
+//     mode match.
+//  2. Their SHA-256s, one pipelined STAT each: only for them, because the server computes
+//     the SHA-256 of a file it has none on record for (put there by other means).
+//  3. They are read and hashed under a "checking" bar that counts their bytes, with the
+//     connection `c` closed, as that may take longer than the server lets a connection wait
+//     between requests (--idle-timeout); `reconnect` opens a new one into `c` when files
+//     remain to be moved.
 std::vector<client::BatchItem> leave_out_identical(std::vector<client::BatchItem> items,
-                                                   std::vector<const client::Entry*> entries, const char* op,
-                                                   bool json, bool bar_wanted, Tally& tally, std::uint64_t& bytes,
+                                                   const std::vector<const client::Entry*>& listed,
+                                                   client::Direction direction, bool json, bool bar_wanted,
+                                                   Tally& tally, std::uint64_t& bytes,
                                                    std::unique_ptr<client::Client>& c,
                                                    const std::function<std::unique_ptr<client::Client>()>& reconnect) {
-  std::uint64_t to_check = 0;
-  std::uint64_t files = 0;
+  const char* op = direction == client::Direction::kUpload ? "put" : "get";
+  std::vector<std::size_t> candidates;
+  std::vector<std::string> names;
   for (std::size_t i = 0; i < items.size(); ++i) {
-    if (entries[i] != nullptr && !client::may_be_identical(items[i].local, *entries[i])) entries[i] = nullptr;
-    if (entries[i] != nullptr) to_check += entries[i]->size, ++files;
+    if (listed[i] != nullptr && client::may_be_identical(items[i].local, *listed[i], direction)) {
+      candidates.push_back(i);
+      names.push_back(items[i].remote);
+    }
   }
-  if (files == 0) return items;
+  if (candidates.empty()) return items;
+  std::vector<std::optional<client::Entry>> stored(items.size());
+  std::uint64_t to_check = 0;
+  c->stat_many(names, [&](std::size_t k, std::optional<client::Entry> e) {
+    if (e) to_check += e->size;
+    stored[candidates[k]] = std::move(e);
+  });
   c.reset();
   std::vector<client::BatchItem> rest;
   {
-    ProgressBar bar(bar_wanted, to_check, files, "checking");
+    ProgressBar bar(bar_wanted, to_check, candidates.size(), "checking");
     std::uint64_t checked = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
-      const client::Entry* e = entries[i];
-      const bool same = e != nullptr && client::is_identical(items[i].local, *e, [&](std::uint64_t n) { bar.add_bytes(n); });
-      if (e != nullptr) {
+      const auto& e = stored[i];
+      const bool same =
+          e && client::is_identical(items[i].local, *e, direction, [&](std::uint64_t n) { bar.add_bytes(n); });
+      if (e) {
         checked += e->size;
         bar.bytes(checked);  // a file that differed counts as checked all the same
         bar.file_done();
@@ -303,22 +325,21 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     // Empty folders first (puts create the others); parents before children, as sorted.
     for (const auto& folder : tree.empty_folders) c->make_folder(folder);
     if (opts.skip_identical) {
-      // What the server holds under REMOTE_DIR, with its SHA-256s (stored ones: no hashing
-      // there for files it received). None yet is no error: nothing is identical then.
+      // What the server holds under REMOTE_DIR: names, sizes, mtimes and modes (none there
+      // yet is no error: nothing is identical then).
       std::unordered_map<std::string, client::Entry> stored;
       try {
-        c->list(remote_root, [&](const client::Entry& e) { stored.emplace(e.name, e); },
-                client::ListOptions{.digests = true});
+        c->list(remote_root, [&](const client::Entry& e) { stored.emplace(e.name, e); });
       } catch (const client::Error& e) {
-        if (e.kind() != client::Failure::kNotFound) throw;
+        if (!nothing_known(e)) throw;
       }
-      std::vector<const client::Entry*> entries(tree.files.size(), nullptr);
+      std::vector<const client::Entry*> listed(tree.files.size(), nullptr);
       for (std::size_t i = 0; i < tree.files.size(); ++i) {
         const auto it = stored.find(tree.files[i].remote);
-        if (it != stored.end()) entries[i] = &it->second;
+        if (it != stored.end()) listed[i] = &it->second;
       }
-      tree.files = leave_out_identical(std::move(tree.files), std::move(entries), "put", opts.client.json, bar_wanted,
-                                       tally, tree.bytes, c, [&] { return connect(opts.client, address); });
+      tree.files = leave_out_identical(std::move(tree.files), listed, client::Direction::kUpload, opts.client.json,
+                                       bar_wanted, tally, tree.bytes, c, [&] { return connect(opts.client, address); });
       if (tree.files.empty()) return;  // all there already
     }
     ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
@@ -399,9 +420,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
         // Sizes only for the bar's total or the comparison: without them the server need not
         // stat every entry (most of a 10,000-file listing's time, and nothing is fetched until
         // it is done).
-        client::ListOptions{.digests = opts.skip_identical,
-                            .folders = true,
-                            .names_only = !bar_wanted && !opts.skip_identical});
+        client::ListOptions{.digests = false, .folders = true, .names_only = !bar_wanted && !opts.skip_identical});
     for (const auto& f : folders) {
       std::error_code ec;
       fs::create_directories(f, ec);
@@ -417,11 +436,11 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
       if (ec) throw client::Error(client::Failure::kLocalIo, "cannot create folder " + made + ": " + ec.message());
     }
     if (opts.skip_identical) {
-      std::vector<const client::Entry*> entries;
-      entries.reserve(remote_files.size());
-      for (const auto& e : remote_files) entries.push_back(&e);
-      files = leave_out_identical(std::move(files), std::move(entries), "get", opts.client.json, bar_wanted, tally, total,
-                                  c, [&] { return connect(opts.client, address); });
+      std::vector<const client::Entry*> listed;
+      listed.reserve(remote_files.size());
+      for (const auto& e : remote_files) listed.push_back(&e);
+      files = leave_out_identical(std::move(files), listed, client::Direction::kDownload, opts.client.json, bar_wanted,
+                                  tally, total, c, [&] { return connect(opts.client, address); });
       if (files.empty()) return;  // all there already
     }
     ProgressBar bar(bar_wanted, total, files.size());
@@ -487,15 +506,24 @@ void report_identical(const char* op, const std::string& local, const std::strin
   }
 }
 
-// The server's file `remote` for --skip-identical, or nullopt when it has none (or a folder).
-std::optional<client::Entry> stored_entry(client::Client& c, const std::string& remote) {
+// --skip-identical for one file: the server's file `remote`, with its SHA-256, when the local
+// file `local` may be identical to it; else nullopt. A LIST of the name first (size, mtime,
+// mode), and only when those match a STAT for the SHA-256, which the server may have to
+// compute.
+std::optional<client::Entry> identical_candidate(client::Client& c, const std::string& remote,
+                                                 const fs::path& local, client::Direction direction) {
+  std::optional<client::Entry> listed;
   try {
-    auto e = c.stat(remote);
-    if (!e.folder && e.digest) return e;
-  } catch (const client::Error& err) {
-    if (err.kind() != client::Failure::kNotFound) throw;
+    c.list(remote, [&](const client::Entry& e) {
+      if (e.name == remote) listed = e;
+    });
+  } catch (const client::Error& e) {
+    if (!nothing_known(e)) throw;
   }
-  return std::nullopt;
+  if (!listed || !client::may_be_identical(local, *listed, direction)) return std::nullopt;
+  std::optional<client::Entry> stored;
+  c.stat_many({remote}, [&](std::size_t, std::optional<client::Entry> e) { stored = std::move(e); });
+  return stored;
 }
 
 // Progress for put and get: the bar learns the total on the first call, which also says
@@ -592,10 +620,10 @@ int run_put(const PutOptions& opts) {
   return run_client_action(opts.client, "put", [&] {
     auto c = connect(opts.client, *address);
     if (opts.skip_identical) {
-      const auto e = stored_entry(*c, remote);
-      if (e && client::may_be_identical(opts.local, *e)) {
+      const auto e = identical_candidate(*c, remote, opts.local, client::Direction::kUpload);
+      if (e) {
         c.reset();  // hashing a large file may take longer than the server lets a connection wait
-        if (client::is_identical(opts.local, *e)) {
+        if (client::is_identical(opts.local, *e, client::Direction::kUpload)) {
           return report_identical("put", opts.local, remote, *e, opts.client.json, remote, "sent");
         }
         c = connect(opts.client, *address);
@@ -624,10 +652,10 @@ int run_get(const GetOptions& opts) {
     auto c = connect(opts.client, *address);
     if (opts.skip_identical && opts.local != "-" && opts.local != "/dev/stdout") {
       const auto target = client::Client::download_target(opts.remote, opts.local);
-      const auto e = stored_entry(*c, opts.remote);
-      if (e && client::may_be_identical(target, *e)) {
+      const auto e = identical_candidate(*c, opts.remote, target, client::Direction::kDownload);
+      if (e) {
         c.reset();  // as for put
-        if (client::is_identical(target, *e)) {
+        if (client::is_identical(target, *e, client::Direction::kDownload)) {
           return report_identical("get", target.string(), opts.remote, *e, opts.client.json, target.string(), "fetched");
         }
         c = connect(opts.client, *address);

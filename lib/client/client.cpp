@@ -2321,6 +2321,38 @@ Entry Client::stat(const std::string& name) {
   return entry_from(std::move(reply));
 }
 
+void Client::stat_many(const std::vector<std::string>& names,
+                       const std::function<void(std::size_t, std::optional<Entry>)>& on_result) {
+  // Few enough in flight that their answers always fit in the socket buffers: requests go
+  // out in one write while the answers before them are still unread.
+  constexpr std::size_t kWindow = 32;
+  std::vector<std::uint8_t> pending;
+  std::size_t sent = 0;
+  for (std::size_t got = 0; got < names.size(); ++got) {
+    if (sent - got <= kWindow / 2 && sent < names.size()) {
+      pending.clear();
+      for (; sent < names.size() && sent - got < kWindow; ++sent) {
+        check_remote_name(names[sent]);
+        Frame req;
+        req.type = MsgType::kStat;
+        req.name = names[sent];
+        protocol::encode(req, pending);
+      }
+      run(co_write(pending), "sending");
+    }
+    Frame reply = read_frame();
+    if (reply.type == MsgType::kEntry) {
+      reply.name = names[got];
+      on_result(got, entry_from(std::move(reply)));
+      continue;
+    }
+    if (reply.type == MsgType::kError) throw_if_closing(reply);
+    const Error e = error_from_reply(reply, "stat " + storage::quote_name(names[got]));
+    if (reply.type != MsgType::kError || (e.kind() != Failure::kNotFound && e.kind() != Failure::kRejected)) throw e;
+    on_result(got, std::nullopt);
+  }
+}
+
 void Client::remove(const std::string& name) {
   request(MsgType::kRemove, name, MsgType::kOk, "rm " + storage::quote_name(name));
 }

@@ -228,6 +228,12 @@ class Client {
 
   // One file or folder, with the file's SHA-256 as the server computed it.
   Entry stat(const std::string& name);
+  // stat() of every name, pipelined (a window of requests in flight, not one round trip
+  // each); on_result(i, entry) in order, with nullopt for a name the server refuses to
+  // describe (no such file, a bad name, a storage error: what stat() throws as kNotFound or
+  // kRejected). Throws Error for anything else, as stat() would (a lost connection, ...).
+  void stat_many(const std::vector<std::string>& names,
+                 const std::function<void(std::size_t, std::optional<Entry>)>& on_result);
   // Removes a file or an empty folder.
   void remove(const std::string& name);
   // Renames FROM to TO (into TO when it is a folder); returns the final name, and whether a

@@ -16,34 +16,38 @@ namespace ftx::client {
 
 namespace {
 
-// The metadata a transfer carries (size, mtime in ns, executable bit), compared first: it
-// rules out nearly every changed file without reading it.
-bool same_metadata(const struct stat& st, const Entry& remote) {
-  return S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == remote.size &&
-         storage::mtime_ns(st) == remote.mtime_ns && ((st.st_mode & S_IXUSR) != 0) == remote.executable;
+// The execute bits as a transfer in `direction` leaves them (see Direction).
+bool same_mode(mode_t mode, bool executable, Direction direction) {
+  if (direction == Direction::kUpload) return ((mode & S_IXUSR) != 0) == executable;
+  return (mode & 0111) == (executable ? (mode & 0444) >> 2 : 0);
 }
 
-// Whether `remote` can be compared at all: a file with its metadata and SHA-256.
-bool comparable(const Entry& remote) { return !remote.folder && remote.described && remote.digest; }
+// The metadata a transfer carries (size, mtime in ns, execute bits), compared first: it
+// rules out nearly every changed file without reading it.
+bool same_metadata(const struct stat& st, const Entry& remote, Direction direction) {
+  return S_ISREG(st.st_mode) && !remote.folder && remote.described &&
+         static_cast<std::uint64_t>(st.st_size) == remote.size && storage::mtime_ns(st) == remote.mtime_ns &&
+         same_mode(st.st_mode, remote.executable, direction);
+}
 
 }  // namespace
 
-bool may_be_identical(const std::filesystem::path& local, const Entry& remote) {
+bool may_be_identical(const std::filesystem::path& local, const Entry& remote, Direction direction) {
   struct stat st {};
-  return comparable(remote) && ::lstat(local.c_str(), &st) == 0 && same_metadata(st, remote);
+  return ::lstat(local.c_str(), &st) == 0 && same_metadata(st, remote, direction);
 }
 
-bool is_identical(const std::filesystem::path& local, const Entry& remote,
+bool is_identical(const std::filesystem::path& local, const Entry& remote, Direction direction,
                   const std::function<void(std::uint64_t)>& on_bytes) {
-  if (!comparable(remote)) return false;
+  if (!remote.digest) return false;
   // A stat first: most changed files end here, and nothing but a regular file is opened (a
   // FIFO would block the open, a device might act on it).
   struct stat found {};
-  if (::lstat(local.c_str(), &found) != 0 || !same_metadata(found, remote)) return false;
+  if (::lstat(local.c_str(), &found) != 0 || !same_metadata(found, remote, direction)) return false;
   const storage::UniqueFd fd(::open(local.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   struct stat before {};
   if (!fd || ::fstat(fd.get(), &before) != 0 || before.st_dev != found.st_dev || before.st_ino != found.st_ino ||
-      !same_metadata(before, remote)) {
+      !same_metadata(before, remote, direction)) {
     return false;
   }
   hash::Sha256 sha;
@@ -62,7 +66,7 @@ bool is_identical(const std::filesystem::path& local, const Entry& remote,
   // A file written to while it was read is not known to be anything: send it (its upload
   // hashes what it sends).
   struct stat after {};
-  if (total != remote.size || ::fstat(fd.get(), &after) != 0 || !same_metadata(after, remote) ||
+  if (total != remote.size || ::fstat(fd.get(), &after) != 0 || !same_metadata(after, remote, direction) ||
       after.st_ctim.tv_sec != before.st_ctim.tv_sec || after.st_ctim.tv_nsec != before.st_ctim.tv_nsec) {
     return false;
   }

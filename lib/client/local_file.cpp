@@ -279,6 +279,8 @@ StagedFile::StagedFile(StagedFile&& o) noexcept
       record_fd_(std::move(o.record_fd_)),
       record_(std::move(o.record_)),
       found_(o.found_),
+      mode_(o.mode_),
+      executable_(o.executable_),
       cleanup_slot_(std::exchange(o.cleanup_slot_, nullptr)),
       record_cleanup_slot_(std::exchange(o.record_cleanup_slot_, nullptr)) {}
 

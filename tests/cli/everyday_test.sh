@@ -47,6 +47,7 @@ expect_exit() {
 }
 
 in_dir() { local dir=$1; shift; (cd "$dir" && exec "$@"); }
+not() { ! "$@"; }  # for check: the command must fail
 
 # jcheck FILE EXPR: every line of FILE is one JSON object and the Python expression EXPR
 # is true; in EXPR, L is the list of objects and N maps "name" (or "remote") to its object.
@@ -525,28 +526,36 @@ check "without --skip-identical the file is sent as ever" grep -q '^stored same/
 # Downloads alike, compared with the local copy.
 expect_exit 0 "$FTX" get -r -q same "$T/back" -s "$SERVER"
 flip_byte "$T/back/d02/f0005"
+chmod 0654 "$T/back/d02/f0006"  # a download clears every execute bit of a file that has none
 gets_before=$(grep -c ' get "same/' "$T/serve5.log")
 expect_exit 0 "$FTX" get -r --skip-identical same "$T/back" -s "$SERVER"
-grep -qE '^saved 1 of 1 files \(.*\) into .*/back in [0-9.]+ s, 59 identical \(not fetched\)$' "$T/out" && ok ||
+grep -qE '^saved 2 of 2 files \(.*\) into .*/back in [0-9.]+ s, 58 identical \(not fetched\)$' "$T/out" && ok ||
   bad "get -r --skip-identical summary: $(cat "$T/out")"
-check "get -r --skip-identical fetched the changed file alone" \
-  test "$(($(grep -c ' get "same/' "$T/serve5.log") - gets_before))" = 1
+check "get -r --skip-identical fetched the two changed files alone" \
+  test "$(($(grep -c ' get "same/' "$T/serve5.log") - gets_before))" = 2
 check "get -r --skip-identical: the copy is whole again" diff -r "$T/same" "$T/back"
-expect_exit 0 "$FTX" get --skip-identical same/d00/f0000 "$T/back/d00/f0000" -s "$SERVER" --json
+check "get -r --skip-identical: the mode is what a download gives" test "$(stat -c %a "$T/back/d02/f0006")" = 644
+expect_exit 0 "$FTX" get --skip-identical same/d00/f0000 "$T/back/d00" -s "$SERVER" --json
 jcheck "$T/out" 'len(L) == 1 and L[0]["identical"] and L[0]["ok"] and L[0]["bytes"] == 1000'
 # The check reads and hashes with no connection open: a server that drops a connection left
-# waiting (--idle-timeout 0.1 s) must not fail the files to send after it. 256 MiB (sparse,
-# on both sides: the server hashes its copy for the listing) take longer than that to hash.
+# waiting (--idle-timeout 0.1 s) must not fail the files to send after it. 1 GiB (sparse,
+# on both sides: the server hashes its copy for its STAT) take longer than that to hash.
 mkdir -p "$T/slow/src" "$T/root6/slow"
-truncate -s 256M "$T/slow/src/big"
-truncate -s 256M "$T/root6/slow/big"
+truncate -s 1G "$T/slow/src/big"
+truncate -s 1G "$T/root6/slow/big"
 touch -r "$T/slow/src/big" "$T/root6/slow/big"
 echo small >"$T/slow/src/small"
+echo "on the server only" >"$T/root6/slow/only-here"
 start_server "$T/serve6.log" --root "$T/root6" --min-free 0 --idle-timeout 0.1
 expect_exit 0 "$FTX" put -r --skip-identical "$T/slow/src" slow -s "$SERVER"
 grep -qE '^stored 1 of 1 files \(6 B\) under slow in [0-9.]+ s, 1 identical \(not sent\)$' "$T/out" && ok ||
   bad "put -r --skip-identical after a long check: $(cat "$T/out")"
 check "the file sent after the long check arrived" cmp "$T/slow/src/small" "$T/root6/slow/small"
+# The server is asked for the SHA-256 of a file whose size, mtime and mode match alone: it
+# hashed (and recorded, as an extended attribute) the big file, not the one it alone has.
+has_digest_record() { python3 -c 'import os, sys; os.getxattr(sys.argv[1], "user.ftx.sha256")' "$1" 2>/dev/null; }
+check "the server hashed the file that may be identical" has_digest_record "$T/root6/slow/big"
+check "the server did not hash a file with no local counterpart" not has_digest_record "$T/root6/slow/only-here"
 
 # ---- the main server stops cleanly on SIGTERM
 kill -TERM "$S1_PID"

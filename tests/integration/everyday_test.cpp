@@ -181,6 +181,39 @@ TEST_F(ServerTest, GetManyKeepsTheModeOfAFileItReplacesAndGivesNewOnesTheUmasks)
   EXPECT_EQ(st.st_mode & 07777, 0666u & ~umask_now);
 }
 
+// The execute bits of a replaced file follow the server's copy (the other permission bits
+// stay), for files held in memory and written by the publishing thread as for larger ones
+// written as they arrive: the mode travelled with neither before 2026-12-06 when the staged
+// file was handed to that thread, and a replaced file kept its own execute bits.
+TEST_F(ServerTest, GetManySetsTheExecuteBitsOfAFileItReplacesAfterTheServersCopy) {
+  for (const std::size_t size : {std::size_t{100}, std::size_t{3} << 20}) {
+    SCOPED_TRACE(size);
+    const auto data = random_bytes(size, 78);
+    write_file(dir_ / "src/plain", data);
+    write_file(dir_ / "src/tool", data);
+    ASSERT_EQ(::chmod((dir_ / "src/plain").c_str(), 0644), 0);
+    ASSERT_EQ(::chmod((dir_ / "src/tool").c_str(), 0755), 0);
+    client::Client c(address());
+    c.put(dir_ / "src/plain", "x/plain");
+    c.put(dir_ / "src/tool", "x/tool");
+    std::filesystem::create_directories(dir_ / "out");
+    write_file(dir_ / "out/plain", std::string("old"));
+    write_file(dir_ / "out/tool", std::string("old"));
+    ASSERT_EQ(::chmod((dir_ / "out/plain").c_str(), 0750), 0);  // executable here, not there
+    ASSERT_EQ(::chmod((dir_ / "out/tool").c_str(), 0640), 0);   // the other way round
+    std::vector<client::BatchResult> results;
+    c.get_many({{dir_ / "out/plain", "x/plain"}, {dir_ / "out/tool", "x/tool"}}, client::BatchOptions{},
+               [&](const client::BatchResult& r) { results.push_back(r); });
+    ASSERT_EQ(results.size(), 2u);
+    for (const auto& r : results) ASSERT_FALSE(r.error) << r.error->what();
+    struct stat st {};
+    ASSERT_EQ(::stat((dir_ / "out/plain").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0640u) << "execute bits cleared, the rest kept";
+    ASSERT_EQ(::stat((dir_ / "out/tool").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0750u) << "execute bits set where read is allowed, the rest kept";
+  }
+}
+
 TEST_F(ServerTest, RefusedStreamedUploadIsDrainedAndTheConnectionGoesOn) {
   const auto body = random_bytes(100000, 3);
   const auto ok = random_bytes(10, 4);
@@ -829,11 +862,13 @@ TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
 }
 
 // --skip-identical leaves a file alone only when client::is_identical says so: its size,
-// mtime, executable bit and SHA-256 all match the server's file.
+// mtime, execute bits and SHA-256 all match the server's file.
 TEST_F(ServerTest, AFileIsIdenticalOnlyWhenItsBytesAndMetadataAllMatch) {
+  using client::Direction;
   const auto data = random_bytes(5000, 21);
   const auto local = dir_ / "f";
   write_file(local, data);
+  ASSERT_EQ(::chmod(local.c_str(), 0644), 0);
   client::Client c(address());
   c.put(local, "f");
   const auto stored = c.stat("f");
@@ -843,48 +878,96 @@ TEST_F(ServerTest, AFileIsIdenticalOnlyWhenItsBytesAndMetadataAllMatch) {
     const timespec times[2] = {{0, UTIME_OMIT}, mtime};
     ASSERT_EQ(::utimensat(AT_FDCWD, local.c_str(), times, 0), 0);
   };
+  const auto same = [&](Direction d) { return client::is_identical(local, stored, d); };
   std::uint64_t hashed = 0;
-  EXPECT_TRUE(client::is_identical(local, stored, [&](std::uint64_t n) { hashed += n; }));
+  EXPECT_TRUE(client::is_identical(local, stored, Direction::kUpload, [&](std::uint64_t n) { hashed += n; }));
   EXPECT_EQ(hashed, data.size());
+  EXPECT_TRUE(same(Direction::kDownload));
 
   // Other bytes under the same size and mtime: only the SHA-256 tells them apart.
   auto other = data;
   other[2500] ^= 1;
   write_file(local, other);
   set_mtime(st.st_mtim);
-  EXPECT_FALSE(client::is_identical(local, stored));
+  EXPECT_TRUE(client::may_be_identical(local, stored, Direction::kUpload));
+  EXPECT_FALSE(same(Direction::kUpload));
+  EXPECT_FALSE(same(Direction::kDownload));
   write_file(local, data);
   set_mtime(st.st_mtim);
-  EXPECT_TRUE(client::is_identical(local, stored));
+  EXPECT_TRUE(same(Direction::kUpload));
 
-  // The same bytes with another mtime or executable bit: a transfer would change the copy.
+  // The same bytes with another mtime: a transfer would change the copy's.
   set_mtime({st.st_mtim.tv_sec, (st.st_mtim.tv_nsec + 1) % 1000000000});
-  EXPECT_FALSE(client::is_identical(local, stored));
+  EXPECT_FALSE(client::may_be_identical(local, stored, Direction::kUpload));
+  EXPECT_FALSE(same(Direction::kUpload));
+  EXPECT_FALSE(same(Direction::kDownload));
   set_mtime(st.st_mtim);
-  ASSERT_EQ(::chmod(local.c_str(), 0755), 0);
-  EXPECT_FALSE(client::is_identical(local, stored));
-  ASSERT_EQ(::chmod(local.c_str(), st.st_mode & 07777), 0);
-  EXPECT_TRUE(client::is_identical(local, stored));
 
-  EXPECT_TRUE(client::may_be_identical(local, stored));
-  set_mtime({st.st_mtim.tv_sec + 1, st.st_mtim.tv_nsec});
-  EXPECT_FALSE(client::may_be_identical(local, stored));
-  set_mtime(st.st_mtim);
+  // Execute bits, as each direction leaves them: an upload stores 0755 or 0644 after the
+  // owner's bit alone; a download sets all three after the read bits, or clears them.
+  ASSERT_EQ(::chmod(local.c_str(), 0755), 0);
+  EXPECT_FALSE(same(Direction::kUpload));
+  EXPECT_FALSE(same(Direction::kDownload));
+  ASSERT_EQ(::chmod(local.c_str(), 0654), 0);
+  EXPECT_TRUE(same(Direction::kUpload));
+  EXPECT_FALSE(same(Direction::kDownload));
+  ASSERT_EQ(::chmod(local.c_str(), 0755), 0);
+  c.put(local, "x");
+  const auto executable = c.stat("x");
+  EXPECT_TRUE(client::is_identical(local, executable, Direction::kUpload));
+  EXPECT_TRUE(client::is_identical(local, executable, Direction::kDownload));
+  ASSERT_EQ(::chmod(local.c_str(), 0744), 0);
+  EXPECT_TRUE(client::is_identical(local, executable, Direction::kUpload));
+  EXPECT_FALSE(client::is_identical(local, executable, Direction::kDownload));
+  ASSERT_EQ(::chmod(local.c_str(), 0644), 0);
+  EXPECT_TRUE(same(Direction::kUpload));
 
   // Never followed, never guessed: a link to the file, no file, a folder, no digest. A FIFO
   // is not even opened (that would wait for a writer).
   ASSERT_EQ(::symlink(local.c_str(), (dir_ / "link").c_str()), 0);
-  EXPECT_FALSE(client::is_identical(dir_ / "link", stored));
+  EXPECT_FALSE(client::is_identical(dir_ / "link", stored, Direction::kUpload));
   ASSERT_EQ(::mkfifo((dir_ / "fifo").c_str(), 0644), 0);
   auto empty = stored;
   empty.size = 0;
-  EXPECT_FALSE(client::is_identical(dir_ / "fifo", empty));
-  EXPECT_FALSE(client::is_identical(dir_ / "missing", stored));
+  EXPECT_FALSE(client::is_identical(dir_ / "fifo", empty, Direction::kUpload));
+  EXPECT_FALSE(client::is_identical(dir_ / "missing", stored, Direction::kUpload));
   c.make_folder("folder");
-  EXPECT_FALSE(client::is_identical(local, c.stat("folder")));
+  EXPECT_FALSE(client::is_identical(local, c.stat("folder"), Direction::kUpload));
   auto without_digest = stored;
   without_digest.digest.reset();
-  EXPECT_FALSE(client::is_identical(local, without_digest));
+  EXPECT_TRUE(client::may_be_identical(local, without_digest, Direction::kUpload));
+  EXPECT_FALSE(client::is_identical(local, without_digest, Direction::kUpload));
+}
+
+// stat_many answers every name in order, pipelined past its window, and a name the server
+// has no file for (or will not describe) is nullopt rather than the end of it all.
+TEST_F(ServerTest, StatManyDescribesEveryNameInOrder) {
+  std::vector<std::string> names;
+  for (int i = 0; i < 100; ++i) {
+    const std::string name = "s/f" + std::to_string(i);
+    if (i % 3 != 1) write_file(root() / name, random_bytes(static_cast<std::size_t>(i), static_cast<std::uint64_t>(i)));
+    names.push_back(name);
+  }
+  names.push_back("s");  // a folder
+  client::Client c(address());
+  std::size_t next = 0;
+  c.stat_many(names, [&](std::size_t i, std::optional<client::Entry> e) {
+    ASSERT_EQ(i, next++);
+    if (i == 100) {
+      ASSERT_TRUE(e);
+      EXPECT_TRUE(e->folder);
+    } else if (i % 3 == 1) {
+      EXPECT_FALSE(e) << names[i];
+    } else {
+      ASSERT_TRUE(e) << names[i];
+      EXPECT_EQ(e->name, names[i]);
+      EXPECT_EQ(e->size, i);
+      ASSERT_TRUE(e->digest);
+      EXPECT_EQ(*e->digest, hash::sha256(random_bytes(i, i)));
+    }
+  });
+  EXPECT_EQ(next, names.size());
+  EXPECT_EQ(c.stat("s/f0").size, 0u) << "the connection goes on";
 }
 
 TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
