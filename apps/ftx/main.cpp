@@ -15,6 +15,7 @@ constexpr const char* kFooter = R"(Examples:
   ftx put report.pdf                  upload as "report.pdf"
   ftx put report.pdf docs/q3.pdf      upload under another name (folders are created)
   ftx put -r photos                   upload a folder (pipelined over one connection)
+  ftx put -r --skip-identical photos  again later: only new and changed files are sent
   ftx get docs/q3.pdf                 download to ./q3.pdf
   ftx get docs/q3.pdf - | less        stream to standard output
   ftx get -r photos /tmp/photos       download a folder
