@@ -490,8 +490,8 @@ void add_parallel_option(CLI::App& cmd, unsigned& parallel, const char* what) {
 void add_skip_identical_option(CLI::App& cmd, bool& skip, const char* other_side) {
   cmd.add_flag("--skip-identical", skip,
                std::string("skip every file ") + other_side +
-                   " already holds: same size, mtime, executable bit and SHA-256 (a file whose size and mtime match "
-                   "is read and hashed here to make sure); with -r, file by file");
+                   " already holds: same size, mtime, execute bits and SHA-256 (a file whose size, mtime and mode "
+                   "match is read and hashed here to make sure); with -r, file by file");
 }
 
 // A single file left alone by --skip-identical: "identical <shown> (<size>, sha256 <hex>):

@@ -2323,33 +2323,47 @@ Entry Client::stat(const std::string& name) {
 
 void Client::stat_many(const std::vector<std::string>& names,
                        const std::function<void(std::size_t, std::optional<Entry>)>& on_result) {
-  // Few enough in flight that their answers always fit in the socket buffers: requests go
-  // out in one write while the answers before them are still unread.
+  for (const auto& name : names) check_remote_name(name);  // before anything is in flight
+  // A window small enough that the requests and answers in flight always fit in the socket
+  // buffers (a few KiB each way, 64 KiB at most) while this side writes and does not read.
   constexpr std::size_t kWindow = 32;
+  constexpr std::size_t kWindowBytes = 32 << 10;
   std::vector<std::uint8_t> pending;
   std::size_t sent = 0;
-  for (std::size_t got = 0; got < names.size(); ++got) {
+  std::size_t got = 0;
+  // Leaving with requests unanswered (an error, a throwing on_result) would leave their
+  // answers to be taken for those of the next request: the connection is closed instead.
+  struct CloseUnlessDone {
+    Client& c;
+    const std::size_t& sent;
+    const std::size_t& got;
+    ~CloseUnlessDone() {
+      std::error_code ignored;
+      if (sent > got) c.socket_.close(ignored);
+    }
+  } guard{*this, sent, got};
+  while (got < names.size()) {
     if (sent - got <= kWindow / 2 && sent < names.size()) {
       pending.clear();
-      for (; sent < names.size() && sent - got < kWindow; ++sent) {
-        check_remote_name(names[sent]);
+      while (sent < names.size() && sent - got < kWindow && (pending.empty() || pending.size() < kWindowBytes)) {
         Frame req;
         req.type = MsgType::kStat;
-        req.name = names[sent];
+        req.name = names[sent++];
         protocol::encode(req, pending);
       }
       run(co_write(pending), "sending");
     }
     Frame reply = read_frame();
+    const std::size_t i = got++;
     if (reply.type == MsgType::kEntry) {
-      reply.name = names[got];
-      on_result(got, entry_from(std::move(reply)));
+      reply.name = names[i];
+      on_result(i, entry_from(std::move(reply)));
       continue;
     }
     if (reply.type == MsgType::kError) throw_if_closing(reply);
-    const Error e = error_from_reply(reply, "stat " + storage::quote_name(names[got]));
+    const Error e = error_from_reply(reply, "stat " + storage::quote_name(names[i]));
     if (reply.type != MsgType::kError || (e.kind() != Failure::kNotFound && e.kind() != Failure::kRejected)) throw e;
-    on_result(got, std::nullopt);
+    on_result(i, std::nullopt);
   }
 }
 

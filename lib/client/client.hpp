@@ -230,8 +230,11 @@ class Client {
   Entry stat(const std::string& name);
   // stat() of every name, pipelined (a window of requests in flight, not one round trip
   // each); on_result(i, entry) in order, with nullopt for a name the server refuses to
-  // describe (no such file, a bad name, a storage error: what stat() throws as kNotFound or
-  // kRejected). Throws Error for anything else, as stat() would (a lost connection, ...).
+  // describe (no such file, a name it will not take, a storage error: what stat() throws
+  // as kNotFound or kRejected). Throws Error for anything else, as stat() would (a lost
+  // connection, ...), or before sending anything for a name no server could take (over
+  // 4096 bytes). Should it end early (an error, on_result throwing), the connection is
+  // closed: the answers still on their way would otherwise be read as later ones'.
   void stat_many(const std::vector<std::string>& names,
                  const std::function<void(std::size_t, std::optional<Entry>)>& on_result);
   // Removes a file or an empty folder.

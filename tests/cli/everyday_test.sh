@@ -538,11 +538,12 @@ check "get -r --skip-identical: the mode is what a download gives" test "$(stat 
 expect_exit 0 "$FTX" get --skip-identical same/d00/f0000 "$T/back/d00" -s "$SERVER" --json
 jcheck "$T/out" 'len(L) == 1 and L[0]["identical"] and L[0]["ok"] and L[0]["bytes"] == 1000'
 # The check reads and hashes with no connection open: a server that drops a connection left
-# waiting (--idle-timeout 0.1 s) must not fail the files to send after it. 1 GiB (sparse,
-# on both sides: the server hashes its copy for its STAT) take longer than that to hash.
+# waiting (--idle-timeout 0.1 s) must not fail the files to send after it. 256 MiB (sparse,
+# on both sides: the server hashes its copy for its STAT) take far longer than that to read
+# and hash here (about a second).
 mkdir -p "$T/slow/src" "$T/root6/slow"
-truncate -s 1G "$T/slow/src/big"
-truncate -s 1G "$T/root6/slow/big"
+truncate -s 256M "$T/slow/src/big"
+truncate -s 256M "$T/root6/slow/big"
 touch -r "$T/slow/src/big" "$T/root6/slow/big"
 echo small >"$T/slow/src/small"
 echo "on the server only" >"$T/root6/slow/only-here"

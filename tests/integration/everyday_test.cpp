@@ -968,6 +968,16 @@ TEST_F(ServerTest, StatManyDescribesEveryNameInOrder) {
   });
   EXPECT_EQ(next, names.size());
   EXPECT_EQ(c.stat("s/f0").size, 0u) << "the connection goes on";
+
+  // Left early, with answers still on their way: the connection is closed rather than left
+  // to hand those answers to the next request.
+  client::Client early(address());
+  EXPECT_THROW(early.stat_many(names,
+                               [](std::size_t i, const std::optional<client::Entry>&) {
+                                 if (i == 5) throw std::runtime_error("enough");
+                               }),
+               std::runtime_error);
+  EXPECT_EQ(failure_of([&] { early.stat("s/f2"); }), client::Failure::kConnection);
 }
 
 TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
