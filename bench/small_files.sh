@@ -5,9 +5,12 @@
 #   ftx-P2  the same with `-P 2`: the files spread over two connections (same server)
 #   rsync   `rsync -a` up and down, against an rsync daemon (no -c, no -z: as people use it)
 #   tar|nc  `tar -c | nc` into `nc -l | tar -x`, one direction ("stream"): the ceiling
+#   ftx-same / rsync-same  the same trees again, nothing changed, into copies that hold every
+#           file already: `ftx put -r` / `get -r --skip-identical` against `rsync -a` (whose
+#           quick check looks at size and mtime; ftx also reads and hashes each file)
 # For each tool and direction: the median wall time of RUNS runs, files/s, MB/s, the ratio to
 # ftx (ftx time / this time, so above 1 is faster than ftx; the stream is compared with ftx
-# up), the median of that ratio taken within each round ("paired") and the CPU seconds of
+# up, rsync-same with ftx-same), the median of that ratio taken within each round ("paired") and the CPU seconds of
 # client + server. The runs go in rounds, one of each tool and direction per round, so that
 # a machine whose speed drifts during the script moves all tools alike. Every root and local
 # folder is on /dev/shm, so the disk is not what is measured -- or under BASE: BASE=/var/tmp
@@ -20,7 +23,7 @@
 # Usage: bench/small_files.sh [FILES (10000) [SIZE (4096) [RUNS (3)]]]
 #   the same as environment variables FILES, SIZE, RUNS; SMOKE=1 means FILES=200 RUNS=1 (seconds)
 #   STRICT=1: exit 1 when any row failed (CI runs SMOKE=1 STRICT=1)
-#   FTX=path/to/ftx (default build/apps/ftx/ftx, else build/ftx), TOOLS="ftx ftxp rsync tarnc",
+#   FTX=path/to/ftx (default build/apps/ftx/ftx, else build/ftx), TOOLS="ftx ftxp rsync tarnc same",
 #   RUN_TIMEOUT=seconds a single run may take (300), BASE=folder for roots and copies (/dev/shm)
 # rsync and netcat-openbsd are installed with apt-get when missing.
 set -euo pipefail
@@ -29,7 +32,7 @@ if [ "${SMOKE:-0}" = 1 ]; then FILES=${FILES:-200} RUNS=${RUNS:-1}; fi
 FILES=${1:-${FILES:-10000}}
 SIZE=${2:-${SIZE:-4096}}
 RUNS=${3:-${RUNS:-3}}
-TOOLS=${TOOLS:-ftx ftxp rsync tarnc}
+TOOLS=${TOOLS:-ftx ftxp rsync tarnc same}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 PER_DIR=100
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,7 +76,7 @@ find_nc() {  # sets NC, NC_LISTEN (before the port) and NC_SEND (close the socke
 
 ensure_tools() {
   local missing=()
-  [[ " $TOOLS " != *" rsync "* ]] || command -v rsync >/dev/null || missing+=(rsync)
+  [[ " $TOOLS " != *" rsync "* && " $TOOLS " != *" same "* ]] || command -v rsync >/dev/null || missing+=(rsync)
   [[ " $TOOLS " != *" tarnc "* ]] || find_nc || missing+=(netcat-openbsd)
   if [ ${#missing[@]} -gt 0 ]; then install_packages "${missing[@]}" || say "could not install ${missing[*]}"; fi
   [[ " $TOOLS " != *" tarnc "* ]] || [ -n "$NC" ] || find_nc || true
@@ -151,7 +154,7 @@ seed() { rm -rf "$1" && cp -a "$W/src" "$1"; }  # seed DIR: a copy of the source
 # each round starting one tool further on), so that a machine that speeds up or slows down
 # during the script (shared VMs do, by a fifth within an hour) moves every tool's times
 # alike instead of whichever tool's block of runs it fell on. A row that failed once is not run again.
-FTX_STARTED= FTX_PID= FTX_PORT= RSYNC_PID= RSYNC_PORT=
+FTX_STARTED= FTX_PID= FTX_PORT= RSYNC_STARTED= RSYNC_PID= RSYNC_PORT=
 failed_row() { [ -n "${FAIL[$1 $2]:-}" ]; }
 
 start_ftx() {  # once, for ftx and ftx-P2
@@ -201,8 +204,10 @@ start_ftxp() {
 
 ftxp_round() { ftx_rows ftx-P2 "$1" upp -P 2; }  # ftxp_round RUN
 
-start_rsync() {
+start_rsync() {  # once, for rsync and rsync-same
   local root=$W/rsync-root conf=$W/rsyncd.conf r _
+  [ -z "$RSYNC_STARTED" ] || return 0
+  RSYNC_STARTED=1
   if ! command -v rsync >/dev/null; then fail rsync up "rsync is not installed"; fail rsync down "rsync is not installed"; return; fi
   mkdir -p "$root"
   {
@@ -241,6 +246,39 @@ rsync_round() {  # rsync_round RUN
     rm -rf "$W/down"
     one_run rsync down "$1" "$RSYNC_PID" "$W/down" set rsync -a "$url/set/" "$W/down/" || true
   fi
+}
+
+# ---- the same trees again, nothing changed ("same"): each destination is filled once,
+# untimed, by the tool itself; then every run finds every file there already.
+start_same() {
+  local url
+  start_ftx
+  if [ -z "$FTX_PORT" ]; then
+    fail ftx-same up "no ftx server"; fail ftx-same down "no ftx server"
+  elif ! "$FTX" put -r -q "$W/src" same -s "127.0.0.1:$FTX_PORT" >/dev/null 2>"$W/same.err" ||
+    ! "$FTX" get -r -q set "$W/same-down" -s "127.0.0.1:$FTX_PORT" >/dev/null 2>>"$W/same.err"; then
+    fail ftx-same up "filling the copies: $(last_line "$W/same.err")"; fail ftx-same down "filling the copies"
+  fi
+  start_rsync
+  if [ -z "$RSYNC_PID" ]; then
+    fail rsync-same up "no rsync daemon"; fail rsync-same down "no rsync daemon"; return
+  fi
+  url=rsync://127.0.0.1:$RSYNC_PORT/mod
+  if ! rsync -a "$W/src/" "$url/same/" 2>"$W/same.err" || ! rsync -a "$url/set/" "$W/rsync-same-down/" 2>>"$W/same.err"; then
+    fail rsync-same up "filling the copies: $(last_line "$W/same.err")"; fail rsync-same down "filling the copies"
+  fi
+}
+
+same_round() {  # same_round RUN
+  local url=rsync://127.0.0.1:$RSYNC_PORT/mod
+  failed_row ftx-same up || one_run ftx-same up "$1" "$FTX_PID" "$W/ftx-root/same" src \
+    "$FTX" put -r -q --skip-identical "$W/src" same -s "127.0.0.1:$FTX_PORT" || true
+  failed_row ftx-same down || one_run ftx-same down "$1" "$FTX_PID" "$W/same-down" set \
+    "$FTX" get -r -q --skip-identical set "$W/same-down" -s "127.0.0.1:$FTX_PORT" || true
+  failed_row rsync-same up || one_run rsync-same up "$1" "$RSYNC_PID" "$W/rsync-root/same" src \
+    rsync -a "$W/src/" "$url/same/" || true
+  failed_row rsync-same down || one_run rsync-same down "$1" "$RSYNC_PID" "$W/rsync-same-down" set \
+    rsync -a "$url/set/" "$W/rsync-same-down/" || true
 }
 
 start_tarnc() { [ -n "$NC" ] || fail tar\|nc stream "no usable nc (netcat-openbsd)"; }
@@ -299,8 +337,6 @@ for ((r = 1; r <= RUNS; r++)); do
   done
 done
 
-ftx_up=$(median <<<"${T[ftx up]:-}")
-ftx_down=$(median <<<"${T[ftx down]:-}")
 mb=$(awk -v f="$FILES" -v s="$SIZE" 'BEGIN { print f * s / 1e6 }')
 
 # paired REF_TIMES TIMES: the median over rounds of REF's time / this time in the same round
@@ -313,30 +349,34 @@ paired() {
 }
 
 echo
-printf '%-7s %-7s %7s %9s %9s %8s %7s %7s %8s\n' tool dir files "median s" "files/s" "MB/s" ratio paired "CPU s"
-for row in "ftx up" "ftx down" "ftx-P2 up" "ftx-P2 down" "rsync up" "rsync down" "tar|nc stream"; do
+printf '%-10s %-7s %7s %9s %9s %8s %7s %7s %8s\n' tool dir files "median s" "files/s" "MB/s" ratio paired "CPU s"
+for row in "ftx up" "ftx down" "ftx-P2 up" "ftx-P2 down" "rsync up" "rsync down" "tar|nc stream" \
+  "ftx-same up" "ftx-same down" "rsync-same up" "rsync-same down"; do
   read -r tool dir <<<"$row"
   case $tool in
     tar\|nc) [[ " $TOOLS " == *" tarnc "* ]] || continue ;;
     ftx-P2) [[ " $TOOLS " == *" ftxp "* ]] || continue ;;
+    *-same) [[ " $TOOLS " == *" same "* ]] || continue ;;
     *) [[ " $TOOLS " == *" $tool "* ]] || continue ;;
   esac
   if [ -n "${FAIL[$row]:-}" ]; then
-    printf '%-7s %-7s %7s %9s %9s %8s %7s %7s %8s\n' "$tool" "$dir" "$FILES" failed - - - - -
+    printf '%-10s %-7s %7s %9s %9s %8s %7s %7s %8s\n' "$tool" "$dir" "$FILES" failed - - - - -
     continue
   fi
   s=$(median <<<"${T[$row]:-}")
   cpu=$(median <<<"${C[$row]:-}")
-  ref=$([ "$dir" = down ] && echo "$ftx_down" || echo "$ftx_up")
-  pr=$(paired "${T[ftx $([ "$dir" = down ] && echo down || echo up)]:-}" "${T[$row]:-}")
+  # The re-runs are compared with ftx's re-run, everything else with ftx's first copy.
+  base=ftx; [[ $tool != *-same ]] || base=ftx-same
+  ref=$(median <<<"${T[$base $([ "$dir" = down ] && echo down || echo up)]:-}")
+  pr=$(paired "${T[$base $([ "$dir" = down ] && echo down || echo up)]:-}" "${T[$row]:-}")
   awk -v t="$tool" -v d="$dir" -v f="$FILES" -v s="$s" -v mb="$mb" -v ref="$ref" -v pr="$pr" -v cpu="$cpu" 'BEGIN {
-    printf "%-7s %-7s %7s %9.3f %9.0f %8.1f %7s %7s %8s\n", t, d, f, s, f / s, mb / s,
+    printf "%-10s %-7s %7s %9.3f %9.0f %8.1f %7s %7s %8s\n", t, d, f, s, f / s, mb / s,
       (ref == "" ? "-" : sprintf("%.2f", ref / s)), (pr == "" ? "-" : sprintf("%.2f", pr)),
       (cpu == "" ? "-" : sprintf("%.2f", cpu)) }'
 done
 echo "$FILES files of $SIZE B ($mb MB, $PER_DIR a folder), median of $RUNS run(s), 127.0.0.1, roots on $BASE ($FSTYPE), $(nproc) cores"
-echo "ratio = ftx time / this time (above 1: faster than ftx; the stream against ftx up); paired = the median of that"
-echo "ratio taken within each round; CPU s = client + server user+sys"
+echo "ratio = ftx time / this time (above 1: faster than ftx; the stream against ftx up, the *-same re-runs against"
+echo "ftx-same); paired = the median of that ratio taken within each round; CPU s = client + server user+sys"
 for row in "${!FAIL[@]}"; do echo "failed: $row: ${FAIL[$row]}"; done | sort
 # CI's smoke run (STRICT=1): a row that failed fails the run (times are never judged).
 if [ "${STRICT:-0}" = 1 ] && [ -n "${!FAIL[*]}" ]; then exit 1; fi

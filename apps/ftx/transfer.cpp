@@ -113,8 +113,9 @@ bool nothing_known(const client::Error& e) {
 // bytes taken off `bytes`, and with `json` reported.
 //  1. A stat per local file (client::may_be_identical) keeps those whose size, mtime and
 //     mode match.
-//  2. Their SHA-256s, one pipelined STAT each: only for them, because the server computes
-//     the SHA-256 of a file it has none on record for (put there by other means).
+//  2. Their SHA-256s: from the listing where the server had them on record (a listing
+//     asked for no others: the server would hash every file it has none for), else one
+//     pipelined STAT each, for which the server hashes the file.
 //  3. They are read and hashed under a "checking" bar that counts their bytes, with the
 //     connection `c` closed, as that may take longer than the server lets a connection wait
 //     between requests (--idle-timeout); `reconnect` opens a new one into `c` when files
@@ -126,25 +127,33 @@ std::vector<client::BatchItem> leave_out_identical(std::vector<client::BatchItem
                                                    std::unique_ptr<client::Client>& c,
                                                    const std::function<std::unique_ptr<client::Client>()>& reconnect) {
   const char* op = direction == client::Direction::kUpload ? "put" : "get";
-  std::vector<std::size_t> candidates;
-  std::vector<std::string> names;
+  std::vector<std::optional<client::Entry>> stored(items.size());  // candidates with their SHA-256
+  std::vector<std::size_t> unknown;  // candidates whose SHA-256 the listing did not carry
+  std::vector<std::string> names;    // theirs
+  std::uint64_t to_check = 0;
+  std::uint64_t candidates = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
-    if (listed[i] != nullptr && client::may_be_identical(items[i].local, *listed[i], direction)) {
-      candidates.push_back(i);
+    if (listed[i] == nullptr || !client::may_be_identical(items[i].local, *listed[i], direction)) continue;
+    ++candidates;
+    if (listed[i]->digest) {
+      stored[i] = *listed[i];
+      to_check += listed[i]->size;
+    } else {
+      unknown.push_back(i);
       names.push_back(items[i].remote);
     }
   }
-  if (candidates.empty()) return items;
-  std::vector<std::optional<client::Entry>> stored(items.size());
-  std::uint64_t to_check = 0;
-  c->stat_many(names, [&](std::size_t k, std::optional<client::Entry> e) {
-    if (e) to_check += e->size;
-    stored[candidates[k]] = std::move(e);
-  });
+  if (candidates == 0) return items;
+  if (!names.empty()) {
+    c->stat_many(names, [&](std::size_t k, std::optional<client::Entry> e) {
+      if (e) to_check += e->size;
+      stored[unknown[k]] = std::move(e);
+    });
+  }
   c.reset();
   std::vector<client::BatchItem> rest;
   {
-    ProgressBar bar(bar_wanted, to_check, candidates.size(), "checking");
+    ProgressBar bar(bar_wanted, to_check, candidates, "checking");
     std::uint64_t checked = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
       const auto& e = stored[i];
@@ -325,11 +334,12 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     // Empty folders first (puts create the others); parents before children, as sorted.
     for (const auto& folder : tree.empty_folders) c->make_folder(folder);
     if (opts.skip_identical) {
-      // What the server holds under REMOTE_DIR: names, sizes, mtimes and modes (none there
-      // yet is no error: nothing is identical then).
+      // What the server holds under REMOTE_DIR: names, sizes, mtimes, modes and the SHA-256s
+      // it has on record (none there yet is no error: nothing is identical then).
       std::unordered_map<std::string, client::Entry> stored;
       try {
-        c->list(remote_root, [&](const client::Entry& e) { stored.emplace(e.name, e); });
+        c->list(remote_root, [&](const client::Entry& e) { stored.emplace(e.name, e); },
+                client::ListOptions{.digests = true, .known_digests_only = true});
       } catch (const client::Error& e) {
         if (!nothing_known(e)) throw;
       }
@@ -419,8 +429,11 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
         },
         // Sizes only for the bar's total or the comparison: without them the server need not
         // stat every entry (most of a 10,000-file listing's time, and nothing is fetched until
-        // it is done).
-        client::ListOptions{.digests = false, .folders = true, .names_only = !bar_wanted && !opts.skip_identical});
+        // it is done). SHA-256s for the comparison, those on record only (leave_out_identical).
+        client::ListOptions{.digests = opts.skip_identical,
+                            .known_digests_only = true,
+                            .folders = true,
+                            .names_only = !bar_wanted && !opts.skip_identical});
     for (const auto& f : folders) {
       std::error_code ec;
       fs::create_directories(f, ec);

@@ -2269,6 +2269,7 @@ std::uint64_t Client::list(const std::string& folder, const std::function<void(c
   req.type = MsgType::kList;
   req.name = folder;
   if (opts.digests) req.flags |= protocol::kFlagDigest;
+  if (opts.digests && opts.known_digests_only) req.flags |= protocol::kFlagKnownDigestsOnly;
   if (opts.folders) req.flags |= protocol::kFlagFolder;
   if (opts.names_only) req.flags |= protocol::kFlagNamesOnly;
   send(req);

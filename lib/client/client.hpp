@@ -81,6 +81,9 @@ struct Entry {
 
 struct ListOptions {
   bool digests = false;  // ask for every file's stored SHA-256
+  // With digests: only those the server has on record; it hashes no file for the listing,
+  // and the others come without (Entry::digest empty). Older servers hash them all the same.
+  bool known_digests_only = false;
   bool folders = false;  // also list folders (Entry::folder)
   // Only names and kinds are needed: the server may leave out sizes, mtimes and modes
   // (Entry::described false), which spares it a stat per entry. Older servers send them.

@@ -4,10 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <array>
-#include <cerrno>
+#include <algorithm>
 #include <cstdint>
-#include <memory>
+#include <span>
+#include <vector>
 
 #include "hash/sha256.hpp"
 #include "storage/fd.hpp"
@@ -50,23 +50,25 @@ bool is_identical(const std::filesystem::path& local, const Entry& remote, Direc
       !same_metadata(before, remote, direction)) {
     return false;
   }
-  hash::Sha256 sha;
+  // Exactly the size both sides agree on, in chunks of up to 1 MiB through a buffer kept for
+  // the next file (a new 1 MiB buffer per file was a map and unmap each: most of the cost of
+  // checking a small one). A file that grew meanwhile is caught by the fstat below.
   constexpr std::size_t kChunk = 1 << 20;
-  const auto buf = std::make_unique<std::uint8_t[]>(kChunk);
-  std::uint64_t total = 0;
-  for (;;) {
-    const ssize_t got = ::read(fd.get(), buf.get(), kChunk);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) return false;
-    if (got == 0) break;
-    sha.update(std::span<const std::uint8_t>(buf.get(), static_cast<std::size_t>(got)));
-    total += static_cast<std::uint64_t>(got);
-    if (on_bytes) on_bytes(static_cast<std::uint64_t>(got));
+  thread_local std::vector<std::uint8_t> buf;
+  buf.resize(static_cast<std::size_t>(std::clamp<std::uint64_t>(remote.size, 1, kChunk)));
+  hash::Sha256 sha;
+  for (std::uint64_t off = 0; off < remote.size;) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), remote.size - off));
+    std::size_t got = 0;
+    if (storage::pread_full(fd.get(), std::span(buf.data(), want), off, got) || got != want) return false;
+    sha.update(std::span<const std::uint8_t>(buf.data(), got));
+    off += got;
+    if (on_bytes) on_bytes(got);
   }
   // A file written to while it was read is not known to be anything: send it (its upload
   // hashes what it sends).
   struct stat after {};
-  if (total != remote.size || ::fstat(fd.get(), &after) != 0 || !same_metadata(after, remote, direction) ||
+  if (::fstat(fd.get(), &after) != 0 || !same_metadata(after, remote, direction) ||
       after.st_ctim.tv_sec != before.st_ctim.tv_sec || after.st_ctim.tv_nsec != before.st_ctim.tv_nsec) {
     return false;
   }

@@ -107,6 +107,11 @@ inline constexpr std::uint16_t kFlagFolder = 0x0010;
 // kTrailerSize more bytes. A client then reads its file once, hashing while it sends,
 // instead of once to hash and again to send. The server still verifies before publishing.
 inline constexpr std::uint16_t kFlagDigestAfter = 0x0020;
+// kList, the same bit, with kFlagDigest: only the SHA-256s the server has on record (its
+// digest cache); files without one come without (no kFlagDigest on their kEntry), and the
+// server hashes none of them for the listing. A server from before 2026-12-06 ignores it on
+// kList and hashes them: the same answer, later.
+inline constexpr std::uint16_t kFlagKnownDigestsOnly = 0x0020;
 // Resumable transfers (docs/protocol.md, "resume").
 //   kPut (with kFlagDigestAfter, not streamed): keep the upload if it is interrupted, and
 //     continue one kept from an earlier attempt at the same file (name, size, mtime, mode).

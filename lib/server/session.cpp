@@ -990,16 +990,19 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   lo.digests = (req.flags & protocol::kFlagDigest) != 0;
   lo.folders = (req.flags & protocol::kFlagFolder) != 0;
   lo.names_only = (req.flags & protocol::kFlagNamesOnly) != 0;
-  // Digests come from the cache; the files it lacks are read and hashed.
+  // Digests come from the cache; the files it lacks are read and hashed below -- unless the
+  // client wants only the known ones (kFlagKnownDigestsOnly: --skip-identical, which asks for
+  // the few others it needs one by one).
   lo.hash_missing = false;
   // The walk too runs on the blocking pool, not on this I/O thread: it is a stat per entry
   // (10,000 took about 20 ms here, a million seconds), and this thread's other connections
   // would wait meanwhile.
-  auto job = [&store = server_.storage(), name = req.name, lo] {
+  const bool known_only = (req.flags & protocol::kFlagKnownDigestsOnly) != 0;
+  auto job = [&store = server_.storage(), name = req.name, lo, known_only] {
     std::pair<std::error_code, std::vector<storage::FileInfo>> out;
     auto& [ec, found] = out;
     ec = store.list(name, found, lo);
-    if (ec || !lo.digests) return out;
+    if (ec || !lo.digests || known_only) return out;
     for (auto& f : found) {
       storage::FileInfo hashed;  // the version that was hashed (as list() describes it)
       if (!f.folder && !f.digest && !store.stat(f.name, hashed) && !hashed.folder) f = std::move(hashed);

@@ -1006,6 +1006,33 @@ TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
   EXPECT_EQ(failure_of([&] { c.list("nope", [](const client::Entry&) {}); }), client::Failure::kNotFound);
 }
 
+// --skip-identical lists with the SHA-256s the server has on record only: a file it never
+// hashed (put there by other means) comes without one, and is not hashed for the listing.
+TEST_F(ServerTest, AListingOfKnownDigestsOnlyHashesNothing) {
+  write_file(dir_ / "src", std::string("sent"));
+  client::Client c(address());
+  c.put(dir_ / "src", "k/sent");
+  write_file(root() / "k/placed", std::string("placed"));
+  std::vector<client::Entry> known;
+  c.list("k", [&](const client::Entry& e) { known.push_back(e); }, {.digests = true, .known_digests_only = true});
+  ASSERT_EQ(known.size(), 2u);
+  EXPECT_EQ(known[0].name, "k/placed");
+  EXPECT_FALSE(known[0].digest) << "no record: left out, not computed";
+  EXPECT_EQ(known[0].size, 6u);
+  EXPECT_EQ(known[1].name, "k/sent");
+  ASSERT_TRUE(known[1].digest);
+  EXPECT_EQ(*known[1].digest, hash::sha256(std::string_view("sent")));
+  char rec[64];
+  EXPECT_LT(::getxattr((root() / "k/placed").c_str(), "user.ftx.sha256", rec, sizeof rec), 0)
+      << "nothing was hashed, so nothing recorded";
+  // Without the flag, as ls -l asks: every file with its SHA-256, hashed where needed.
+  std::vector<client::Entry> all;
+  c.list("k", [&](const client::Entry& e) { all.push_back(e); }, {.digests = true});
+  ASSERT_EQ(all.size(), 2u);
+  ASSERT_TRUE(all[0].digest);
+  EXPECT_EQ(*all[0].digest, hash::sha256(std::string_view("placed")));
+}
+
 // get -r without a progress bar asks for names and kinds only: the server then skips the stat
 // of every entry whose kind readdir told it, and the entries come without size and mtime.
 TEST_F(ServerTest, ANamesOnlyListingHasTheSameNamesAndKindsWithoutTheStat) {

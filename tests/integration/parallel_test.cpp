@@ -381,31 +381,39 @@ TEST_F(OneThreadTest, AListingOfAManyFileTreeDoesNotStallOtherConnections) {
     std::filesystem::create_directories(folder);
     for (int f = 0; f < 100; ++f) write_file(folder / ("f" + std::to_string(f)), std::string("x"));
   }
-  RawPeer lister(server_->port());
-  RawPeer other(server_->port());
-  ASSERT_TRUE(pings(other));
-  lister.send_frame(frame(MsgType::kList, "t"));
-  std::atomic<bool> first_entry{false};
-  std::uint64_t listed = 0;
-  std::thread reader([&] {
-    for (Frame f = lister.read_frame();; f = lister.read_frame()) {
-      first_entry = true;
-      if (f.type != MsgType::kEntry) {
-        if (f.type == MsgType::kListEnd) listed = f.size;
-        return;
-      }
-    }
-  });
   // Pings answered before the listing's first entry, i.e. while the tree is walked. With
   // the walk on the I/O thread, none but one that slipped in before it began (1 in each of 4 runs);
-  // on the pool, 32-169 here (280-400 under TSan, where the walk slows more than a ping).
-  int answered = 0;
-  while (!first_entry.load() && answered < 1000) {
-    if (pings(other)) ++answered;
+  // on the pool, 32-169 here (280-400 under TSan, where the walk slows more than a ping). The
+  // best of three listings counts: with one, the test failed twice on 2026-12-06 under
+  // ctest -j2 (never alone, nor in 30 runs beside two busy loops; a ping loop descheduled for
+  // most of a 5 ms walk would do it), while a walk on the I/O thread lets at most one ping
+  // through in every listing, so three do not hide it.
+  int best = 0;
+  for (int trial = 0; trial < 3 && best < 5; ++trial) {
+    RawPeer lister(server_->port());
+    RawPeer other(server_->port());
+    ASSERT_TRUE(pings(other));
+    lister.send_frame(frame(MsgType::kList, "t"));
+    std::atomic<bool> first_entry{false};
+    std::uint64_t listed = 0;
+    std::thread reader([&] {
+      for (Frame f = lister.read_frame();; f = lister.read_frame()) {
+        first_entry = true;
+        if (f.type != MsgType::kEntry) {
+          if (f.type == MsgType::kListEnd) listed = f.size;
+          return;
+        }
+      }
+    });
+    int answered = 0;
+    while (!first_entry.load() && answered < 1000) {
+      if (pings(other)) ++answered;
+    }
+    reader.join();
+    EXPECT_EQ(listed, 3000u);
+    best = std::max(best, answered);
   }
-  reader.join();
-  EXPECT_EQ(listed, 3000u);
-  EXPECT_GE(answered, 5) << "the other connection waited for the walk";
+  EXPECT_GE(best, 5) << "the other connection waited for the walk";
 }
 
 }  // namespace
