@@ -107,6 +107,22 @@ bool nothing_known(const client::Error& e) {
   return e.kind() == client::Failure::kNotFound || e.kind() == client::Failure::kRejected;
 }
 
+// After --skip-identical's local check, which may take long (reading and hashing files):
+// whether the server kept the connection `c` meanwhile -- it closes one that waited longer
+// than its --idle-timeout between requests, without a word. One PING tells; a connection that
+// fails it is replaced with `reconnect`. (Not closed for the check and opened anew after it:
+// a server that allows one connection per client, --max-per-client 1, might not have let go
+// of the old one yet.)
+void keep_alive(std::unique_ptr<client::Client>& c, const std::function<std::unique_ptr<client::Client>()>& reconnect) {
+  try {
+    c->ping();
+    return;
+  } catch (const client::Error& e) {
+    if (e.kind() != client::Failure::kConnection) throw;
+  }
+  c = reconnect();
+}
+
 // --skip-identical for a folder: leaves out of `items` the files the other side holds
 // already, `listed[i]` being the server's file of items[i]'s name as a listing described it
 // (nullptr: none), and returns the rest, in order. Each left out is counted in `tally`, its
@@ -116,10 +132,9 @@ bool nothing_known(const client::Error& e) {
 //  2. Their SHA-256s: from the listing where the server had them on record (a listing
 //     asked for no others: the server would hash every file it has none for), else one
 //     pipelined STAT each, for which the server hashes the file.
-//  3. They are read and hashed under a "checking" bar that counts their bytes, with the
-//     connection `c` closed, as that may take longer than the server lets a connection wait
-//     between requests (--idle-timeout); `reconnect` opens a new one into `c` when files
-//     remain to be moved.
+//  3. They are read and hashed under a "checking" bar that counts their bytes. That may take
+//     longer than the server lets a connection wait between requests: when files remain to
+//     be moved, keep_alive() checks `c` and has `reconnect` replace it if need be.
 std::vector<client::BatchItem> leave_out_identical(std::vector<client::BatchItem> items,
                                                    const std::vector<const client::Entry*>& listed,
                                                    client::Direction direction, bool json, bool bar_wanted,
@@ -150,7 +165,6 @@ std::vector<client::BatchItem> leave_out_identical(std::vector<client::BatchItem
       stored[unknown[k]] = std::move(e);
     });
   }
-  c.reset();
   std::vector<client::BatchItem> rest;
   {
     ProgressBar bar(bar_wanted, to_check, candidates, "checking");
@@ -174,7 +188,7 @@ std::vector<client::BatchItem> leave_out_identical(std::vector<client::BatchItem
     }
     bar.finish();
   }
-  if (!rest.empty()) c = reconnect();
+  if (!rest.empty()) keep_alive(c, reconnect);
   return rest;
 }
 
@@ -635,11 +649,10 @@ int run_put(const PutOptions& opts) {
     if (opts.skip_identical) {
       const auto e = identical_candidate(*c, remote, opts.local, client::Direction::kUpload);
       if (e) {
-        c.reset();  // hashing a large file may take longer than the server lets a connection wait
         if (client::is_identical(opts.local, *e, client::Direction::kUpload)) {
           return report_identical("put", opts.local, remote, *e, opts.client.json, remote, "sent");
         }
-        c = connect(opts.client, *address);
+        keep_alive(c, [&] { return connect(opts.client, *address); });  // hashing a large file takes a while
       }
     }
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);
@@ -667,11 +680,10 @@ int run_get(const GetOptions& opts) {
       const auto target = client::Client::download_target(opts.remote, opts.local);
       const auto e = identical_candidate(*c, opts.remote, target, client::Direction::kDownload);
       if (e) {
-        c.reset();  // as for put
         if (client::is_identical(target, *e, client::Direction::kDownload)) {
           return report_identical("get", target.string(), opts.remote, *e, opts.client.json, target.string(), "fetched");
         }
-        c = connect(opts.client, *address);
+        keep_alive(c, [&] { return connect(opts.client, *address); });
       }
     }
     ProgressBar bar(progress_wanted(opts.quiet, opts.client.json), 0);

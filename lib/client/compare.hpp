@@ -22,8 +22,8 @@ enum class Direction { kUpload, kDownload };
 // "not identical" -- no such file, a read error, a file that changes while it is read, a
 // remote entry that is a folder or lacks its digest -- and the transfer then goes ahead and
 // reports what is wrong itself. `on_bytes`, when set, is called with each run of bytes
-// hashed (for a progress bar). Hashing a large file takes a while: a connection should not
-// sit idle meanwhile (servers close idle connections, --idle-timeout).
+// hashed (for a progress bar). Hashing a large file takes a while: a connection left waiting
+// meanwhile may be closed by its server (--idle-timeout).
 bool is_identical(const std::filesystem::path& local, const Entry& remote, Direction direction,
                   const std::function<void(std::uint64_t)>& on_bytes = {});
 

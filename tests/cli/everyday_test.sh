@@ -537,8 +537,9 @@ check "get -r --skip-identical: the copy is whole again" diff -r "$T/same" "$T/b
 check "get -r --skip-identical: the mode is what a download gives" test "$(stat -c %a "$T/back/d02/f0006")" = 644
 expect_exit 0 "$FTX" get --skip-identical same/d00/f0000 "$T/back/d00" -s "$SERVER" --json
 jcheck "$T/out" 'len(L) == 1 and L[0]["identical"] and L[0]["ok"] and L[0]["bytes"] == 1000'
-# The check reads and hashes with no connection open: a server that drops a connection left
-# waiting (--idle-timeout 0.1 s) must not fail the files to send after it. 256 MiB (sparse,
+# The check reads and hashes while the connection waits: a server that drops a connection left
+# waiting (--idle-timeout 0.1 s) must not fail the files to send after it (a PING finds the
+# connection gone, and a new one is opened). 256 MiB (sparse,
 # on both sides: the server hashes its copy for its STAT) take far longer than that to read
 # and hash here (about a second).
 mkdir -p "$T/slow/src" "$T/root6/slow"
