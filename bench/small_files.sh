@@ -16,8 +16,8 @@
 # folder is on /dev/shm, so the disk is not what is measured -- or under BASE: BASE=/var/tmp
 # puts them on the disk, where each tool's way of making files durable (ftx: one syncfs per
 # burst of up to 64 files, on both sides; rsync: none) is part of the price. Each run starts
-# from an empty destination and its copy is checked against the source (SHA-256 of every
-# file); a failed or wrong run marks its row "failed" and the benchmark goes on. A
+# from an empty destination (the -same rows: from a full one) and its copy is checked against
+# the source (SHA-256 of every file); a failed or wrong run marks its row "failed" and the benchmark goes on. A
 # benchmark, not a test: it asserts nothing.
 #
 # Usage: bench/small_files.sh [FILES (10000) [SIZE (4096) [RUNS (3)]]]

@@ -55,7 +55,8 @@ bool is_identical(const std::filesystem::path& local, const Entry& remote, Direc
   // checking a small one). A file that grew meanwhile is caught by the fstat below.
   constexpr std::size_t kChunk = 1 << 20;
   thread_local std::vector<std::uint8_t> buf;
-  buf.resize(static_cast<std::size_t>(std::clamp<std::uint64_t>(remote.size, 1, kChunk)));
+  const auto wanted = static_cast<std::size_t>(std::clamp<std::uint64_t>(remote.size, 1, kChunk));
+  if (buf.size() < wanted) buf.resize(wanted);
   hash::Sha256 sha;
   for (std::uint64_t off = 0; off < remote.size;) {
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), remote.size - off));

@@ -109,8 +109,10 @@ inline constexpr std::uint16_t kFlagFolder = 0x0010;
 inline constexpr std::uint16_t kFlagDigestAfter = 0x0020;
 // kList, the same bit, with kFlagDigest: only the SHA-256s the server has on record (its
 // digest cache); files without one come without (no kFlagDigest on their kEntry), and the
-// server hashes none of them for the listing. A server from before 2026-12-06 ignores it on
-// kList and hashes them: the same answer, later.
+// server hashes none of them for the listing. A server from 2026-11-25 to 2026-12-06 ignores
+// it on kList and hashes them, as for a plain kFlagDigest: the same answer, later -- much later
+// for a large tree of files put there by other means (the client gives up after 300 s with no
+// answer). Older servers refuse the bit (bad_flags).
 inline constexpr std::uint16_t kFlagKnownDigestsOnly = 0x0020;
 // Resumable transfers (docs/protocol.md, "resume").
 //   kPut (with kFlagDigestAfter, not streamed): keep the upload if it is interrupted, and

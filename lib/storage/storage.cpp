@@ -893,6 +893,7 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
       if (opts.hash_missing ? !digest(file, buf, d, cached) : cached_digest(file, d)) f.digest = d;
       f.size = file.size;  // describe the version that was hashed
       f.mtime_ns = file.mtime_ns;
+      f.executable = file.executable;
     }
   }
   return {};

@@ -8,6 +8,7 @@
 set -euo pipefail
 FTX=$(realpath "$1")
 T=$(mktemp -d "${TMPDIR:-/tmp}/ftx-everyday-XXXXXX")
+export XDG_CONFIG_HOME=$T/config  # TLS pins (known_servers) go here, not into the user's
 PIDS=()  # servers this script started
 passed=0
 failed=0
@@ -90,9 +91,10 @@ start_server() {
     kill -0 "$SERVER_PID" 2>/dev/null || die "server did not start: $(cat "$log")"
     [ "${EPOCHREALTIME/./}" -lt "$deadline" ] || die "server start-up line missing after 10 s: $(cat "$log")"
   done
-  local i
+  local i tls=()
+  [[ " $* " != *" --tls "* ]] || tls=(--tls --accept-new)  # pinned in $XDG_CONFIG_HOME ($T/config)
   for i in $(seq 50); do
-    if "$FTX" ping -s "$SERVER" >/dev/null 2>&1; then return 0; fi
+    if "$FTX" ping -s "$SERVER" "${tls[@]}" >/dev/null 2>&1; then return 0; fi
   done
   die "server on $SERVER does not answer ping"
 }
@@ -558,6 +560,15 @@ check "the file sent after the long check arrived" cmp "$T/slow/src/small" "$T/r
 has_digest_record() { python3 -c 'import os, sys; os.getxattr(sys.argv[1], "user.ftx.sha256")' "$1" 2>/dev/null; }
 check "the server hashed the file that may be identical" has_digest_record "$T/root6/slow/big"
 check "the server did not hash a file with no local counterpart" not has_digest_record "$T/root6/slow/only-here"
+# The same over TLS, where the server's close of the waiting connection comes without a TLS
+# close_notify.
+mkdir -p "$T/root7/slow"
+truncate -s 256M "$T/root7/slow/big"
+touch -r "$T/slow/src/big" "$T/root7/slow/big"
+start_server "$T/serve7.log" --root "$T/root7" --min-free 0 --idle-timeout 0.1 --tls
+expect_exit 0 "$FTX" put -r --skip-identical --tls "$T/slow/src" slow -s "$SERVER"
+grep -qE '^stored 1 of 1 files \(6 B\) under slow in [0-9.]+ s, 1 identical \(not sent\)$' "$T/out" && ok ||
+  bad "put -r --skip-identical over TLS after a long check: $(cat "$T/out")"
 
 # ---- the main server stops cleanly on SIGTERM
 kill -TERM "$S1_PID"
