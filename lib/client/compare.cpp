@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <span>
 #include <vector>
 
 #include "hash/sha256.hpp"
@@ -57,14 +56,9 @@ bool is_identical(const std::filesystem::path& local, const Entry& remote, Direc
   thread_local std::vector<std::uint8_t> buf;
   const auto wanted = static_cast<std::size_t>(std::clamp<std::uint64_t>(remote.size, 1, kChunk));
   if (buf.size() < wanted) buf.resize(wanted);
-  hash::Sha256 sha;
-  for (std::uint64_t off = 0; off < remote.size;) {
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), remote.size - off));
-    std::size_t got = 0;
-    if (storage::pread_full(fd.get(), std::span(buf.data(), want), off, got) || got != want) return false;
-    sha.update(std::span<const std::uint8_t>(buf.data(), got));
-    off += got;
-    if (on_bytes) on_bytes(got);
+  hash::Digest actual{};
+  if (storage::hash_fd(fd.get(), remote.size, buf, actual, std::make_error_code(std::errc::io_error), on_bytes)) {
+    return false;
   }
   // A file written to while it was read is not known to be anything: send it (its upload
   // hashes what it sends).
@@ -73,7 +67,7 @@ bool is_identical(const std::filesystem::path& local, const Entry& remote, Direc
       after.st_ctim.tv_sec != before.st_ctim.tv_sec || after.st_ctim.tv_nsec != before.st_ctim.tv_nsec) {
     return false;
   }
-  return sha.finish() == *remote.digest;
+  return actual == *remote.digest;
 }
 
 }  // namespace ftx::client

@@ -10,6 +10,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <vector>
 
 #include <cerrno>
@@ -75,6 +76,22 @@ std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t of
     if (n == 0) break;
     got += static_cast<std::size_t>(n);
   }
+  return {};
+}
+
+std::error_code hash_fd(int fd, std::uint64_t size, std::span<std::uint8_t> buf, hash::Digest& out,
+                        std::error_code shrank, const std::function<void(std::size_t)>& on_chunk) {
+  hash::Sha256 hasher;
+  for (std::uint64_t off = 0; off < size;) {
+    std::size_t got = 0;
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
+    if (auto ec = pread_full(fd, buf.first(want), off, got)) return ec;
+    if (got != want) return shrank;
+    hasher.update(std::span<const std::uint8_t>(buf.data(), got));
+    off += got;
+    if (on_chunk) on_chunk(got);
+  }
+  out = hasher.finish();
   return {};
 }
 

@@ -5,10 +5,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
+
+#include "hash/sha256.hpp"
 
 struct stat;
 
@@ -61,6 +64,12 @@ void punch_hole(int fd, std::uint64_t begin, std::uint64_t end);
 
 // Reads until `buf` is full or EOF, from `offset` without moving the file offset.
 std::error_code pread_full(int fd, std::span<std::uint8_t> buf, std::uint64_t offset, std::size_t& got);
+
+// The SHA-256 of the first `size` bytes of `fd`, read through `buf` (pread_full, chunks of
+// buf.size()); `shrank` is the error when the file ends before them (it changed behind our
+// back). `on_chunk`, when set, is called with each chunk's length once it is hashed.
+std::error_code hash_fd(int fd, std::uint64_t size, std::span<std::uint8_t> buf, hash::Digest& out,
+                        std::error_code shrank, const std::function<void(std::size_t)>& on_chunk = {});
 
 // One sendfile(2) from `fd` at `offset` to `socket` (up to n bytes); returns bytes sent, or -1
 // with errno. A socket the peer has closed gives EPIPE but never SIGPIPE: sendfile cannot

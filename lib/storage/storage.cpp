@@ -81,23 +81,6 @@ void write_digest_record(int fd, const hash::Digest& digest) {
   ::fsetxattr(fd, kDigestAttr, &rec, sizeof rec, 0);
 }
 
-// The SHA-256 of the first `size` bytes of `fd`, read through `buf`; `shrank` is the error
-// when the file ends before them (it changed behind our back).
-std::error_code hash_fd(int fd, std::uint64_t size, std::span<std::uint8_t> buf, hash::Digest& out,
-                        std::error_code shrank) {
-  hash::Sha256 hasher;
-  for (std::uint64_t off = 0; off < size;) {
-    std::size_t got = 0;
-    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), size - off));
-    if (auto ec = pread_full(fd, buf.first(want), off, got)) return ec;
-    if (got != want) return shrank;
-    hasher.update(std::span<const std::uint8_t>(buf.data(), got));
-    off += got;
-  }
-  out = hasher.finish();
-  return {};
-}
-
 bool is_executable(const struct stat& st) { return (st.st_mode & S_IXUSR) != 0; }
 
 // Calls fn(entry_name, stat, described) for each entry of the folder `dirfd` except . and ..
