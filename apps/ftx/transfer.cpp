@@ -100,13 +100,6 @@ struct Tally {
   }
 };
 
-// Whether a refusal leaves --skip-identical merely knowing nothing (the transfer then goes
-// ahead and meets the problem itself, if it is one): no such file, or one the server will not
-// describe. Anything else (a lost connection, ...) ends the command as it would have anyway.
-bool nothing_known(const client::Error& e) {
-  return e.kind() == client::Failure::kNotFound || e.kind() == client::Failure::kRejected;
-}
-
 // After --skip-identical's local check, which may take long (reading and hashing files):
 // whether the server kept the connection `c` meanwhile -- it closes one that waited longer
 // than its --idle-timeout between requests, without a word. One PING tells; a connection that
@@ -355,7 +348,9 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
         c->list(remote_root, [&](const client::Entry& e) { stored.emplace(e.name, e); },
                 client::ListOptions{.digests = true, .known_digests_only = true});
       } catch (const client::Error& e) {
-        if (!nothing_known(e)) throw;
+        // A refused listing leaves --skip-identical knowing nothing: the uploads go ahead and
+        // meet the problem themselves, if it is one. Anything else ends the command.
+        if (!e.refused()) throw;
       }
       std::vector<const client::Entry*> listed(tree.files.size(), nullptr);
       for (std::size_t i = 0; i < tree.files.size(); ++i) {
@@ -545,7 +540,7 @@ std::optional<client::Entry> identical_candidate(client::Client& c, const std::s
       if (e.name == remote) listed = e;
     });
   } catch (const client::Error& e) {
-    if (!nothing_known(e)) throw;
+    if (!e.refused()) throw;  // refused: nothing known, the transfer goes ahead (as put_folder)
   }
   if (!listed || !client::may_be_identical(local, *listed, direction)) return std::nullopt;
   std::optional<client::Entry> stored;

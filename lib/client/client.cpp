@@ -2363,7 +2363,7 @@ void Client::stat_many(const std::vector<std::string>& names,
     }
     if (reply.type == MsgType::kError) throw_if_closing(reply);
     const Error e = error_from_reply(reply, "stat " + storage::quote_name(names[i]));
-    if (reply.type != MsgType::kError || (e.kind() != Failure::kNotFound && e.kind() != Failure::kRejected)) throw e;
+    if (!e.refused()) throw e;  // also any reply but ENTRY and ERROR: kProtocol
     on_result(i, std::nullopt);
   }
 }

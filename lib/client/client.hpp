@@ -57,6 +57,9 @@ class Error : public std::runtime_error {
  public:
   Error(Failure kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
   Failure kind() const { return kind_; }
+  // The server turned the request down for what it asked (no such name; a name, conflict or
+  // storage problem: kNotFound, kRejected), and the connection goes on.
+  bool refused() const { return kind_ == Failure::kNotFound || kind_ == Failure::kRejected; }
 
  private:
   Failure kind_;
