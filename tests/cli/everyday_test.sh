@@ -541,20 +541,28 @@ expect_exit 0 "$FTX" get --skip-identical same/d00/f0000 "$T/back/d00" -s "$SERV
 jcheck "$T/out" 'len(L) == 1 and L[0]["identical"] and L[0]["ok"] and L[0]["bytes"] == 1000'
 # The check reads and hashes while the connection waits: a server that drops a connection left
 # waiting (--idle-timeout 0.1 s) must not fail the files to send after it (a PING finds the
-# connection gone, and a new one is opened). 256 MiB (sparse,
-# on both sides: the server hashes its copy for its STAT) take far longer than that to read
-# and hash here (about a second).
-mkdir -p "$T/slow/src" "$T/root6/slow"
+# connection gone, and a new one is opened). 256 MiB (sparse, on both sides: the server hashes
+# its copy for its STAT) take far longer than that to read and hash here (about a second).
+mkdir -p "$T/slow/src"
 truncate -s 256M "$T/slow/src/big"
-truncate -s 256M "$T/root6/slow/big"
-touch -r "$T/slow/src/big" "$T/root6/slow/big"
 echo small >"$T/slow/src/small"
+# after_long_check ROOT LOG [SERVE AND CLIENT OPTION...]: a server on ROOT holding the big file
+# (same size and mtime) drops the waiting connection; the small file must still arrive.
+after_long_check() {
+  local root=$1 log=$2
+  shift 2
+  mkdir -p "$root/slow"
+  truncate -s 256M "$root/slow/big"
+  touch -r "$T/slow/src/big" "$root/slow/big"
+  start_server "$log" --root "$root" --min-free 0 --idle-timeout 0.1 "$@"
+  expect_exit 0 "$FTX" put -r --skip-identical "$@" "$T/slow/src" slow -s "$SERVER"
+  grep -qE '^stored 1 of 1 files \(6 B\) under slow in [0-9.]+ s, 1 identical \(not sent\)$' "$T/out" && ok ||
+    bad "put -r --skip-identical $* after a long check: $(cat "$T/out")"
+  check "the file sent after the long check $* arrived" cmp "$T/slow/src/small" "$root/slow/small"
+}
+mkdir -p "$T/root6/slow"
 echo "on the server only" >"$T/root6/slow/only-here"
-start_server "$T/serve6.log" --root "$T/root6" --min-free 0 --idle-timeout 0.1
-expect_exit 0 "$FTX" put -r --skip-identical "$T/slow/src" slow -s "$SERVER"
-grep -qE '^stored 1 of 1 files \(6 B\) under slow in [0-9.]+ s, 1 identical \(not sent\)$' "$T/out" && ok ||
-  bad "put -r --skip-identical after a long check: $(cat "$T/out")"
-check "the file sent after the long check arrived" cmp "$T/slow/src/small" "$T/root6/slow/small"
+after_long_check "$T/root6" "$T/serve6.log"
 # The server is asked for the SHA-256 of a file whose size, mtime and mode match alone: it
 # hashed (and recorded, as an extended attribute) the big file, not the one it alone has.
 has_digest_record() { python3 -c 'import os, sys; os.getxattr(sys.argv[1], "user.ftx.sha256")' "$1" 2>/dev/null; }
@@ -562,13 +570,7 @@ check "the server hashed the file that may be identical" has_digest_record "$T/r
 check "the server did not hash a file with no local counterpart" not has_digest_record "$T/root6/slow/only-here"
 # The same over TLS, where the server's close of the waiting connection comes without a TLS
 # close_notify.
-mkdir -p "$T/root7/slow"
-truncate -s 256M "$T/root7/slow/big"
-touch -r "$T/slow/src/big" "$T/root7/slow/big"
-start_server "$T/serve7.log" --root "$T/root7" --min-free 0 --idle-timeout 0.1 --tls
-expect_exit 0 "$FTX" put -r --skip-identical --tls "$T/slow/src" slow -s "$SERVER"
-grep -qE '^stored 1 of 1 files \(6 B\) under slow in [0-9.]+ s, 1 identical \(not sent\)$' "$T/out" && ok ||
-  bad "put -r --skip-identical over TLS after a long check: $(cat "$T/out")"
+after_long_check "$T/root7" "$T/serve7.log" --tls
 
 # ---- the main server stops cleanly on SIGTERM
 kill -TERM "$S1_PID"
