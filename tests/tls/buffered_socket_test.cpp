@@ -312,6 +312,17 @@ struct TlsPair {
     }
     return got;
   }
+
+  // read_arrived_into(buf) returned in time, without an error, with exactly `want`.
+  ::testing::AssertionResult reads_arrived(std::vector<std::uint8_t>& buf, const std::vector<std::uint8_t>& want) {
+    const auto got = read_arrived_into(buf);
+    if (!got) return ::testing::AssertionFailure() << "read_arrived waited";
+    const auto [ec, n] = *got;
+    if (ec) return ::testing::AssertionFailure() << ec.message();
+    if (n != want.size()) return ::testing::AssertionFailure() << "read " << n << " bytes, not " << want.size();
+    if (!std::equal(want.begin(), want.end(), buf.begin())) return ::testing::AssertionFailure() << "other bytes";
+    return ::testing::AssertionSuccess();
+  }
 };
 
 // Over TLS: a client writes several records at once; once they have all arrived, one
@@ -323,12 +334,7 @@ TEST(ReadArrived, TakesEveryRecordThatArrived) {
   // Each TLS 1.3 record adds 22 bytes: a 5-byte header, the content type, a 16-byte tag.
   t.p.wait_for(data.size() + 6 * 22);
   std::vector<std::uint8_t> buf(256 * 1024);
-  const auto got = t.read_arrived_into(buf);
-  ASSERT_TRUE(got) << "read_arrived waited";
-  const auto [ec, n] = *got;
-  ASSERT_FALSE(ec) << ec.message();
-  ASSERT_EQ(n, data.size());
-  EXPECT_TRUE(std::equal(data.begin(), data.end(), buf.begin()));
+  EXPECT_TRUE(t.reads_arrived(buf, data));
 }
 
 // A record that carries no data behind the last one that does (here a key update; also a
@@ -348,20 +354,11 @@ TEST(ReadArrived, ReturnsWithoutWaitingWhenWhatFollowsCarriesNoData) {
   ASSERT_FALSE(hs_ec) << hs_ec.message();
   t.p.wait_for(record + 1);
   std::vector<std::uint8_t> buf(64 * 1024);
-  const auto got = t.read_arrived_into(buf);
-  ASSERT_TRUE(got) << "read_arrived waited for the peer after a record without data";
-  const auto [ec, n] = *got;
-  ASSERT_FALSE(ec) << ec.message();
-  ASSERT_EQ(n, data.size());
-  EXPECT_TRUE(std::equal(data.begin(), data.end(), buf.begin()));
+  ASSERT_TRUE(t.reads_arrived(buf, data)) << "after a record without data";
   // The stream goes on: the next record reads as usual, under the new keys.
   const auto more = pattern(300);
   t.client_write(more);
-  const auto next = t.read_arrived_into(buf);
-  ASSERT_TRUE(next);
-  ASSERT_FALSE(std::get<0>(*next)) << std::get<0>(*next).message();
-  ASSERT_EQ(std::get<1>(*next), more.size());
-  EXPECT_TRUE(std::equal(more.begin(), more.end(), buf.begin()));
+  EXPECT_TRUE(t.reads_arrived(buf, more));
 }
 
 }  // namespace
