@@ -340,7 +340,7 @@ std::error_code Upload::seal(const hash::Digest& expected, std::optional<std::in
     if (auto ec = set_mtime(fd_.get(), *mtime_ns)) return ec;
   }
   // After the mtime: the record must describe the file as published.
-  write_digest_record(fd_.get(), expected);
+  if (size_ > kUnrecordedUploadMax) write_digest_record(fd_.get(), expected);
   return {};
 }
 
@@ -873,7 +873,8 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
       if (buf.empty()) buf.resize(1 << 20);
       hash::Digest d{};
       bool cached = false;
-      if (opts.hash_missing ? !digest(file, buf, d, cached) : cached_digest(file, d)) f.digest = d;
+      const bool hash = opts.hash_missing || file.size <= kUnrecordedUploadMax;
+      if (hash ? !digest(file, buf, d, cached) : cached_digest(file, d)) f.digest = d;
       f.size = file.size;  // describe the version that was hashed
       f.mtime_ns = file.mtime_ns;
       f.executable = file.executable;

@@ -59,11 +59,20 @@ struct ReadFile {
   ReadFile duplicate() const;
 };
 
+// An upload of at most this many bytes gets no digest record (the extended attribute
+// user.ftx.sha256): its fstat and fsetxattr were a tenth of the server's work for each of
+// many small uploads, while hashing such a file when someone asks for its SHA-256 costs
+// about as much as the record would have. Whoever needs it first (a GET, a STAT, `ls -l`, a
+// listing for --skip-identical) hashes it and records it then.
+inline constexpr std::uint64_t kUnrecordedUploadMax = 16 * 1024;
+
 // What list() returns besides plain files.
 struct ListOptions {
   bool folders = false;  // include folders (FileInfo::folder), e.g. to recreate empty ones
   bool digests = false;  // fill FileInfo::digest (from the digest cache, else by hashing)
-  bool hash_missing = true;  // with digests: false leaves out digests the cache lacks (no hashing)
+  // With digests: false leaves out the digests the cache lacks, except those of files of at
+  // most kUnrecordedUploadMax bytes (hashed, which costs about what reading a record does).
+  bool hash_missing = true;
   // Only names and kinds are needed: an entry whose kind the folder itself tells (readdir's
   // d_type, which ext4, xfs, btrfs and tmpfs fill in) is not stat'ed, and comes with
   // `described` false (size, mtime 0). Ignored with digests, which open every file anyway.

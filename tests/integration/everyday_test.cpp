@@ -23,6 +23,7 @@
 #include "hash/sha256.hpp"
 #include "integration/server_fixture.hpp"
 #include "protocol/codec.hpp"
+#include "storage/storage.hpp"
 
 namespace ftx::test {
 namespace {
@@ -828,7 +829,8 @@ TEST_F(ServerTest, GetManyReportsNothingSavedThatTheDiskLostOfSmallAndLargeFiles
 }
 
 TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
-  const auto data = random_bytes(3000, 9);
+  const std::size_t size = storage::kUnrecordedUploadMax + 3000;
+  const auto data = random_bytes(size, 9);
   write_file(dir_ / "src", data);
   client::Client c(address());
   c.put(dir_ / "src", "cached");
@@ -840,7 +842,7 @@ TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
 
   // Changed behind the server's back (same size, new content): the cached digest no longer
   // describes the file and must not be served.
-  const auto other = random_bytes(3000, 10);
+  const auto other = random_bytes(size, 10);
   write_file(root() / "cached", other);
   const auto e = c.stat("cached");
   ASSERT_TRUE(e.digest);
@@ -851,7 +853,7 @@ TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
 
   // Changed again and fetched with no stat first: the GET itself hashes it (a small file:
   // on the I/O thread, not the pool) and records what it found for the next one.
-  const auto third = random_bytes(3000, 11);
+  const auto third = random_bytes(size, 11);
   write_file(root() / "cached", third);
   EXPECT_EQ(c.get("cached", dir_ / "back2").digest, hash::sha256(third));
   EXPECT_EQ(read_file(dir_ / "back2"), third);
@@ -859,6 +861,26 @@ TEST_F(ServerTest, DigestCacheIsWrittenAtUploadAndIgnoredOnceTheFileChanges) {
   const auto want = hash::sha256(third);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), reinterpret_cast<const std::uint8_t*>(rec) + 32))
       << "the digest record (its last 32 bytes) holds the new SHA-256";
+}
+
+// A small upload gets no digest record (storage::kUnrecordedUploadMax): the first request
+// that needs its SHA-256 hashes the file and records it then.
+TEST_F(ServerTest, ASmallUploadIsRecordedOnceItsDigestIsAskedFor) {
+  const auto data = random_bytes(storage::kUnrecordedUploadMax, 12);
+  write_file(dir_ / "src", data);
+  client::Client c(address());
+  c.put(dir_ / "src", "small");
+  const auto path = root() / "small";
+  char rec[64];
+  EXPECT_LT(::getxattr(path.c_str(), "user.ftx.sha256", rec, sizeof rec), 0) << "no record written at upload";
+  const auto e = c.stat("small");
+  ASSERT_TRUE(e.digest);
+  EXPECT_EQ(*e.digest, hash::sha256(data));
+  ASSERT_EQ(::getxattr(path.c_str(), "user.ftx.sha256", rec, sizeof rec), 64) << "recorded by the STAT that hashed it";
+  const auto want = hash::sha256(data);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), reinterpret_cast<const std::uint8_t*>(rec) + 32));
+  EXPECT_EQ(c.get("small", dir_ / "back").digest, want);
+  EXPECT_EQ(read_file(dir_ / "back"), data);
 }
 
 // --skip-identical leaves a file alone only when client::is_identical says so: its size,
@@ -1006,31 +1028,39 @@ TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
   EXPECT_EQ(failure_of([&] { c.list("nope", [](const client::Entry&) {}); }), client::Failure::kNotFound);
 }
 
-// --skip-identical lists with the SHA-256s the server has on record only: a file it never
-// hashed (put there by other means) comes without one, and is not hashed for the listing.
-TEST_F(ServerTest, AListingOfKnownDigestsOnlyHashesNothing) {
+// --skip-identical lists with the SHA-256s the server has on record, and those of small files:
+// a larger file it never hashed (put there by other means) comes without one and is not
+// hashed for the listing; a small one costs no more to hash than its record to read.
+TEST_F(ServerTest, AListingOfKnownDigestsOnlyHashesOnlySmallFiles) {
   write_file(dir_ / "src", std::string("sent"));
   client::Client c(address());
   c.put(dir_ / "src", "k/sent");
-  write_file(root() / "k/placed", std::string("placed"));
+  const std::string big(storage::kUnrecordedUploadMax + 1, 'p');
+  write_file(root() / "k/placed", big);
+  write_file(root() / "k/small", std::string("small"));
   std::vector<client::Entry> known;
   c.list("k", [&](const client::Entry& e) { known.push_back(e); }, {.digests = true, .known_digests_only = true});
-  ASSERT_EQ(known.size(), 2u);
+  ASSERT_EQ(known.size(), 3u);
   EXPECT_EQ(known[0].name, "k/placed");
   EXPECT_FALSE(known[0].digest) << "no record: left out, not computed";
-  EXPECT_EQ(known[0].size, 6u);
+  EXPECT_EQ(known[0].size, big.size());
   EXPECT_EQ(known[1].name, "k/sent");
   ASSERT_TRUE(known[1].digest);
   EXPECT_EQ(*known[1].digest, hash::sha256(std::string_view("sent")));
+  EXPECT_EQ(known[2].name, "k/small");
+  ASSERT_TRUE(known[2].digest);
+  EXPECT_EQ(*known[2].digest, hash::sha256(std::string_view("small")));
   char rec[64];
   EXPECT_LT(::getxattr((root() / "k/placed").c_str(), "user.ftx.sha256", rec, sizeof rec), 0)
-      << "nothing was hashed, so nothing recorded";
+      << "the larger file was not hashed, so nothing recorded";
+  EXPECT_EQ(::getxattr((root() / "k/small").c_str(), "user.ftx.sha256", rec, sizeof rec), 64)
+      << "the small one was hashed, and recorded";
   // Without the flag, as ls -l asks: every file with its SHA-256, hashed where needed.
   std::vector<client::Entry> all;
   c.list("k", [&](const client::Entry& e) { all.push_back(e); }, {.digests = true});
-  ASSERT_EQ(all.size(), 2u);
+  ASSERT_EQ(all.size(), 3u);
   ASSERT_TRUE(all[0].digest);
-  EXPECT_EQ(*all[0].digest, hash::sha256(std::string_view("placed")));
+  EXPECT_EQ(*all[0].digest, hash::sha256(std::string_view(big)));
 }
 
 // get -r without a progress bar asks for names and kinds only: the server then skips the stat

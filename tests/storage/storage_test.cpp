@@ -234,9 +234,11 @@ TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
   Storage s(root());
   FolderCache cache;
   std::vector<Upload> ups(4);
+  // Larger than kUnrecordedUploadMax, so that its digest is recorded at upload.
+  const std::string two(kUnrecordedUploadMax + 2, '2');
   // Two into a folder that does not exist yet (made once, by the first to be published).
   ASSERT_FALSE(stage(s, cache, "new/one", "1", ups[0]));
-  ASSERT_FALSE(stage(s, cache, "new/two", "22", ups[1], std::nullopt, 1'000'000'000'000'000'007));
+  ASSERT_FALSE(stage(s, cache, "new/two", two, ups[1], std::nullopt, 1'000'000'000'000'000'007));
   ASSERT_FALSE(stage(s, cache, "top", "333", ups[2]));
   ASSERT_FALSE(stage(s, cache, "new/deeper/three", "4444", ups[3]));
   EXPECT_FALSE(std::filesystem::exists(root() / "new"));
@@ -248,7 +250,7 @@ TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
   ASSERT_EQ(results.size(), 4u);
   for (const auto& ec : results) EXPECT_FALSE(ec) << ec.message();
   EXPECT_EQ(text(root() / "new/one"), "1");
-  EXPECT_EQ(text(root() / "new/two"), "22");
+  EXPECT_EQ(text(root() / "new/two"), two);
   EXPECT_EQ(text(root() / "top"), "333");
   EXPECT_EQ(text(root() / "new/deeper/three"), "4444");
   EXPECT_TRUE(test::staging_files(staging()).empty());
@@ -258,7 +260,10 @@ TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
   EXPECT_EQ(f.mtime_ns, 1'000'000'000'000'000'007);
   hash::Digest d{};
   ASSERT_TRUE(s.cached_digest(f, d));
-  EXPECT_EQ(d, hash::sha256("22"));
+  EXPECT_EQ(d, hash::sha256(two));
+  // A small one gets no record: whoever needs its SHA-256 first hashes it.
+  ASSERT_FALSE(s.open_file("new/one", f));
+  EXPECT_FALSE(s.cached_digest(f, d));
 }
 
 TEST_F(StagedTest, OneThatCannotBePublishedFailsAloneAndTheLaterOfTwoSameNamesWins) {
