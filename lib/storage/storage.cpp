@@ -184,6 +184,7 @@ Upload& Upload::operator=(Upload&& o) noexcept {
     size_ = o.size_;
     written_ = o.written_;
     opened_ = o.opened_;
+    anonymous_ = std::exchange(o.anonymous_, false);
     seal_ = std::exchange(o.seal_, std::nullopt);
     placed_ = std::exchange(o.placed_, false);
   }
@@ -196,7 +197,8 @@ void Upload::abort() {
     if (resumable_) ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
   }
   staging_name_.clear();
-  fd_.reset();
+  anonymous_ = false;
+  fd_.reset();  // an anonymous staging file goes with its last descriptor
   state_fd_.reset();
   if (!key_.empty() && store_ != nullptr) store_->release_partial(key_);
   key_.clear();
@@ -275,7 +277,7 @@ std::error_code Upload::stage(const hash::Digest& expected, std::optional<std::i
 }
 
 std::error_code Upload::verify(const hash::Digest& expected) {
-  if (staging_name_.empty()) return std::make_error_code(std::errc::bad_file_descriptor);
+  if (!staged()) return std::make_error_code(std::errc::bad_file_descriptor);
   if (written_ != size_) return errc::size_mismatch;
   if (hasher_.finish() != expected) return errc::digest_mismatch;
   return {};
@@ -349,14 +351,16 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
   // The data must be on disk before the rename makes it visible, or a crash could publish
   // a file whose blocks never arrived.
   if (!data_synced && ::fsync(fd_.get()) != 0) ec = last_error();
-  // From here on the file is known by its name: a burst being published holds no
-  // descriptor per upload while it opens and makes folders (ulimit -n).
-  fd_.reset();
+  // From here on a named file is known by its name: a burst being published holds no
+  // descriptor per upload while it opens and makes folders (ulimit -n). An anonymous one
+  // has nothing but its descriptor until it is linked.
+  if (!anonymous_) fd_.reset();
   // The folder found at begin_upload, else (it did not exist yet) found and made now.
   DirFd dir = std::move(parent_);
   std::string leaf = name_.substr(name_.rfind('/') + 1);
   if (!ec && !dir) ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);
-  if (!ec && ::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
+  if (!ec && anonymous_) ec = link_anonymous(dir, leaf);
+  if (!ec && !anonymous_ && ::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
     ec = last_error();
   }
   if (ec) {
@@ -364,12 +368,31 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
     return ec;
   }
   staging_name_.clear();  // it is the final file now
+  anonymous_ = false;
+  fd_.reset();
   placed_ = true;
   if (resumable_) {
     ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
     abort();  // drops the record's descriptor and the claim on the key
   }
   folder = std::move(dir);
+  return {};
+}
+
+std::error_code Upload::link_anonymous(const DirFd& dir, const std::string& leaf) {
+  // A new name: one link, atomic like a rename (the name appears with the whole file).
+  if (::linkat(fd_.get(), "", dir.get(), leaf.c_str(), AT_EMPTY_PATH) == 0) return {};
+  if (errno != EEXIST) return last_error();
+  // Replacing a file (or meeting a folder): linkat never replaces, so the file gets a name
+  // in the staging folder first, and that name is renamed over the old one, as a named
+  // staging file would be.
+  std::uint64_t seq = 0;
+  staging_name_ = store_->next_staging_name(seq);
+  if (::linkat(fd_.get(), "", staging_dir_, staging_name_.c_str(), AT_EMPTY_PATH) != 0) {
+    staging_name_.clear();
+    return last_error();
+  }
+  if (::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) return last_error();
   return {};
 }
 
@@ -419,7 +442,7 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
       uploads[i]->abort();
       continue;
     }
-    uploads[i]->fd_.reset();
+    if (!uploads[i]->anonymous_) uploads[i]->fd_.reset();  // an anonymous one is linked by it
   }
   // Each folder once, after all the renames into it: the renames are durable together.
   std::vector<std::pair<DirFd, std::vector<std::size_t>>> folders;
@@ -444,7 +467,7 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
 
 // ---------------------------------------------------------------- Storage
 
-Storage::Storage(const std::filesystem::path& root) : root_(root) {
+Storage::Storage(const std::filesystem::path& root, Staging mode) : root_(root) {
   std::error_code ec;
   std::filesystem::create_directories(root_, ec);
   if (ec) throw std::system_error(ec, "cannot create root " + root_.string());
@@ -458,11 +481,23 @@ Storage::Storage(const std::filesystem::path& root) : root_(root) {
   if (!staging_fd_) throw std::system_error(last_error(), "cannot open " + (root_ / staging).string());
   staging_prefix_ = random_hex(6) + "-";
   leftovers_removed_ = clean_staging();
+  anonymous_staging_ = mode == Staging::kAnonymousWherePossible && can_link_anonymous();
   if (::mkdirat(staging_fd_.get(), kPartialDir, 0700) != 0 && errno != EEXIST) {
     throw std::system_error(last_error(), "cannot create " + (root_ / staging / kPartialDir).string());
   }
   partial_fd_.reset(::openat(staging_fd_.get(), kPartialDir, kDirFlags));
   if (!partial_fd_) throw std::system_error(last_error(), "cannot open " + (root_ / staging / kPartialDir).string());
+}
+
+bool Storage::can_link_anonymous() const {
+  UniqueFd fd(::openat(staging_fd_.get(), ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0600));
+  if (!fd) return false;  // EOPNOTSUPP: a filesystem without O_TMPFILE
+  std::uint64_t seq = 0;
+  const std::string probe = next_staging_name(seq);
+  // ENOENT without CAP_DAC_READ_SEARCH before Linux 6.10.
+  if (::linkat(fd.get(), "", staging_fd_.get(), probe.c_str(), AT_EMPTY_PATH) != 0) return false;
+  ::unlinkat(staging_fd_.get(), probe.c_str(), 0);
+  return true;
 }
 
 std::size_t Storage::clean_staging() const {
@@ -524,7 +559,7 @@ std::error_code Storage::begin_upload(std::string_view name, std::uint64_t size,
                                       bool streamed) const {
   Upload up;
   if (auto ec = prepare_upload(name, size, up, cache, streamed)) return ec;
-  if (auto ec = create_staging(up)) return ec;
+  if (auto ec = create_staging(up, /*anonymous=*/streamed)) return ec;
   out = std::move(up);
   return {};
 }
@@ -557,9 +592,16 @@ std::error_code Storage::prepare_upload(std::string_view name, std::uint64_t siz
   return {};
 }
 
-std::error_code Storage::create_staging(Upload& up) const {
-  up.staging_name_ = next_staging_name(up.opened_);
+std::error_code Storage::create_staging(Upload& up, bool anonymous) const {
   up.staging_dir_ = staging_fd_.get();
+  if (anonymous && anonymous_staging_) {
+    up.opened_ = staging_counter_.fetch_add(1, std::memory_order_relaxed);
+    up.fd_.reset(::openat(staging_fd_.get(), ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0644));
+    if (!up.fd_) return last_error();
+    up.anonymous_ = true;
+    return {};
+  }
+  up.staging_name_ = next_staging_name(up.opened_);
   // Readable too: commit_written() hashes what parallel streams wrote.
   up.fd_.reset(::openat(staging_fd_.get(), up.staging_name_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (!up.fd_) {

@@ -220,6 +220,9 @@ class Upload {
   // visible, `folder` is its folder, and it is durable once the caller has fsynced that
   // folder. On a failure the staging file is removed.
   std::error_code place(bool data_synced, DirFd& folder, FolderCache* cache = nullptr);
+  // place() for an anonymous staging file: links it as `leaf` in `dir`, replacing what is
+  // there (through a name in the staging folder and a rename, as linkat never replaces).
+  std::error_code link_anonymous(const DirFd& dir, const std::string& leaf);
 
   const Storage* store_ = nullptr;
   std::string name_;          // final name
@@ -235,6 +238,11 @@ class Upload {
   std::uint64_t size_ = 0;
   std::uint64_t written_ = 0;
   std::uint64_t opened_ = 0;  // plain uploads: when the staging file was made, in this store's order
+  // A streamed upload staged as a file without a name (O_TMPFILE; Storage::Staging): place()
+  // links it under its final name. Nothing is left on disk when it is closed unlinked.
+  bool anonymous_ = false;
+  // Whether there is a staging file (named or not).
+  bool staged() const { return anonymous_ || !staging_name_.empty(); }
   // stage(): what publish_staged() seals the file with.
   struct Seal {
     hash::Digest digest{};
@@ -245,11 +253,22 @@ class Upload {
   bool placed_ = false;
 };
 
+// How streamed uploads (put -r) are staged. A named staging file costs two changes of the
+// namespace per upload (its creation in the staging folder, and the rename over the final
+// name); a file made with O_TMPFILE has no name until it is linked in place, which costs
+// one: 10,000 uploads of 4 KiB about 6 % quicker on tmpfs. It needs O_TMPFILE and
+// linkat(AT_EMPTY_PATH), which before Linux 6.10 needs CAP_DAC_READ_SEARCH; the
+// constructor tries both once and uses named files where either fails.
+enum class Staging {
+  kAnonymousWherePossible,
+  kNamed,  // always named (tests that look at the staging folder)
+};
+
 class Storage {
  public:
   // Opens `root`, creating it (and its staging folder) if needed, and removes upload
   // leftovers from an earlier run. Throws std::system_error when the root is unusable.
-  explicit Storage(const std::filesystem::path& root);
+  explicit Storage(const std::filesystem::path& root, Staging staging = Staging::kAnonymousWherePossible);
 
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -257,6 +276,8 @@ class Storage {
   const std::filesystem::path& root() const { return root_; }
   // How many leftover staging files the constructor removed.
   std::size_t leftovers_removed() const { return leftovers_removed_; }
+  // Whether streamed uploads are staged without a name (Staging).
+  bool anonymous_staging() const { return anonymous_staging_; }
 
   // Starts an upload of `size` bytes to `name`. Refuses early what is bound to fail at
   // commit: a bad name, a name that is a folder, a parent path that runs through a file.
@@ -363,10 +384,13 @@ class Storage {
   std::string next_staging_name(std::uint64_t& seq) const;
   std::size_t clean_staging() const;
   // begin_upload's checks (name, parent folders, not a folder unless `streamed`), filling in
-  // `up` without a staging file yet; create_staging() then makes its plain staging file.
+  // `up` without a staging file yet; create_staging() then makes its plain staging file
+  // (`anonymous`: one without a name, where the store can link such files).
   std::error_code prepare_upload(std::string_view name, std::uint64_t size, Upload& up, FolderCache* cache,
                                  bool streamed) const;
-  std::error_code create_staging(Upload& up) const;
+  std::error_code create_staging(Upload& up, bool anonymous = false) const;
+  // Whether a file made with O_TMPFILE in the staging folder can be linked by descriptor.
+  bool can_link_anonymous() const;
   // Claims the partial `key` for this caller: false when a connection is sending it (or
   // it is being removed). release_partial() ends the claim (Upload's destructor does).
   bool claim_partial(const std::string& key) const;
@@ -398,6 +422,7 @@ class Storage {
   mutable std::mutex partial_mu_;
   mutable std::set<std::string> active_partials_;  // keys a connection is sending now
   std::size_t leftovers_removed_ = 0;
+  bool anonymous_staging_ = false;
   std::string staging_prefix_;
   mutable std::atomic<std::uint64_t> staging_counter_{0};
   // Bumped by every rm/mv: FolderCaches filled before then are stale.

@@ -212,9 +212,21 @@ TEST_F(StorageTest, CommitAppliesTheGivenMtime) {
 }
 
 // Group commit (a pipelined batch): stage() verifies and seals each upload, and nothing is
-// visible until publish_staged() publishes them together, in order.
-class StagedTest : public StorageTest {
+// visible until publish_staged() publishes them together, in order. Once with staging files
+// without a name (O_TMPFILE, linked at publish: skipped where the kernel cannot link them)
+// and once with named ones.
+class StagedTest : public StorageTest, public ::testing::WithParamInterface<Staging> {
  protected:
+  void SetUp() override {
+    StorageTest::SetUp();
+    if (GetParam() == Staging::kAnonymousWherePossible && !Storage(root()).anonymous_staging()) {
+      GTEST_SKIP() << "O_TMPFILE files cannot be linked here (linkat AT_EMPTY_PATH)";
+    }
+  }
+  static std::size_t open_descriptors() {
+    const std::filesystem::directory_iterator fds("/proc/self/fd");
+    return static_cast<std::size_t>(std::distance(begin(fds), end(fds)));
+  }
   static std::string text(const std::filesystem::path& p) {
     const auto bytes = read_file(p);
     return {bytes.begin(), bytes.end()};
@@ -230,9 +242,10 @@ class StagedTest : public StorageTest {
   }
 };
 
-TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
-  Storage s(root());
+TEST_P(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
+  Storage s(root(), GetParam());
   FolderCache cache;
+  const auto descriptors = open_descriptors();
   std::vector<Upload> ups(4);
   // Larger than kUnrecordedUploadMax, so that its digest is recorded at upload.
   const std::string two(kUnrecordedUploadMax + 2, '2');
@@ -243,7 +256,8 @@ TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
   ASSERT_FALSE(stage(s, cache, "new/deeper/three", "4444", ups[3]));
   EXPECT_FALSE(std::filesystem::exists(root() / "new"));
   EXPECT_FALSE(std::filesystem::exists(root() / "top"));
-  EXPECT_EQ(test::staging_files(staging()).size(), 4u);
+  // Named, they wait in the staging folder; without a name, nowhere.
+  EXPECT_EQ(test::staging_files(staging()).size(), GetParam() == Staging::kNamed ? 4u : 0u);
 
   std::vector<Upload*> batch{&ups[0], &ups[1], &ups[2], &ups[3]};
   const auto results = s.publish_staged(batch);
@@ -254,6 +268,7 @@ TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
   EXPECT_EQ(text(root() / "top"), "333");
   EXPECT_EQ(text(root() / "new/deeper/three"), "4444");
   EXPECT_TRUE(test::staging_files(staging()).empty());
+  EXPECT_EQ(open_descriptors(), descriptors) << "every staging file's descriptor closed";
   // Sealed as commit() seals: the mtime given, and the verified digest kept with the file.
   ReadFile f;
   ASSERT_FALSE(s.open_file("new/two", f));
@@ -266,8 +281,9 @@ TEST_F(StagedTest, StagedUploadsAreInvisibleUntilPublishedTogether) {
   EXPECT_FALSE(s.cached_digest(f, d));
 }
 
-TEST_F(StagedTest, OneThatCannotBePublishedFailsAloneAndTheLaterOfTwoSameNamesWins) {
-  Storage s(root());
+TEST_P(StagedTest, OneThatCannotBePublishedFailsAloneAndTheLaterOfTwoSameNamesWins) {
+  Storage s(root(), GetParam());
+  const auto descriptors = open_descriptors();
   std::filesystem::create_directories(root() / "dir");
   FolderCache cache;
   std::vector<Upload> ups(3);
@@ -284,10 +300,18 @@ TEST_F(StagedTest, OneThatCannotBePublishedFailsAloneAndTheLaterOfTwoSameNamesWi
   EXPECT_EQ(text(root() / "same"), "second");
   EXPECT_TRUE(std::filesystem::is_directory(root() / "dir"));
   EXPECT_TRUE(test::staging_files(staging()).empty());
+  EXPECT_EQ(open_descriptors(), descriptors);
+  // An upload over a file that is there: replaced, in place.
+  Upload again;
+  ASSERT_FALSE(stage(s, cache, "same", "third", again));
+  std::vector<Upload*> one{&again};
+  EXPECT_FALSE(s.publish_staged(one)[0]);
+  EXPECT_EQ(text(root() / "same"), "third");
+  EXPECT_TRUE(test::staging_files(staging()).empty());
 }
 
-TEST_F(StagedTest, AWrongDigestIsRefusedAtStageAndLeavesNothing) {
-  Storage s(root());
+TEST_P(StagedTest, AWrongDigestIsRefusedAtStageAndLeavesNothing) {
+  Storage s(root(), GetParam());
   ASSERT_FALSE(store(s, "kept", "old"));
   FolderCache cache;
   Upload up;
@@ -295,6 +319,11 @@ TEST_F(StagedTest, AWrongDigestIsRefusedAtStageAndLeavesNothing) {
   EXPECT_TRUE(test::staging_files(staging()).empty());
   EXPECT_EQ(text(root() / "kept"), "old");
 }
+
+INSTANTIATE_TEST_SUITE_P(Staging, StagedTest, ::testing::Values(Staging::kAnonymousWherePossible, Staging::kNamed),
+                         [](const ::testing::TestParamInfo<Staging>& p) {
+                           return p.param == Staging::kNamed ? "Named" : "Anonymous";
+                         });
 
 TEST(SyncfsCovers, OnlyKernelsThatReportWriteBackErrorsAndFilesystemsThatPassItOn) {
   constexpr long kExt4 = 0xEF53, kXfs = 0x58465342, kBtrfs = 0x9123683E, kTmpfs = 0x01021994;
