@@ -346,7 +346,7 @@ std::error_code Upload::seal(const hash::Digest& expected, std::optional<std::in
   return {};
 }
 
-std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cache) {
+std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cache, std::span<Upload* const> burst) {
   std::error_code ec;
   // The data must be on disk before the rename makes it visible, or a crash could publish
   // a file whose blocks never arrived.
@@ -358,7 +358,18 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
   // The folder found at begin_upload, else (it did not exist yet) found and made now.
   DirFd dir = std::move(parent_);
   std::string leaf = name_.substr(name_.rfind('/') + 1);
-  if (!ec && !dir) ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);
+  if (!ec && !dir) {
+    ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);
+    // The burst's anonymous files hold a descriptor each until linked, where named ones were
+    // closed before any folder was opened: at the limit (ulimit -n) they give theirs back.
+    if ((ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system) && anonymous_) {
+      name_in_staging();
+      for (Upload* other : burst) {
+        if (other->anonymous_) other->name_in_staging();
+      }
+      ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);
+    }
+  }
   if (!ec && anonymous_) ec = link_anonymous(dir, leaf);
   if (!ec && !anonymous_ && ::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
     ec = last_error();
@@ -396,6 +407,15 @@ std::error_code Upload::link_anonymous(const DirFd& dir, const std::string& leaf
   return {};
 }
 
+void Upload::name_in_staging() {
+  std::uint64_t seq = 0;
+  std::string name = store_->next_staging_name(seq);
+  if (::linkat(fd_.get(), "", staging_dir_, name.c_str(), AT_EMPTY_PATH) != 0) return;
+  staging_name_ = std::move(name);
+  anonymous_ = false;
+  fd_.reset();
+}
+
 std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> uploads) const {
   std::vector<std::error_code> results(uploads.size());
   // Mode, mtime and digest record first: they must be as durable as the data.
@@ -431,9 +451,10 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
                                             [](const Upload* a, const Upload* b) { return a->opened_ < b->opened_; });
     synced = first->fd_ && syncfs_covers(first->fd_.get()) && ::syncfs(first->fd_.get()) == 0;
   }
-  // Every file's data is made durable before any rename, and its descriptor closed: each
-  // is then a name to rename, and the descriptors would only crowd out the folders the
-  // renames may have to open (ulimit -n). A file whose data could not be made durable is
+  // Every file's data is made durable before any rename, and a named file's descriptor
+  // closed: each is then a name to rename, and the descriptors would only crowd out the
+  // folders the renames may have to open (ulimit -n). An anonymous file keeps its own until
+  // it is linked (place() gives them back if a folder cannot be opened for want of them). A file whose data could not be made durable is
   // not published.
   for (std::size_t i = 0; i < uploads.size(); ++i) {
     if (results[i]) continue;
@@ -452,7 +473,7 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   for (std::size_t i = 0; i < uploads.size(); ++i) {
     if (results[i]) continue;
     DirFd dir;
-    results[i] = uploads[i]->place(/*data_synced=*/true, dir, &made);
+    results[i] = uploads[i]->place(/*data_synced=*/true, dir, &made, uploads.subspan(i + 1));
     if (results[i]) continue;
     auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first.get() == dir.get(); });
     if (it == folders.end()) it = folders.insert(folders.end(), {std::move(dir), {}});

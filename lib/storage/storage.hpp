@@ -216,13 +216,19 @@ class Upload {
   // Applies mode, mtime and then the digest record to the staging file.
   std::error_code seal(const hash::Digest& expected, std::optional<std::int64_t> mtime_ns, bool executable);
   // fsyncs the data (unless `data_synced`: the caller made it durable), creates missing
-  // folders and renames the staging file over the final name. On success the file is
-  // visible, `folder` is its folder, and it is durable once the caller has fsynced that
-  // folder. On a failure the staging file is removed.
-  std::error_code place(bool data_synced, DirFd& folder, FolderCache* cache = nullptr);
+  // folders and renames the staging file over the final name (links an anonymous one). On
+  // success the file is visible, `folder` is its folder, and it is durable once the caller
+  // has fsynced that folder. On a failure the staging file is removed. When the folder
+  // cannot be opened for want of descriptors, the anonymous staging files of `burst` (and
+  // this one) get names in the staging folder and are closed, and the open is tried again.
+  std::error_code place(bool data_synced, DirFd& folder, FolderCache* cache = nullptr,
+                        std::span<Upload* const> burst = {});
   // place() for an anonymous staging file: links it as `leaf` in `dir`, replacing what is
   // there (through a name in the staging folder and a rename, as linkat never replaces).
   std::error_code link_anonymous(const DirFd& dir, const std::string& leaf);
+  // An anonymous staging file gets a name in the staging folder, and its descriptor is
+  // closed: from then on it is an ordinary named staging file. Nothing changes on failure.
+  void name_in_staging();
 
   const Storage* store_ = nullptr;
   std::string name_;          // final name

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <linux/fs.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -318,6 +319,47 @@ TEST_P(StagedTest, AWrongDigestIsRefusedAtStageAndLeavesNothing) {
   EXPECT_EQ(stage(s, cache, "kept", "new", up, hash::sha256("other")), errc::digest_mismatch);
   EXPECT_TRUE(test::staging_files(staging()).empty());
   EXPECT_EQ(text(root() / "kept"), "old");
+}
+
+// At the descriptor limit (ulimit -n), a burst into a folder that does not exist yet is still
+// published: its staging files give their descriptors back before the folder is opened
+// (named ones are closed once durable; anonymous ones get a name in the staging folder first).
+TEST_P(StagedTest, ABurstIntoANewFolderIsPublishedAtTheDescriptorLimit) {
+  Storage s(root(), GetParam());
+  FolderCache cache;
+  std::vector<Upload> ups(8);
+  for (std::size_t i = 0; i < ups.size(); ++i) {
+    ASSERT_FALSE(stage(s, cache, "fresh/f" + std::to_string(i), std::string(i + 1, 'x'), ups[i]));
+  }
+  struct rlimit old {};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  // Every descriptor number below the new limit taken: the process cannot open one more.
+  struct Fill {
+    rlimit old;
+    std::vector<int> fds;
+    ~Fill() {
+      for (const int fd : fds) ::close(fd);
+      ::setrlimit(RLIMIT_NOFILE, &old);
+    }
+  } fill{old, {}};
+  int highest = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    highest = std::max(highest, std::stoi(e.path().filename().string()));
+  }
+  struct rlimit tight = old;
+  tight.rlim_cur = static_cast<rlim_t>(highest) + 1;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &tight), 0);
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) fill.fds.push_back(fd);
+  ASSERT_EQ(errno, EMFILE);
+
+  std::vector<Upload*> batch;
+  for (auto& up : ups) batch.push_back(&up);
+  const auto results = s.publish_staged(batch);
+  for (std::size_t i = 0; i < ups.size(); ++i) {
+    EXPECT_FALSE(results[i]) << i << ": " << results[i].message();
+    EXPECT_EQ(text(root() / ("fresh/f" + std::to_string(i))), std::string(i + 1, 'x'));
+  }
+  EXPECT_TRUE(test::staging_files(staging()).empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(Staging, StagedTest, ::testing::Values(Staging::kAnonymousWherePossible, Staging::kNamed),
