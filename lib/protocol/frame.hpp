@@ -108,13 +108,12 @@ inline constexpr std::uint16_t kFlagFolder = 0x0010;
 // instead of once to hash and again to send. The server still verifies before publishing.
 inline constexpr std::uint16_t kFlagDigestAfter = 0x0020;
 // kList, the same bit, with kFlagDigest: only the SHA-256s the server has on record (its
-// digest cache), and since 2026-12-07 those of files of up to 16 KiB (storage::
-// kUnrecordedUploadMax: small uploads are not recorded, and hashing one costs about what
-// reading a record does); other files without one come without (no kFlagDigest on their
-// kEntry), and the server hashes none of them for the listing. A server from 2026-11-25 to 2026-12-06 ignores
-// it on kList and hashes them, as for a plain kFlagDigest: the same answer, later -- much later
-// for a large tree of files put there by other means (the client gives up after 300 s with no
-// answer). Older servers refuse the bit (bad_flags).
+// digest cache); files without one come without (no kFlagDigest on their kEntry), and the
+// server hashes none of them for the listing. Since 2026-12-07 an upload of up to 16 KiB is
+// not recorded until something hashes it (storage::kUnrecordedUploadMax). A server from
+// 2026-11-25 to 2026-12-06 ignores it on kList and hashes them, as for a plain kFlagDigest:
+// the same answer, later -- much later for a large tree of files put there by other means
+// (the client gives up after 300 s with no answer). Older servers refuse the bit (bad_flags).
 inline constexpr std::uint16_t kFlagKnownDigestsOnly = 0x0020;
 // Resumable transfers (docs/protocol.md, "resume").
 //   kPut (with kFlagDigestAfter, not streamed): keep the upload if it is interrupted, and

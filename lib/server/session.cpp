@@ -990,10 +990,9 @@ asio::awaitable<std::error_code> Session::handle_list(const Frame& req) {
   lo.digests = (req.flags & protocol::kFlagDigest) != 0;
   lo.folders = (req.flags & protocol::kFlagFolder) != 0;
   lo.names_only = (req.flags & protocol::kFlagNamesOnly) != 0;
-  // Digests come from the cache (list() hashes the small files it lacks); the larger files it
-  // lacks are read and hashed below -- unless the client wants only the known ones
-  // (kFlagKnownDigestsOnly: --skip-identical, which asks for the few others it needs one by
-  // one).
+  // Digests come from the cache; the files it lacks are read and hashed below -- unless the
+  // client wants only the known ones (kFlagKnownDigestsOnly: --skip-identical, which asks for
+  // the few others it needs one by one).
   lo.hash_missing = false;
   // The walk too runs on the blocking pool, not on this I/O thread: it is a stat per entry
   // (10,000 took about 20 ms here, a million seconds), and this thread's other connections

@@ -362,12 +362,12 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
     ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);
     // The burst's anonymous files hold a descriptor each until linked, where named ones were
     // closed before any folder was opened: at the limit (ulimit -n) they give theirs back.
-    if ((ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system) && anonymous_) {
-      name_in_staging();
-      for (Upload* other : burst) {
-        if (other->anonymous_) other->name_in_staging();
+    if (ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system) {
+      for (Upload* up : burst) {
+        if (up->anonymous_) up->name_in_staging();
       }
-      ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);
+      if (anonymous_) name_in_staging();
+      ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);  // once more
     }
   }
   if (!ec && anonymous_) ec = link_anonymous(dir, leaf);
@@ -454,8 +454,8 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   // Every file's data is made durable before any rename, and a named file's descriptor
   // closed: each is then a name to rename, and the descriptors would only crowd out the
   // folders the renames may have to open (ulimit -n). An anonymous file keeps its own until
-  // it is linked (place() gives them back if a folder cannot be opened for want of them). A file whose data could not be made durable is
-  // not published.
+  // it is linked (place() gives them back if a folder cannot be opened for want of them). A
+  // file whose data could not be made durable is not published.
   for (std::size_t i = 0; i < uploads.size(); ++i) {
     if (results[i]) continue;
     if (!synced && ::fsync(uploads[i]->fd_.get()) != 0) {
@@ -936,8 +936,7 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
       if (buf.empty()) buf.resize(1 << 20);
       hash::Digest d{};
       bool cached = false;
-      const bool hash = opts.hash_missing || file.size <= kUnrecordedUploadMax;
-      if (hash ? !digest(file, buf, d, cached) : cached_digest(file, d)) f.digest = d;
+      if (opts.hash_missing ? !digest(file, buf, d, cached) : cached_digest(file, d)) f.digest = d;
       f.size = file.size;  // describe the version that was hashed
       f.mtime_ns = file.mtime_ns;
       f.executable = file.executable;

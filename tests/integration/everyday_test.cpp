@@ -118,7 +118,14 @@ TEST_F(ServerTest, ABatchStreamingInWhileItsBurstsArePublishedIsAnsweredInOrder)
   // Enough uploads in one stream that the server publishes one burst on its disk pool while
   // it reads and stages the next (and waits for it once 64 are staged): failures spread
   // through the batch (a folder where a file should go), a ping in the middle and a stat at
-  // the end must still come back exactly in request order, every upload in place.
+  // the end must still come back exactly in request order, every upload in place -- also
+  // those that replace a file -- and once the connection is gone no descriptor of it (such as
+  // a staging file without a name, which nothing on disk would show) is left open.
+  const auto open_descriptors = [] {
+    const std::filesystem::directory_iterator fds("/proc/self/fd");
+    return std::distance(begin(fds), end(fds));
+  };
+  const auto descriptors = open_descriptors();
   constexpr std::size_t kFiles = 1200;
   std::vector<std::string> names;
   std::vector<std::vector<std::uint8_t>> bodies;
@@ -126,29 +133,34 @@ TEST_F(ServerTest, ABatchStreamingInWhileItsBurstsArePublishedIsAnsweredInOrder)
   for (std::size_t i = 0; i < kFiles; ++i) {
     names.push_back("s/" + std::to_string(i / 100) + "/f" + std::to_string(i));
     if (i % 97 == 13) std::filesystem::create_directories(root() / names.back());  // taken
+    if (i % 89 == 7) write_file(root() / names.back(), std::string("replaced"));
     bodies.push_back(random_bytes(3000 + i % 7, static_cast<int>(i)));
     append(wire, streamed_put(names[i], bodies.back()), bodies.back());
     if (i == kFiles / 2) append(wire, frame(MsgType::kPing));
   }
   append(wire, frame(MsgType::kStat, names.back()));
-  RawPeer peer(server_->port());
-  peer.send_bytes(wire);
-  for (std::size_t i = 0; i < kFiles; ++i) {
-    const Frame f = peer.read_frame();
-    if (i % 97 == 13) {
-      ASSERT_EQ(f.type, MsgType::kError) << "answer " << i;
-      EXPECT_EQ(f.status, Status::kConflict) << "answer " << i;
-    } else {
-      ASSERT_EQ(f.type, MsgType::kDone) << "answer " << i;
-      EXPECT_EQ(f.digest, hash::sha256(bodies[i])) << "answer " << i;
+  {
+    RawPeer peer(server_->port());
+    peer.send_bytes(wire);
+    for (std::size_t i = 0; i < kFiles; ++i) {
+      const Frame f = peer.read_frame();
+      if (i % 97 == 13) {
+        ASSERT_EQ(f.type, MsgType::kError) << "answer " << i;
+        EXPECT_EQ(f.status, Status::kConflict) << "answer " << i;
+      } else {
+        ASSERT_EQ(f.type, MsgType::kDone) << "answer " << i;
+        EXPECT_EQ(f.digest, hash::sha256(bodies[i])) << "answer " << i;
+      }
+      if (i == kFiles / 2) {
+        ASSERT_EQ(peer.read_frame().type, MsgType::kPong) << "after answer " << i;
+      }
     }
-    if (i == kFiles / 2) {
-      ASSERT_EQ(peer.read_frame().type, MsgType::kPong) << "after answer " << i;
-    }
+    const Frame st = peer.read_frame();
+    ASSERT_EQ(st.type, MsgType::kEntry);
+    EXPECT_EQ(st.size, bodies.back().size());
   }
-  const Frame st = peer.read_frame();
-  ASSERT_EQ(st.type, MsgType::kEntry);
-  EXPECT_EQ(st.size, bodies.back().size());
+  ASSERT_TRUE(server_->wait_for_sessions(0, std::chrono::seconds(10)));
+  EXPECT_EQ(open_descriptors(), descriptors) << "descriptors left open by the batch";
   for (std::size_t i = 0; i < kFiles; ++i) {
     if (i % 97 == 13) {
       EXPECT_TRUE(std::filesystem::is_directory(root() / names[i])) << names[i];
@@ -1028,39 +1040,41 @@ TEST_F(ServerTest, ListCanIncludeFoldersAndDigests) {
   EXPECT_EQ(failure_of([&] { c.list("nope", [](const client::Entry&) {}); }), client::Failure::kNotFound);
 }
 
-// --skip-identical lists with the SHA-256s the server has on record, and those of small files:
-// a larger file it never hashed (put there by other means) comes without one and is not
-// hashed for the listing; a small one costs no more to hash than its record to read.
-TEST_F(ServerTest, AListingOfKnownDigestsOnlyHashesOnlySmallFiles) {
-  write_file(dir_ / "src", std::string("sent"));
+// --skip-identical lists with the SHA-256s the server has on record only: a file it never
+// hashed (put there by other means, or a small upload, which is not recorded) comes without
+// one, and is not hashed for the listing.
+TEST_F(ServerTest, AListingOfKnownDigestsOnlyHashesNothing) {
+  const std::string sent(storage::kUnrecordedUploadMax + 1, 's');
+  write_file(dir_ / "src", sent);
+  write_file(dir_ / "small", std::string("small"));
   client::Client c(address());
   c.put(dir_ / "src", "k/sent");
-  const std::string big(storage::kUnrecordedUploadMax + 1, 'p');
-  write_file(root() / "k/placed", big);
-  write_file(root() / "k/small", std::string("small"));
+  c.put(dir_ / "small", "k/small");
+  write_file(root() / "k/placed", std::string("placed"));
   std::vector<client::Entry> known;
   c.list("k", [&](const client::Entry& e) { known.push_back(e); }, {.digests = true, .known_digests_only = true});
   ASSERT_EQ(known.size(), 3u);
   EXPECT_EQ(known[0].name, "k/placed");
   EXPECT_FALSE(known[0].digest) << "no record: left out, not computed";
-  EXPECT_EQ(known[0].size, big.size());
+  EXPECT_EQ(known[0].size, 6u);
   EXPECT_EQ(known[1].name, "k/sent");
-  ASSERT_TRUE(known[1].digest);
-  EXPECT_EQ(*known[1].digest, hash::sha256(std::string_view("sent")));
+  ASSERT_TRUE(known[1].digest) << "recorded at upload";
+  EXPECT_EQ(*known[1].digest, hash::sha256(std::string_view(sent)));
   EXPECT_EQ(known[2].name, "k/small");
-  ASSERT_TRUE(known[2].digest);
-  EXPECT_EQ(*known[2].digest, hash::sha256(std::string_view("small")));
+  EXPECT_FALSE(known[2].digest) << "a small upload has no record until something hashes it";
   char rec[64];
-  EXPECT_LT(::getxattr((root() / "k/placed").c_str(), "user.ftx.sha256", rec, sizeof rec), 0)
-      << "the larger file was not hashed, so nothing recorded";
-  EXPECT_EQ(::getxattr((root() / "k/small").c_str(), "user.ftx.sha256", rec, sizeof rec), 64)
-      << "the small one was hashed, and recorded";
+  for (const char* name : {"k/placed", "k/small"}) {
+    EXPECT_LT(::getxattr((root() / name).c_str(), "user.ftx.sha256", rec, sizeof rec), 0)
+        << name << ": nothing was hashed, so nothing recorded";
+  }
   // Without the flag, as ls -l asks: every file with its SHA-256, hashed where needed.
   std::vector<client::Entry> all;
   c.list("k", [&](const client::Entry& e) { all.push_back(e); }, {.digests = true});
   ASSERT_EQ(all.size(), 3u);
   ASSERT_TRUE(all[0].digest);
-  EXPECT_EQ(*all[0].digest, hash::sha256(std::string_view(big)));
+  EXPECT_EQ(*all[0].digest, hash::sha256(std::string_view("placed")));
+  ASSERT_TRUE(all[2].digest);
+  EXPECT_EQ(*all[2].digest, hash::sha256(std::string_view("small")));
 }
 
 // get -r without a progress bar asks for names and kinds only: the server then skips the stat
