@@ -945,7 +945,7 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
   return {};
 }
 
-std::error_code Storage::stat(std::string_view name, FileInfo& out, bool hash_missing) const {
+std::error_code Storage::stat(std::string_view name, FileInfo& out, std::uint64_t hash_at_most) const {
   DirFd parent;
   std::string leaf;
   struct stat st {};
@@ -960,7 +960,7 @@ std::error_code Storage::stat(std::string_view name, FileInfo& out, bool hash_mi
   std::optional<hash::Digest> known;
   if (cached_digest(file, d)) {
     known = d;
-  } else if (hash_missing) {
+  } else if (file.size <= hash_at_most) {
     std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::clamp<std::uint64_t>(file.size, 1, 1 << 20)));
     if (auto ec = compute_digest(file, buf, d)) return ec;
     known = d;

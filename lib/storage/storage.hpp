@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
@@ -358,9 +359,10 @@ class Storage {
   // the staging folder are skipped.
   std::error_code list(std::string_view folder, std::vector<FileInfo>& out, const ListOptions& opts = {}) const;
 
-  // One file or folder, with the file's SHA-256.
-  // `hash_missing` false: a digest the cache lacks is left out instead of computed.
-  std::error_code stat(std::string_view name, FileInfo& out, bool hash_missing = true) const;
+  // One file or folder, with the file's SHA-256. A digest the cache lacks is computed for a
+  // file of at most `hash_at_most` bytes, else left out.
+  std::error_code stat(std::string_view name, FileInfo& out,
+                       std::uint64_t hash_at_most = std::numeric_limits<std::uint64_t>::max()) const;
 
   // Removes a file, or an empty folder (ENOTEMPTY otherwise), and syncs its folder.
   std::error_code remove(std::string_view name) const;

@@ -976,18 +976,28 @@ TEST_F(ServerTest, AFileIsIdenticalOnlyWhenItsBytesAndMetadataAllMatch) {
 // stat_many answers every name in order, pipelined past its window, and a name the server
 // has no file for (or will not describe) is nullopt rather than the end of it all.
 TEST_F(ServerTest, StatManyDescribesEveryNameInOrder) {
+  // More names than the window (256 requests), a run of long names (about 1 KiB: the window's
+  // 32 KiB limit them), missing names, two files too large to be hashed on the I/O thread
+  // (hashed on the blocking pool between answers queued around them) and a folder.
+  constexpr std::size_t kNames = 700;
+  const std::string deep = [] {  // five folders of 200 bytes each
+    std::string d;
+    for (int i = 0; i < 5; ++i) d += std::string(200, 'l') + "/";
+    return d;
+  }();
+  const auto name_of = [&](std::size_t i) { return (i >= 300 && i < 400 ? "s/" + deep : "s/") + "f" + std::to_string(i); };
+  const auto size_of = [](std::size_t i) { return i == 250 || i == 251 ? std::size_t{70'000} + i : i % 50; };
   std::vector<std::string> names;
-  for (int i = 0; i < 100; ++i) {
-    const std::string name = "s/f" + std::to_string(i);
-    if (i % 3 != 1) write_file(root() / name, random_bytes(static_cast<std::size_t>(i), static_cast<std::uint64_t>(i)));
-    names.push_back(name);
+  for (std::size_t i = 0; i < kNames; ++i) {
+    names.push_back(name_of(i));
+    if (i % 3 != 1) write_file(root() / names.back(), random_bytes(size_of(i), i));
   }
   names.push_back("s");  // a folder
   client::Client c(address());
   std::size_t next = 0;
   c.stat_many(names, [&](std::size_t i, std::optional<client::Entry> e) {
     ASSERT_EQ(i, next++);
-    if (i == 100) {
+    if (i == kNames) {
       ASSERT_TRUE(e);
       EXPECT_TRUE(e->folder);
     } else if (i % 3 == 1) {
@@ -995,9 +1005,9 @@ TEST_F(ServerTest, StatManyDescribesEveryNameInOrder) {
     } else {
       ASSERT_TRUE(e) << names[i];
       EXPECT_EQ(e->name, names[i]);
-      EXPECT_EQ(e->size, i);
+      EXPECT_EQ(e->size, size_of(i));
       ASSERT_TRUE(e->digest);
-      EXPECT_EQ(*e->digest, hash::sha256(random_bytes(i, i)));
+      EXPECT_EQ(*e->digest, hash::sha256(random_bytes(size_of(i), i)));
     }
   });
   EXPECT_EQ(next, names.size());
