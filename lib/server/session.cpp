@@ -1057,7 +1057,7 @@ asio::awaitable<std::error_code> Session::handle_stat(const Frame& req) {
   // every small file uploaded since (none has a record: storage::kUnrecordedUploadMax); with
   // a trip through the pool and a write each, 10,000 took 1.4 s.
   storage::FileInfo info;
-  auto stat_ec = server_.storage().stat(req.name, info, /*hash_at_most=*/kSmallBody);
+  auto stat_ec = server_.storage().stat(req.name, info, /*hash_at_most=*/kSmallBody, &folders_);
   if (!stat_ec && !info.folder && !info.digest) {
     auto job = [&store = server_.storage(), name = req.name] {
       std::pair<std::error_code, storage::FileInfo> out;

@@ -855,9 +855,10 @@ std::error_code Storage::open_in(const DirFd& dir, const std::string& leaf, Read
   return {};
 }
 
-std::error_code Storage::lookup(std::string_view name, DirFd& dir, std::string& leaf, struct stat& st) const {
+std::error_code Storage::lookup(std::string_view name, DirFd& dir, std::string& leaf, struct stat& st,
+                                FolderCache* cache) const {
   if (auto ec = check_name(name)) return ec;
-  if (auto ec = open_parent(name, /*create=*/false, dir, leaf)) return ec;
+  if (auto ec = open_parent(name, /*create=*/false, dir, leaf, cache)) return ec;
   if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return last_error();
   if (S_ISLNK(st.st_mode)) return errc::symlink;
   if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) return errc::not_regular;
@@ -945,11 +946,12 @@ std::error_code Storage::list(std::string_view folder, std::vector<FileInfo>& ou
   return {};
 }
 
-std::error_code Storage::stat(std::string_view name, FileInfo& out, std::uint64_t hash_at_most) const {
+std::error_code Storage::stat(std::string_view name, FileInfo& out, std::uint64_t hash_at_most,
+                              FolderCache* cache) const {
   DirFd parent;
   std::string leaf;
   struct stat st {};
-  if (auto ec = lookup(name, parent, leaf, st)) return ec;
+  if (auto ec = lookup(name, parent, leaf, st, cache)) return ec;
   if (S_ISDIR(st.st_mode)) {
     out = info_of(std::string(name), st);
     return {};

@@ -360,9 +360,10 @@ class Storage {
   std::error_code list(std::string_view folder, std::vector<FileInfo>& out, const ListOptions& opts = {}) const;
 
   // One file or folder, with the file's SHA-256. A digest the cache lacks is computed for a
-  // file of at most `hash_at_most` bytes, else left out.
+  // file of at most `hash_at_most` bytes, else left out. `cache` as for open_file.
   std::error_code stat(std::string_view name, FileInfo& out,
-                       std::uint64_t hash_at_most = std::numeric_limits<std::uint64_t>::max()) const;
+                       std::uint64_t hash_at_most = std::numeric_limits<std::uint64_t>::max(),
+                       FolderCache* cache = nullptr) const;
 
   // Removes a file, or an empty folder (ENOTEMPTY otherwise), and syncs its folder.
   std::error_code remove(std::string_view name) const;
@@ -386,7 +387,8 @@ class Storage {
   std::error_code open_in(const DirFd& dir, const std::string& leaf, ReadFile& out) const;
   // Resolves an existing file or folder `name` (check_name, parent folder, lstat) for the
   // commands that act on one; symlinks and special files are refused.
-  std::error_code lookup(std::string_view name, DirFd& dir, std::string& leaf, struct ::stat& st) const;
+  std::error_code lookup(std::string_view name, DirFd& dir, std::string& leaf, struct ::stat& st,
+                         FolderCache* cache = nullptr) const;
   // A new file name inside the staging folder, unique in this process and (by its random
   // prefix) among processes sharing the root; `seq` receives its number (rising).
   std::string next_staging_name(std::uint64_t& seq) const;
