@@ -91,6 +91,11 @@ Session::~Session() {
   }
   if (!staged_.empty()) settle(" (not answered)");
   log::flush();
+  // Its descriptors go before the server counts it gone (Server::wait_for_sessions), not
+  // with the members after this body.
+  folders_.clear();
+  std::error_code ignored;
+  socket_.close(ignored);
   server_.remove_session(this);
 }
 
@@ -1059,6 +1064,8 @@ asio::awaitable<std::error_code> Session::handle_stat(const Frame& req) {
   storage::FileInfo info;
   auto stat_ec = server_.storage().stat(req.name, info, /*hash_at_most=*/kSmallBody, &folders_);
   if (!stat_ec && !info.folder && !info.digest) {
+    // The answers queued before it need not wait for the hashing.
+    if (auto ec = co_await flush()) co_return ec;
     auto job = [&store = server_.storage(), name = req.name] {
       std::pair<std::error_code, storage::FileInfo> out;
       out.first = store.stat(name, out.second);

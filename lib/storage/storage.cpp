@@ -977,8 +977,10 @@ std::error_code Storage::remove(std::string_view name) const {
   std::string leaf;
   struct stat st {};
   if (auto ec = lookup(name, parent, leaf, st)) return ec;
-  if (S_ISDIR(st.st_mode)) folder_generation_.fetch_add(1, std::memory_order_acq_rel);
   if (::unlinkat(parent.get(), leaf.c_str(), S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0) != 0) return last_error();
+  // After the change, not before: a connection that read the old generation and resolved
+  // the name before the change then cached it under a generation that is already past.
+  if (S_ISDIR(st.st_mode)) folder_generation_.fetch_add(1, std::memory_order_acq_rel);
   if (::fsync(parent.get()) != 0) return errc::not_durable;
   return {};
 }
@@ -1022,8 +1024,8 @@ std::error_code Storage::move(std::string_view from, std::string_view to, MoveRe
   }
   if (ec) ec = open_parent(target, /*create=*/true, to_dir, to_leaf);
   if (ec) return ec;
-  if (S_ISDIR(from_st.st_mode)) folder_generation_.fetch_add(1, std::memory_order_acq_rel);
   if (::renameat(from_dir.get(), from_leaf.c_str(), to_dir.get(), to_leaf.c_str()) != 0) return last_error();
+  if (S_ISDIR(from_st.st_mode)) folder_generation_.fetch_add(1, std::memory_order_acq_rel);  // after: see remove()
   out.to = target;
   out.replaced = exists;
   if (::fsync(to_dir.get()) != 0 || ::fsync(from_dir.get()) != 0) return errc::not_durable;

@@ -435,7 +435,8 @@ class Storage {
   bool anonymous_staging_ = false;
   std::string staging_prefix_;
   mutable std::atomic<std::uint64_t> staging_counter_{0};
-  // Bumped by every rm/mv: FolderCaches filled before then are stale.
+  // Bumped by every rm/mv of a folder, once it is done: FolderCaches filled before then are
+  // stale (one filled while it ran read the generation before the bump).
   mutable std::atomic<std::uint64_t> folder_generation_{1};
 };
 
