@@ -102,7 +102,7 @@ class Server {
 
   // Connections currently open. wait_for_sessions blocks until at most `n` are open or the
   // timeout passes, returning whether the count was reached (for tests and shutdown). A
-  // connection counts as open until its socket and folders are closed.
+  // connection counts as open until the folders it held are closed.
   std::size_t sessions() const;
   const ServerOptions& options() const { return opts_; }
   bool wait_for_sessions(std::size_t n, std::chrono::milliseconds timeout) const;

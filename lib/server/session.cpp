@@ -91,11 +91,10 @@ Session::~Session() {
   }
   if (!staged_.empty()) settle(" (not answered)");
   log::flush();
-  // Its descriptors go before the server counts it gone (Server::wait_for_sessions), not
-  // with the members after this body.
+  // Its folders are closed before the server counts it gone (Server::wait_for_sessions),
+  // not with the members after this body. (Not the socket: socket_ refers into stream_,
+  // which a refused connection has handed to Server::refuse and no longer owns.)
   folders_.clear();
-  std::error_code ignored;
-  socket_.close(ignored);
   server_.remove_session(this);
 }
 
