@@ -370,7 +370,12 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
       ec = store_->open_parent(name_, /*create=*/true, dir, leaf, cache);  // once more
     }
   }
-  if (!ec && anonymous_) ec = link_anonymous(dir, leaf);
+  // An anonymous file gets its name with one link, atomic like a rename (the name appears
+  // with the whole file). linkat never replaces: over a file (or a folder) of that name it
+  // is first named in the staging folder, then renamed below as a named staging file is.
+  if (!ec && anonymous_ && ::linkat(fd_.get(), "", dir.get(), leaf.c_str(), AT_EMPTY_PATH) != 0) {
+    ec = errno == EEXIST ? name_in_staging() : last_error();
+  }
   if (!ec && !anonymous_ && ::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) {
     ec = last_error();
   }
@@ -390,30 +395,14 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
   return {};
 }
 
-std::error_code Upload::link_anonymous(const DirFd& dir, const std::string& leaf) {
-  // A new name: one link, atomic like a rename (the name appears with the whole file).
-  if (::linkat(fd_.get(), "", dir.get(), leaf.c_str(), AT_EMPTY_PATH) == 0) return {};
-  if (errno != EEXIST) return last_error();
-  // Replacing a file (or meeting a folder): linkat never replaces, so the file gets a name
-  // in the staging folder first, and that name is renamed over the old one, as a named
-  // staging file would be.
-  std::uint64_t seq = 0;
-  staging_name_ = store_->next_staging_name(seq);
-  if (::linkat(fd_.get(), "", staging_dir_, staging_name_.c_str(), AT_EMPTY_PATH) != 0) {
-    staging_name_.clear();
-    return last_error();
-  }
-  if (::renameat(staging_dir_, staging_name_.c_str(), dir.get(), leaf.c_str()) != 0) return last_error();
-  return {};
-}
-
-void Upload::name_in_staging() {
+std::error_code Upload::name_in_staging() {
   std::uint64_t seq = 0;
   std::string name = store_->next_staging_name(seq);
-  if (::linkat(fd_.get(), "", staging_dir_, name.c_str(), AT_EMPTY_PATH) != 0) return;
+  if (::linkat(fd_.get(), "", staging_dir_, name.c_str(), AT_EMPTY_PATH) != 0) return last_error();
   staging_name_ = std::move(name);
   anonymous_ = false;
   fd_.reset();
+  return {};
 }
 
 std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> uploads) const {

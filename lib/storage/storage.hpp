@@ -223,12 +223,9 @@ class Upload {
   // this one) get names in the staging folder and are closed, and the open is tried again.
   std::error_code place(bool data_synced, DirFd& folder, FolderCache* cache = nullptr,
                         std::span<Upload* const> burst = {});
-  // place() for an anonymous staging file: links it as `leaf` in `dir`, replacing what is
-  // there (through a name in the staging folder and a rename, as linkat never replaces).
-  std::error_code link_anonymous(const DirFd& dir, const std::string& leaf);
   // An anonymous staging file gets a name in the staging folder, and its descriptor is
   // closed: from then on it is an ordinary named staging file. Nothing changes on failure.
-  void name_in_staging();
+  std::error_code name_in_staging();
 
   const Storage* store_ = nullptr;
   std::string name_;          // final name
