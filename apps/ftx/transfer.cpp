@@ -177,7 +177,7 @@ std::vector<client::BatchItem> leave_out_identical(std::vector<client::BatchItem
       }
       ++tally.identical;
       bytes -= std::min(bytes, e->size);
-      if (json) print_json(json_identical(op, items[i].local.string(), items[i].remote, *e));
+      if (json) print_json(json_identical(op, items[i].local, items[i].remote, *e));
     }
     bar.finish();
   }
@@ -308,7 +308,7 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
         std::string local;
         local.reserve(here_text.size() + leaf.size());
         local.append(here_text).append(leaf);
-        t.files.push_back({fs::path(std::move(local)), join(remote_dir, leaf)});
+        t.files.push_back({std::move(local), join(remote_dir, leaf)});
         if (have_stat) t.bytes += static_cast<std::uint64_t>(st.st_size);
         if (!std::exchange(holds_files, true)) {
           for (auto p = fs::path(remote_dir); !p.empty(); p = p.parent_path()) {
@@ -370,7 +370,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
           tally.add(r);
           bar.file_done();
           if (r.error) print_error("put " + storage::quote_name(item.remote) + ": " + r.error->what());
-          if (opts.client.json) print_json(json_result("put", item.local.string(), item.remote, r));
+          if (opts.client.json) print_json(json_result("put", item.local, item.remote, r));
         },
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
@@ -413,6 +413,9 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
     const bool bar_wanted = progress_wanted(opts.quiet, opts.client.json);
     std::vector<fs::path> folders{local_root};
     const std::string prefix = remote_root.empty() ? "" : remote_root + "/";
+    // local_root / rel, as text (client::BatchItem says why): LOCAL_DIR and one slash.
+    std::string root_text = local_root.native();
+    if (!root_text.empty() && root_text.back() != '/') root_text += '/';
     c->list(
         remote_root,
         [&](const client::Entry& e) {
@@ -431,7 +434,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
           if (e.folder) {
             folders.push_back(local_root / rel);
           } else {
-            files.push_back({local_root / rel, e.name});
+            files.push_back({root_text + rel, e.name});
             if (opts.skip_identical) remote_files.push_back(e);
             total += e.size;
           }
@@ -474,7 +477,7 @@ int get_folder(const GetOptions& opts, const protocol::Address& address) {
           tally.add(r);
           bar.file_done();
           if (r.error) print_error("get " + storage::quote_name(item.remote) + ": " + r.error->what());
-          if (opts.client.json) print_json(json_result("get", item.local.string(), item.remote, r));
+          if (opts.client.json) print_json(json_result("get", item.local, item.remote, r));
         },
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
@@ -690,7 +693,7 @@ int run_get(const GetOptions& opts) {
     // With the file on standard output, the summary must not mix into it.
     std::FILE* out = r.local == "-" ? stderr : stdout;
     if (opts.client.json) {
-      if (r.local != "-") print_json(json_result("get", r.local.string(), opts.remote, client::BatchResult{0, r, std::nullopt}));
+      if (r.local != "-") print_json(json_result("get", r.local, opts.remote, client::BatchResult{0, r, std::nullopt}));
     } else {
       std::fprintf(out, "saved %s (%s, sha256 %s)\n", r.local == "-" ? "to standard output" : r.local.c_str(),
                    human_size(r.bytes).c_str(), hash::to_hex(r.digest).c_str());

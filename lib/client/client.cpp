@@ -63,7 +63,7 @@ struct OpenFolder {
 
 // Opens `local` for upload. With `folder`, relative to the folder it names when that is
 // the file's own folder, else that folder is opened first; errors read as without it.
-Source open_source(const std::filesystem::path& local, OpenFolder* folder = nullptr) {
+Source open_source(const std::string& local, OpenFolder* folder = nullptr) {
   Source src;
   const std::string_view dir = folder != nullptr ? folder_text(local) : std::string_view();
   if (folder != nullptr && dir != folder->text) {
@@ -71,23 +71,23 @@ Source open_source(const std::filesystem::path& local, OpenFolder* folder = null
     folder->fd.reset(::open(folder->text.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   }
   // The name in its folder: after the last slash (npos + 1 is 0: the whole of a bare name).
-  const char* leaf = local.c_str() + (local.native().rfind('/') + 1);
+  const char* leaf = local.c_str() + (local.rfind('/') + 1);
   if (folder != nullptr && folder->fd && *leaf != '\0') {
     src.fd.reset(::openat(folder->fd.get(), leaf, O_RDONLY | O_CLOEXEC));
   } else {
     src.fd.reset(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
   }
   if (!src.fd) {
-    throw Error(Failure::kLocalIo, "cannot open " + local.string() + ": " + storage::last_error().message());
+    throw Error(Failure::kLocalIo, "cannot open " + local + ": " + storage::last_error().message());
   }
   struct stat st {};
   if (::fstat(src.fd.get(), &st) != 0) {
-    throw Error(Failure::kLocalIo, "cannot stat " + local.string() + ": " + storage::last_error().message());
+    throw Error(Failure::kLocalIo, "cannot stat " + local + ": " + storage::last_error().message());
   }
-  if (!S_ISREG(st.st_mode)) throw Error(Failure::kLocalIo, local.string() + " is not a regular file");
+  if (!S_ISREG(st.st_mode)) throw Error(Failure::kLocalIo, local + " is not a regular file");
   src.size = static_cast<std::uint64_t>(st.st_size);
   if (src.size > protocol::kMaxFileSize) {
-    throw Error(Failure::kRejected, local.string() + " is larger than the protocol's limit of 1 PiB");
+    throw Error(Failure::kRejected, local + " is larger than the protocol's limit of 1 PiB");
   }
   src.mtime_ns = storage::mtime_ns(st);
   src.executable = (st.st_mode & S_IXUSR) != 0;
@@ -96,19 +96,19 @@ Source open_source(const std::filesystem::path& local, OpenFolder* folder = null
 
 // Reads [off, off + buf.size()) of `local` (open as fd). Returns the error to report when
 // the read fails or the file shrank meanwhile.
-std::optional<Error> read_chunk(int fd, const std::filesystem::path& local, std::span<std::uint8_t> buf,
+std::optional<Error> read_chunk(int fd, const std::string& local, std::span<std::uint8_t> buf,
                                 std::uint64_t off) {
   std::size_t got = 0;
   if (auto ec = storage::pread_full(fd, buf, off, got)) {
-    return Error(Failure::kLocalIo, "cannot read " + local.string() + ": " + ec.message());
+    return Error(Failure::kLocalIo, "cannot read " + local + ": " + ec.message());
   }
-  if (got != buf.size()) return Error(Failure::kLocalIo, local.string() + " shrank while it was being read; try again");
+  if (got != buf.size()) return Error(Failure::kLocalIo, local + " shrank while it was being read; try again");
   return std::nullopt;
 }
 
 // The whole file's SHA-256, read in chunks through `buf` (which holds the last chunk
 // afterwards: all of a file that fits). `between` (optional) is called after each chunk.
-protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::path& path, std::vector<std::uint8_t>& buf,
+protocol::Digest hash_file(int fd, std::uint64_t size, const std::string& path, std::vector<std::uint8_t>& buf,
                            const std::function<void()>& between = {}) {
   hash::Sha256 sha;
   for (std::uint64_t off = 0; off < size;) {
@@ -123,7 +123,7 @@ protocol::Digest hash_file(int fd, std::uint64_t size, const std::filesystem::pa
 
 // The kPut header for `src`, its digest computed by reading it through `buf`. When the
 // whole file fits in buf, buf holds it afterwards (the caller need not read it again).
-Frame put_header(const Source& src, const std::filesystem::path& local, const std::string& remote,
+Frame put_header(const Source& src, const std::string& local, const std::string& remote,
                  std::vector<std::uint8_t>& buf) {
   Frame req;
   req.type = MsgType::kPut;
@@ -919,7 +919,7 @@ Result Client::get(const std::string& remote, const std::filesystem::path& local
     if (ec) {
       std::error_code ignored;
       socket_.close(ignored);  // the body cannot be consumed
-      throw Error(Failure::kLocalIo, "cannot write " + staged->staging_path().string() + ": " + errno_text(ec));
+      throw Error(Failure::kLocalIo, "cannot write " + staged->staging_path() + ": " + errno_text(ec));
     }
   }
 
@@ -1412,7 +1412,7 @@ struct DownloadReports {
       try {
         for (auto& p : group->files) {
           if (group->failed && !p.result.error) {
-            p.result.error = Error(Failure::kLocalIo, "cannot save " + p.result.result.local.string() + ": " +
+            p.result.error = Error(Failure::kLocalIo, "cannot save " + p.result.result.local + ": " +
                                                           what_of(group->failed));
             p.result.result = {};
           }
@@ -2183,7 +2183,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   if (staged->is_resumable()) {
     // Rewrites the record as one of ranges; the data is kept when it is the same version.
     const auto ec = same_version ? staged->keep_found(std::move(record)) : staged->start(std::move(record));
-    if (ec) throw Error(Failure::kLocalIo, "cannot write " + staged->staging_path().string() + ": " + ec.message());
+    if (ec) throw Error(Failure::kLocalIo, "cannot write " + staged->staging_path() + ": " + ec.message());
   }
   // The whole size first: the ranges land anywhere in it, and a full disk shows now.
   if (auto ec = storage::preallocate(staged->fd(), info.size)) {
@@ -2231,7 +2231,7 @@ Result Client::get_parallel(const std::string& remote, const std::filesystem::pa
   // Every range arrived; the file as it lies on disk must be the one STAT described.
   storage::UniqueFd check(::open(staged->staging_path().c_str(), O_RDONLY | O_CLOEXEC));
   if (!check) {
-    throw Error(Failure::kLocalIo, "cannot read " + staged->staging_path().string() + ": " +
+    throw Error(Failure::kLocalIo, "cannot read " + staged->staging_path() + ": " +
                                        storage::last_error().message());
   }
   std::vector<std::uint8_t> buf(protocol::kChunkSize);

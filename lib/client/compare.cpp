@@ -31,12 +31,12 @@ bool same_metadata(const struct stat& st, const Entry& remote, Direction directi
 
 }  // namespace
 
-bool may_be_identical(const std::filesystem::path& local, const Entry& remote, Direction direction) {
+bool may_be_identical(const std::string& local, const Entry& remote, Direction direction) {
   struct stat st {};
   return ::lstat(local.c_str(), &st) == 0 && same_metadata(st, remote, direction);
 }
 
-bool is_identical(const std::filesystem::path& local, const Entry& remote, Direction direction,
+bool is_identical(const std::string& local, const Entry& remote, Direction direction,
                   const std::function<void(std::uint64_t)>& on_bytes) {
   if (!remote.digest) return false;
   // A stat first: most changed files end here, and nothing but a regular file is opened (a

@@ -2,7 +2,7 @@
 // --skip-identical: whether a file need not move because the other side already holds it,
 // byte for byte and with the same metadata a transfer would give it.
 
-#include <filesystem>
+#include <string>
 #include <functional>
 
 #include "client/client.hpp"
@@ -24,13 +24,13 @@ enum class Direction { kUpload, kDownload };
 // reports what is wrong itself. `on_bytes`, when set, is called with each run of bytes
 // hashed (for a progress bar). Hashing a large file takes a while: a connection left waiting
 // meanwhile may be closed by its server (--idle-timeout).
-bool is_identical(const std::filesystem::path& local, const Entry& remote, Direction direction,
+bool is_identical(const std::string& local, const Entry& remote, Direction direction,
                   const std::function<void(std::uint64_t)>& on_bytes = {});
 
 // The first half of is_identical, one lstat: whether `local` is a regular file with
 // `remote`'s size, mtime and execute bits (its digest is not looked at: a listing without
 // digests will do). Only such a file can be identical, and only such a file is read by
 // is_identical.
-bool may_be_identical(const std::filesystem::path& local, const Entry& remote, Direction direction);
+bool may_be_identical(const std::string& local, const Entry& remote, Direction direction);
 
 }  // namespace ftx::client

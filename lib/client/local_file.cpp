@@ -45,8 +45,7 @@ struct Slot {
 constinit Slot g_slots[kSlots]{};
 static_assert(std::atomic<int>::is_always_lock_free, "signal handlers need lock-free atomics");
 
-Slot* arm_cleanup(const std::filesystem::path& p) {
-  const std::string s = p.string();
+Slot* arm_cleanup(const std::string& s) {
   if (s.size() >= sizeof(Slot::path)) return nullptr;
   for (auto& slot : g_slots) {
     // A plain look first: a locked exchange on every busy slot passed would bounce their
@@ -159,15 +158,15 @@ mode_t created_mode(std::string_view dir, int fd) {
 
 }  // namespace
 
-std::string_view folder_text(const std::filesystem::path& target) {
-  const std::string_view p = target.native();
+std::string_view folder_text(std::string_view target) {
+  const std::string_view p = target;
   const auto slash = p.rfind('/');
   if (slash == std::string_view::npos) return ".";
   // "/x" is in "/"; "a//x" in "a/" (the same folder to the kernel).
   return slash == 0 ? p.substr(0, 1) : p.substr(0, slash);
 }
 
-std::filesystem::path folder_of(const std::filesystem::path& target) { return folder_text(target); }
+std::filesystem::path folder_of(const std::filesystem::path& target) { return folder_text(target.native()); }
 
 std::error_code sync_folder(const std::filesystem::path& dir) {
   // Not kept open between calls: a folder download syncs each folder once per group of
@@ -187,10 +186,10 @@ void install_interrupt_cleanup() {
   for (const int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, on_fatal_signal);
 }
 
-StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)) {
+StagedFile::StagedFile(std::string target) : target_(std::move(target)) {
   // Text, not path operations: this runs once per file of a folder download.
   const std::string_view dir = folder_text(target_);
-  const std::string_view whole = target_.native();
+  const std::string_view whole = target_;
   const std::string_view leaf = whole.substr(whole.rfind('/') + 1);  // npos + 1 == 0
   // Once per folder and process: a folder download stages thousands of files in one
   // folder, and scanning it for each would cost time quadratic in its size.
@@ -232,7 +231,7 @@ StagedFile::StagedFile(std::filesystem::path target) : target_(std::move(target)
   if (ec) {
     disarm_cleanup(static_cast<Slot*>(cleanup_slot_));
     cleanup_slot_ = nullptr;
-    throw std::system_error(ec, "cannot create " + staging_.string());
+    throw std::system_error(ec, "cannot create " + staging_);
   }
 }
 

@@ -22,7 +22,7 @@ namespace ftx::client {
 class StagedFile {
  public:
   // Creates the staging file in `target`'s folder. Throws std::system_error on failure.
-  explicit StagedFile(std::filesystem::path target);
+  explicit StagedFile(std::string target);
 
   // A resumable download's staging file: ".<name>.ftx-partial" beside the target, with its
   // resume record in ".<name>.ftx-partial.rec" (storage/partial.hpp). Both stay when the
@@ -59,7 +59,7 @@ class StagedFile {
   StagedFile& operator=(const StagedFile&) = delete;
 
   int fd() const { return fd_.get(); }
-  const std::filesystem::path& staging_path() const { return staging_; }
+  const std::string& staging_path() const { return staging_; }
 
   // fsyncs, applies `mtime_ns`, keeps the permission bits of the file it replaces (else the
   // umask's), sets or clears the execute bits when `executable` is given (execute where
@@ -83,8 +83,9 @@ class StagedFile {
   std::error_code place(bool data_synced);
   mode_t with_exec_bits(mode_t m) const;
 
-  std::filesystem::path target_;
-  std::filesystem::path staging_;
+  // Text, not paths: a folder download makes one StagedFile per file (see BatchItem).
+  std::string target_;
+  std::string staging_;
   storage::UniqueFd fd_;
   bool committed_ = false;
   bool resumable_ = false;
@@ -105,7 +106,9 @@ class StagedFile {
 std::filesystem::path folder_of(const std::filesystem::path& target);
 // The same as text, a view into target (or of "."): what a folder download compares per
 // file, where building a path (and comparing paths part by part) was most of its own work.
-std::string_view folder_text(const std::filesystem::path& target);
+// A std::string_view, not a path: a path made from text to call this would be a temporary,
+// and the view would point into it.
+std::string_view folder_text(std::string_view target);
 
 // Group commit, second half: publishes files seal()ed, given in the order they were created
 // -- their data made durable together (one syncfs per filesystem they are on where it

@@ -771,7 +771,7 @@ TEST_F(ServerTest, GetManyReportsEachLocalFailureInOrderWhetherHeldInMemoryOrNot
     if (failing.count(i) != 0) {
       ASSERT_TRUE(results[i].error) << i;
       EXPECT_EQ(results[i].error->kind(), client::Failure::kLocalIo) << results[i].error->what();
-      EXPECT_NE(std::string(results[i].error->what()).find(items[i].local.filename().string()), std::string::npos)
+      EXPECT_NE(std::string(results[i].error->what()).find(std::filesystem::path(items[i].local).filename().string()), std::string::npos)
           << "the error names its file: " << results[i].error->what();
       continue;
     }
