@@ -405,7 +405,7 @@ class Client {
   std::size_t in_end_ = 0;
   bool answered_ = false;  // a frame arrived on this connection (a lost one then is not a TLS mix-up)
   std::vector<std::uint8_t> out_;
-  std::vector<std::uint8_t> body_;  // receive buffer for bodies
+  std::unique_ptr<std::uint8_t[]> body_;  // receive buffer for bodies: protocol::kChunkSize bytes once made
   std::unique_ptr<hash::HashThread> hasher_;  // made on first use by a large body
   Batch* batch_ = nullptr;      // the batch run_batch is running, if any
   bool sendfile_works_ = true;  // cleared when sendfile(2) fails for a file: copy instead
