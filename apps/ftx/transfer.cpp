@@ -12,11 +12,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
-#include <set>
 #include <unordered_map>
 
 #include "apps/ftx/commands.hpp"
@@ -242,50 +242,111 @@ struct LocalTree {
 // (three per file before: a tenth of the client's system calls); the upload stats each file
 // once when it opens it. `sizes`: also add up the files' sizes (for the progress bar), one
 // fstatat each.
-LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool sizes) {
-  LocalTree t;
-  std::set<std::string> folders;       // every folder, by remote name
-  std::set<std::string> with_files;    // folders that have a file somewhere below
-  folders.insert(remote_root);
-  // "a" + "b" -> "a/b"; an empty side is no level at all.
-  const auto join = [](std::string_view a, std::string_view b) {
-    return a.empty() ? std::string(b) : b.empty() ? std::string(a) : std::string(a) + "/" + std::string(b);
+//
+// A folder at a time, on demand (more()), so that put -r can send the first folder's files
+// while the rest is still to be walked. The files come in the order of their remote names,
+// as one sort of the whole list would give them: each folder's entries are sorted by name,
+// a subfolder's as its name and a '/' -- every name below it starts so -- and a subfolder
+// is walked where it sorts.
+class TreeWalk {
+ public:
+  // Opens `root` (client::Error kLocalIo when it cannot be).
+  TreeWalk(const fs::path& root, std::string remote_root, bool sizes)
+      : root_(root), remote_root_(std::move(remote_root)), sizes_(sizes) {
+    root_fd_.reset(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!root_fd_) fail(root.string(), errno);
+    // A file's local path is this text + its path below the root + its name (`root / rel`
+    // made each time was most of a walk's time).
+    root_text_ = root.string();
+    if (!root_text_.empty() && root_text_.back() != '/') root_text_ += '/';
+  }
+
+  // Calls add() with the next files, at least one unless the walk is over -- as many as
+  // the folders walked for it hold, up to a folder's worth past kSome. false: it was over.
+  // Throws client::Error (kLocalIo) for a folder it cannot read.
+  bool more(const std::function<void(client::BatchItem&&)>& add) {
+    constexpr std::size_t kSome = 64;
+    std::size_t added = 0;
+    while (added < kSome) {
+      if (!started_) {
+        started_ = true;
+        enter("");
+        continue;
+      }
+      if (stack_.empty()) break;
+      Folder& f = stack_.back();
+      if (f.next == f.entries.size()) {
+        if (!f.holds_files) {
+          if (!f.remote.empty()) empty_folders_.push_back(f.remote);
+        } else if (stack_.size() > 1) {
+          stack_[stack_.size() - 2].holds_files = true;
+        }
+        stack_.pop_back();
+        continue;
+      }
+      Entry& e = f.entries[f.next++];
+      if (e.folder) {
+        enter(f.rel.empty() ? e.name : f.rel + "/" + e.name);  // invalidates f
+        continue;
+      }
+      f.holds_files = true;
+      std::string local;
+      local.reserve(f.local_text.size() + e.name.size());
+      local.append(f.local_text).append(e.name);
+      add({std::move(local), f.remote.empty() ? std::move(e.name) : f.remote + "/" + e.name});
+      ++added;
+    }
+    if (stack_.empty()) std::sort(empty_folders_.begin(), empty_folders_.end());  // parents first
+    return added > 0;
+  }
+
+  // Once the walk is over: remote names of the folders with no file below, sorted.
+  const std::vector<std::string>& empty_folders() const { return empty_folders_; }
+  std::uint64_t bytes() const { return bytes_; }          // with `sizes`: of the files so far
+  std::uint64_t skipped() const { return skipped_; }      // symbolic links and the like so far
+
+ private:
+  struct Entry {
+    std::string name;
+    bool folder = false;
+    std::string key;  // what it sorts by: the name, and for a folder a '/'
   };
-  const auto fail = [&](const std::string& what, int err) {
+  struct Folder {
+    std::string rel;         // below the root ("" for the root)
+    std::string remote;      // its remote name
+    std::string local_text;  // its local path and a '/'
+    std::vector<Entry> entries;
+    std::size_t next = 0;
+    bool holds_files = false;  // a file somewhere below
+  };
+
+  [[noreturn]] static void fail(const std::string& what, int err) {
     throw client::Error(client::Failure::kLocalIo, "cannot read folder " + what + ": " + std::strerror(err));
-  };
-  const storage::UniqueFd root_fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!root_fd) fail(root.string(), errno);
-  // Folders still to read, by path below the root: each is opened only when its turn comes,
-  // so a folder with thousands of subfolders holds one descriptor, not thousands.
-  std::vector<std::string> todo{""};
-  while (!todo.empty()) {
-    const std::string cur = std::move(todo.back());
-    todo.pop_back();
-    const fs::path here = cur.empty() ? root : root / cur;
-    const int dfd = cur.empty() ? ::dup(root_fd.get())
-                                : ::openat(root_fd.get(), cur.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dfd < 0) fail(here.string(), errno);
+  }
+
+  // Reads the folder `rel` (below the root) and puts it on top of the stack. It is opened
+  // only now, so a folder with thousands of subfolders holds one descriptor, not thousands.
+  void enter(const std::string& rel) {
+    Folder f;
+    f.rel = rel;
+    f.remote = remote_root_.empty() ? rel : rel.empty() ? remote_root_ : remote_root_ + "/" + rel;
+    f.local_text = rel.empty() ? root_text_ : root_text_ + rel + "/";
+    const std::string shown = rel.empty() ? root_.string() : root_text_ + rel;
+    const int dfd = rel.empty() ? ::dup(root_fd_.get())
+                                : ::openat(root_fd_.get(), rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) fail(shown, errno);
     DIR* dir = ::fdopendir(dfd);
     if (dir == nullptr) {
       const int err = errno;
       ::close(dfd);
-      fail(here.string(), err);
+      fail(shown, err);
     }
     const std::unique_ptr<DIR, int (*)(DIR*)> closer(dir, ::closedir);  // closes dfd too
-    // Worked out once per folder, not per file (10,000 files cost 20 ms before the first
-    // byte went out): where its files go, and that it holds one.
-    const std::string remote_dir = join(remote_root, cur);
-    // A file's local path is this text + its name, made into a path once (`here / name`
-    // also copied `here` with its list of components: 0.5 ms of the walk's 15 ms).
-    std::string here_text = here.string();
-    if (!here_text.empty() && here_text.back() != '/') here_text += '/';
-    bool holds_files = false;
     for (;;) {
       errno = 0;  // readdir leaves errno alone at the end of the folder
       const dirent* e = ::readdir(dir);
       if (e == nullptr) {
-        if (errno != 0) fail(here.string(), errno);
+        if (errno != 0) fail(shown, errno);
         break;
       }
       const std::string_view leaf(e->d_name);
@@ -293,39 +354,52 @@ LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool 
       unsigned char type = e->d_type;
       struct stat st {};
       bool have_stat = false;
-      if (type == DT_UNKNOWN || (type == DT_REG && sizes)) {
+      if (type == DT_UNKNOWN || (type == DT_REG && sizes_)) {
         if (::fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone meanwhile
         have_stat = true;
         type = S_ISREG(st.st_mode) ? DT_REG : S_ISDIR(st.st_mode) ? DT_DIR : S_ISLNK(st.st_mode) ? DT_LNK : DT_UNKNOWN;
       }
       if (type == DT_LNK) {
-        print_error("skipping symbolic link " + (here / e->d_name).string());
-        ++t.skipped;
-      } else if (type == DT_DIR) {
-        folders.insert(join(remote_dir, leaf));
-        todo.push_back(join(cur, leaf));
-      } else if (type == DT_REG) {
-        std::string local;
-        local.reserve(here_text.size() + leaf.size());
-        local.append(here_text).append(leaf);
-        t.files.push_back({std::move(local), join(remote_dir, leaf)});
-        if (have_stat) t.bytes += static_cast<std::uint64_t>(st.st_size);
-        if (!std::exchange(holds_files, true)) {
-          for (auto p = fs::path(remote_dir); !p.empty(); p = p.parent_path()) {
-            if (!with_files.insert(p.generic_string()).second) break;
-          }
-          with_files.insert("");
-        }
+        print_error("skipping symbolic link " + f.local_text + e->d_name);
+        ++skipped_;
+      } else if (type == DT_DIR || type == DT_REG) {
+        Entry entry{std::string(leaf), type == DT_DIR, {}};
+        if (entry.folder) entry.key = entry.name + "/";
+        f.entries.push_back(std::move(entry));
+        if (have_stat && type == DT_REG) bytes_ += static_cast<std::uint64_t>(st.st_size);
       } else {
-        print_error("skipping " + (here / e->d_name).string() + ": not a regular file or folder");
-        ++t.skipped;
+        print_error("skipping " + f.local_text + e->d_name + ": not a regular file or folder");
+        ++skipped_;
       }
     }
+    std::sort(f.entries.begin(), f.entries.end(), [](const Entry& a, const Entry& b) {
+      return (a.folder ? a.key : a.name) < (b.folder ? b.key : b.name);
+    });
+    stack_.push_back(std::move(f));
   }
-  std::sort(t.files.begin(), t.files.end(), [](const auto& a, const auto& b) { return a.remote < b.remote; });
-  for (const auto& f : folders) {
-    if (!f.empty() && with_files.count(f) == 0) t.empty_folders.push_back(f);
+
+  fs::path root_;
+  std::string remote_root_;
+  bool sizes_;
+  storage::UniqueFd root_fd_;
+  std::string root_text_;
+  bool started_ = false;
+  std::vector<Folder> stack_;  // the folders being walked, innermost last
+  std::vector<std::string> empty_folders_;
+  std::uint64_t bytes_ = 0;
+  std::uint64_t skipped_ = 0;
+};
+
+// The whole tree at once (the progress bar wants its totals, --skip-identical and -P the
+// whole list).
+LocalTree scan_local(const fs::path& root, const std::string& remote_root, bool sizes) {
+  LocalTree t;
+  TreeWalk walk(root, remote_root, sizes);
+  while (walk.more([&](client::BatchItem&& item) { t.files.push_back(std::move(item)); })) {
   }
+  t.empty_folders = walk.empty_folders();
+  t.bytes = walk.bytes();
+  t.skipped = walk.skipped();
   return t;
 }
 
@@ -333,9 +407,40 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
   const std::string remote_root = opts.remote.empty() ? folder_base_name(opts.local) : opts.remote;
   Tally tally;
   LocalTree tree;
-  bool sending = false;  // the files' batch began
+  std::optional<TreeWalk> walk;  // the walk fed to the batch as it goes, if it was
+  client::BatchFeed feed;        // its files so far
+  bool sending = false;          // the files' batch began
+  const auto report = [&](const client::BatchItem& item, const client::BatchResult& r) {
+    tally.add(r);
+    if (r.error) print_error("put " + storage::quote_name(item.remote) + ": " + r.error->what());
+    if (opts.client.json) print_json(json_result("put", item.local, item.remote, r));
+  };
   const int rc = run_client_action(opts.client, "put", [&] {
     const bool bar_wanted = progress_wanted(opts.quiet, opts.client.json);
+    if (!bar_wanted && !opts.skip_identical && opts.parallel <= 1) {
+      // Walked as the files go, unless something wants the whole list first: the bar its
+      // totals, --skip-identical its comparison, -P the files to share out. The walk's
+      // first folder goes out while the rest is walked (TreeWalk); empty folders are made
+      // at the end, when the walk knows them. A folder that cannot be read ends the batch
+      // there: what was sent is reported, then the error.
+      walk.emplace(opts.local, remote_root, false);
+      auto c = connect(opts.client, address);
+      std::optional<client::Error> unreadable;
+      feed.more = [&](std::deque<client::BatchItem>& items) {
+        try {
+          return walk->more([&](client::BatchItem&& item) { items.push_back(std::move(item)); });
+        } catch (const client::Error& e) {
+          unreadable = e;
+          return false;
+        }
+      };
+      sending = true;
+      c->put_fed(feed, folder_batch_options(1),
+                 [&](const client::BatchResult& r) { report(feed.items[r.index], r); });
+      if (unreadable) throw client::Error(*unreadable);
+      for (const auto& folder : walk->empty_folders()) c->make_folder(folder);
+      return;
+    }
     tree = scan_local(opts.local, remote_root, bar_wanted);
     auto c = connect(opts.client, address);
     // Empty folders first (puts create the others); parents before children, as sorted.
@@ -366,26 +471,31 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     c->put_many(
         tree.files, folder_batch_options(opts.parallel),
         [&](const client::BatchResult& r) {
-          const auto& item = tree.files[r.index];
-          tally.add(r);
+          report(tree.files[r.index], r);
           bar.file_done();
-          if (r.error) print_error("put " + storage::quote_name(item.remote) + ": " + r.error->what());
-          if (opts.client.json) print_json(json_result("put", item.local, item.remote, r));
         },
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
   });
+  // The files found: all of them, once a fed walk is over. One cut short is walked to its
+  // end here, to say how many were not confirmed.
+  std::size_t total = walk ? feed.items.size() : tree.files.size();
   if (rc != kOk) {
     if (rc == kConnection && sending && !opts.client.json) {
-      print_cut_short(tally, tree.files.size(), "were stored under " + printable(remote_root), "are not confirmed");
+      try {
+        while (walk && walk->more([&](client::BatchItem&&) { ++total; })) {
+        }
+      } catch (const client::Error&) {  // a folder it cannot read: the count so far
+      }
+      print_cut_short(tally, total, "were stored under " + printable(remote_root), "are not confirmed");
     }
     return rc;
   }
   if (opts.client.json) {
-    print_json(tally.json("put", tree.skipped));
+    print_json(tally.json("put", walk ? walk->skipped() : tree.skipped));
   } else {
     std::printf("stored %llu of %zu files (%s) under %s in %.1f s%s\n",
-                static_cast<unsigned long long>(tally.files - tally.failed), tree.files.size(),
+                static_cast<unsigned long long>(tally.files - tally.failed), total,
                 human_size(tally.bytes).c_str(), printable(remote_root).c_str(), tally.seconds(),
                 tally.tail("not sent").c_str());
   }

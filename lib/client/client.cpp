@@ -994,13 +994,15 @@ class Client::BatchQueue {
 // What a batch's sender and receiver share. Both run on io_ (one thread), so plain members
 // suffice; `wake_*` timers serve as condition variables (cancel() wakes the waiter).
 struct Client::Batch {
-  Batch(asio::io_context& io, const std::vector<BatchItem>& items_in, const BatchOptions& opts_in,
+  // Either `list_in` (every item known) or `feed_in` (items that come as the batch goes).
+  Batch(asio::io_context& io, const std::vector<BatchItem>* list_in, BatchFeed* feed_in, const BatchOptions& opts_in,
         BatchQueue* queue_in, const std::function<void(const BatchResult&)>& result_fn,
         const std::function<void(std::uint64_t)>& bytes_fn)
-      : items(items_in),
+      : list(list_in),
+        feed(feed_in),
         opts(opts_in),
         queue(queue_in),
-        end(queue_in != nullptr ? 0 : items_in.size()),
+        end(queue_in != nullptr ? 0 : list_in != nullptr ? list_in->size() : feed_in->items.size()),
         on_result(result_fn),
         on_bytes(bytes_fn),
         wake_sender(io),
@@ -1048,16 +1050,25 @@ struct Client::Batch {
       if (queue->stopped()) return std::nullopt;
       if (next == end) std::tie(next, end) = queue->take();
     }
+    // A feed is asked until it gives something or says it has nothing more (a folder
+    // without files gives nothing).
+    while (next == end && feed != nullptr && !feed_over) {
+      if (!feed->more(feed->items)) feed_over = true;
+      end = feed->items.size();
+    }
     if (next == end) return std::nullopt;
     return next++;
   }
+  const BatchItem& item(std::size_t i) const { return feed != nullptr ? feed->items[i] : (*list)[i]; }
   // The sender has taken its last item: once in_flight is empty, the receiver is done.
   void sender_finished() {
     sender_done = true;
     wake_receiver.cancel();
   }
 
-  const std::vector<BatchItem>& items;
+  const std::vector<BatchItem>* const list;  // the items, all known; or
+  BatchFeed* const feed;                     // the items, as they come
+  bool feed_over = false;                    // feed->more() said there are no more
   BatchOptions opts;
   BatchQueue* const queue;  // null: this connection moves every item
   std::size_t next = 0;     // the items [next, end) are this connection's, not yet sent
@@ -1136,7 +1147,7 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
     const auto next = b.next_item();
     if (!next) break;
     const std::size_t i = *next;
-    const auto& item = b.items[i];
+    const auto& item = b.item(i);
     Batch::InFlight f;
     f.index = i;
     std::optional<Source> src;
@@ -1202,7 +1213,7 @@ asio::awaitable<void> Client::put_receiver(Batch& b) {
     Batch::InFlight& f = b.in_flight.front();
     BatchResult r;
     r.index = f.index;
-    const auto& item = b.items[f.index];
+    const auto& item = b.item(f.index);
     if (f.local) {
       r.error = std::move(f.local);
     } else {
@@ -1269,7 +1280,7 @@ asio::awaitable<void> Client::get_sender(Batch& b) {
       Batch::InFlight f;
       f.index = *next;
       f.request.type = MsgType::kGet;
-      f.request.name = b.items[*next].remote;
+      f.request.name = b.item(*next).remote;
       try {
         check_remote_name(f.request.name);
         protocol::encode(f.request, pending);
@@ -1558,7 +1569,7 @@ asio::awaitable<void> Client::get_receiver_loop(
     if (b.in_flight.size() <= b.opts.window_files / 2) b.wake_sender.cancel();
     BatchResult r;
     r.index = f.index;
-    const auto& item = b.items[f.index];
+    const auto& item = b.item(f.index);
     if (f.local) {
       r.error = std::move(f.local);
       report(std::move(r), std::nullopt, std::nullopt);
@@ -1638,6 +1649,13 @@ void Client::put_many(const std::vector<BatchItem>& items, const BatchOptions& o
   many(true, items, opts, nullptr, on_result, on_bytes);
 }
 
+void Client::put_fed(BatchFeed& feed, const BatchOptions& opts, const std::function<void(const BatchResult&)>& on_result,
+                     const std::function<void(std::uint64_t)>& on_bytes) {
+  using namespace asio::experimental::awaitable_operators;
+  Batch b(io_, nullptr, &feed, opts, nullptr, on_result, on_bytes);
+  run_batch(b, batch_side(b, put_sender(b)) && batch_side(b, put_receiver(b)), "uploading");
+}
+
 void Client::get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                       const std::function<void(const BatchResult&)>& on_result,
                       const std::function<void(std::uint64_t)>& on_bytes) {
@@ -1649,7 +1667,7 @@ void Client::many(bool upload, const std::vector<BatchItem>& items, const BatchO
                   const std::function<void(const BatchResult&)>& on_result,
                   const std::function<void(std::uint64_t)>& on_bytes) {
   using namespace asio::experimental::awaitable_operators;
-  Batch b(io_, items, opts, queue, on_result, on_bytes);
+  Batch b(io_, &items, nullptr, opts, queue, on_result, on_bytes);
   if (upload) {
     run_batch(b, batch_side(b, put_sender(b)) && batch_side(b, put_receiver(b)), "uploading");
   } else {

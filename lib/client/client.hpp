@@ -116,6 +116,19 @@ struct BatchItem {
   std::string remote;
 };
 
+// Uploads that become known while their batch runs (put_fed): put -r walks its folder as it
+// sends, so that the server has work from the first folder on instead of waiting for the
+// whole walk (10,000 files: about 15 ms, most of the client's time before its first byte).
+// `more` appends the next items to `items` and returns false once there are none left; the
+// batch calls it on the caller's thread whenever it has taken every item there is, and ends
+// with the exception it throws, if it throws (as when on_result throws: items not yet
+// reported may or may not have been stored, and the connection is not to be used again). `items` grows at its end only (a deque: a
+// reference to an item stays good); BatchResult::index indexes it.
+struct BatchFeed {
+  std::deque<BatchItem> items;
+  std::function<bool(std::deque<BatchItem>&)> more;
+};
+
 // The outcome of one BatchItem: either result or error is set. The error's message does not
 // name the item (the caller knows which it is): "refused: <the server's reason>".
 struct BatchResult {
@@ -228,6 +241,10 @@ class Client {
   void put_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                 const std::function<void(const BatchResult&)>& on_result,
                 const std::function<void(std::uint64_t)>& on_bytes = {});
+  // put_many of items fed while the batch runs (BatchFeed), over this one connection
+  // (opts.connections is not looked at).
+  void put_fed(BatchFeed& feed, const BatchOptions& opts, const std::function<void(const BatchResult&)>& on_result,
+               const std::function<void(std::uint64_t)>& on_bytes = {});
   void get_many(const std::vector<BatchItem>& items, const BatchOptions& opts,
                 const std::function<void(const BatchResult&)>& on_result,
                 const std::function<void(std::uint64_t)>& on_bytes = {});

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -311,6 +312,52 @@ TEST_F(SmallLimitTest, NewNamesFromMkdirAndMvObeyTheDepthLimit) {
   c.make_folder("a/b");
   EXPECT_EQ(failure_of([&] { c.move("a", "x/y/z/a"); }), client::Failure::kRejected);
   EXPECT_TRUE(std::filesystem::is_directory(root() / "a/b"));
+}
+
+TEST_F(ServerTest, PutFedTakesItemsAsTheyComeAndEndsWithTheFeedsError) {
+  // A feed that gives its files a few at a time, sometimes none (a folder without files),
+  // with a larger file (two-phase) among them: every file is stored and reported in order,
+  // and more() is asked only when the batch has taken every item it has.
+  std::vector<std::vector<std::uint8_t>> data;
+  for (int i = 0; i < 40; ++i) {
+    data.push_back(random_bytes(i == 17 ? protocol::kChunkSize + 3 : 200 + 11 * i, 300 + i));
+    write_file(dir_ / ("fed" + std::to_string(i)), data.back());
+  }
+  client::BatchFeed feed;
+  int calls = 0;
+  int given = 0;
+  feed.more = [&](std::deque<client::BatchItem>& items) {
+    EXPECT_EQ(items.size(), static_cast<std::size_t>(given)) << "asked before the last items were taken";
+    ++calls;
+    if (given == 40) return false;
+    if (calls % 3 == 0) return true;  // nothing this time
+    for (int k = 0; k < 7 && given < 40; ++k, ++given) {
+      items.push_back({(dir_ / ("fed" + std::to_string(given))).string(), "fed/f" + std::to_string(given)});
+    }
+    return true;
+  };
+  client::Client c(address());
+  std::vector<client::BatchResult> results;
+  client::BatchOptions opts;
+  opts.window_files = 4;
+  c.put_fed(feed, opts, [&](const client::BatchResult& r) { results.push_back(r); });
+  ASSERT_EQ(results.size(), 40u);
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    EXPECT_EQ(results[i].index, i);
+    EXPECT_FALSE(results[i].error) << i;
+    EXPECT_EQ(read_file(root() / ("fed/f" + std::to_string(i))), data[i]) << i;
+  }
+
+  // A feed that throws: the batch ends with its exception.
+  client::BatchFeed failing;
+  failing.more = [&](std::deque<client::BatchItem>& items) {
+    if (!items.empty()) throw client::Error(client::Failure::kLocalIo, "cannot read folder x");
+    items.push_back({(dir_ / "fed0").string(), "failing/f0"});
+    return true;
+  };
+  results.clear();
+  EXPECT_EQ(failure_of([&] { c.put_fed(failing, {}, [&](const client::BatchResult& r) { results.push_back(r); }); }),
+            client::Failure::kLocalIo);
 }
 
 TEST_F(ServerTest, PutManyStoresEveryFileAndReportsEachInOrder) {
