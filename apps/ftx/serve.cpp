@@ -1,3 +1,4 @@
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
@@ -125,6 +126,15 @@ CLI::App* setup_serve(CLI::App& app, ServeOptions& opts) {
 }
 
 int run_serve(const ServeOptions& opts) {
+  // Memory the server frees stays with it for its next requests instead of going back to
+  // the kernel: glibc handed each listing's growing array (10,000 entries: megabytes) back
+  // as it was freed -- or took it with mmap to begin with -- so every listing faulted its
+  // pages in afresh, about 500 page faults each at some 11 us apiece on the virtual machines
+  // here. With a fixed mmap threshold and a trim threshold of 64 MiB a warm server's listing
+  // of 10,000 names takes 7 ms, against 7-18 ms. The price: up to that much freed memory
+  // stays mapped after a burst of work.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
   log::setup(opts.log_format == "json" ? log::Format::kJson : log::Format::kText);
 
   std::string error;
