@@ -421,8 +421,8 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
       // Walked as the files go, unless something wants the whole list first: the bar its
       // totals, --skip-identical its comparison, -P the files to share out. The walk's
       // first folder goes out while the rest is walked (TreeWalk); empty folders are made
-      // at the end, when the walk knows them. A folder that cannot be read ends the batch
-      // there: what was sent is reported, then the error.
+      // at the end, when the walk knows them (so they are in the other case too). A folder
+      // that cannot be read ends the batch there: what was sent is reported, then the error.
       walk.emplace(opts.local, remote_root, false);
       auto c = connect(opts.client, address);
       std::optional<client::Error> unreadable;
@@ -443,8 +443,11 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     }
     tree = scan_local(opts.local, remote_root, bar_wanted);
     auto c = connect(opts.client, address);
-    // Empty folders first (puts create the others); parents before children, as sorted.
-    for (const auto& folder : tree.empty_folders) c->make_folder(folder);
+    // Empty folders after the files, as when walked as they go (the uploads make the
+    // others); parents before children, as sorted.
+    const auto make_empty_folders = [&] {
+      for (const auto& folder : tree.empty_folders) c->make_folder(folder);
+    };
     if (opts.skip_identical) {
       // What the server holds under REMOTE_DIR: names, sizes, mtimes, modes and the SHA-256s
       // it has on record (none there yet is no error: nothing is identical then).
@@ -464,7 +467,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
       }
       tree.files = leave_out_identical(std::move(tree.files), listed, client::Direction::kUpload, opts.client.json,
                                        bar_wanted, tally, tree.bytes, c, [&] { return connect(opts.client, address); });
-      if (tree.files.empty()) return;  // all there already
+      if (tree.files.empty()) return make_empty_folders();  // all there already
     }
     ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
     sending = true;
@@ -476,6 +479,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
         },
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
+    make_empty_folders();
   });
   // The files found: all of them, once a fed walk is over. One cut short is walked to its
   // end here, to say how many were not confirmed.
