@@ -1126,6 +1126,7 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
   auto& pending = b.header;
   pending.clear();
   OpenFolder folder;
+  storage::CloseBatch closing;  // the files read: closed a batch at a time
   for (;;) {
     while (!b.in_flight.empty() &&
            (b.in_flight.size() >= b.opts.window_files || b.bytes_in_flight >= b.opts.window_bytes)) {
@@ -1172,6 +1173,7 @@ asio::awaitable<void> Client::put_sender(Batch& b) {
       // buf still holds the whole file from hashing it.
       protocol::encode(req, pending);
       pending.insert(pending.end(), buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(req.size));
+      closing.add(std::move(src->fd));
       if (b.on_bytes) b.on_bytes(req.size);
       if (pending.size() >= kGather) {
         co_await co_write(pending);

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -20,6 +21,33 @@ namespace ftx::storage {
 void UniqueFd::reset(int fd) {
   if (fd_ >= 0) ::close(fd_);  // close() errors on a descriptor we only read are not actionable
   fd_ = fd;
+}
+
+CloseBatch::CloseBatch() {
+  struct rlimit lim {};
+  const rlim_t soft = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 ? lim.rlim_cur : 1024;
+  batch_ = static_cast<std::size_t>(std::clamp<rlim_t>(soft / 16, 1, 64));
+  fds_.reserve(batch_);
+}
+
+void CloseBatch::add(UniqueFd fd) {
+  if (!fd) return;
+  fds_.push_back(fd.release());
+  if (fds_.size() >= batch_) close_all();
+}
+
+void CloseBatch::close_all() {
+  std::sort(fds_.begin(), fds_.end());
+  for (std::size_t first = 0; first < fds_.size();) {
+    std::size_t last = first;
+    while (last + 1 < fds_.size() && fds_[last + 1] == fds_[last] + 1) ++last;
+    // close_range (Linux 5.9) unknown to the kernel: one by one.
+    if (last == first || ::close_range(static_cast<unsigned>(fds_[first]), static_cast<unsigned>(fds_[last]), 0) != 0) {
+      for (std::size_t i = first; i <= last; ++i) ::close(fds_[i]);
+    }
+    first = last + 1;
+  }
+  fds_.clear();
 }
 
 std::error_code last_error() { return {errno, std::system_category()}; }
