@@ -449,7 +449,7 @@ mode_t StagedFile::with_exec_bits(mode_t m) const {
   return executable_ ? (m & ~mode_t{0111}) | (*executable_ ? (m & 0444) >> 2 : 0) : m;
 }
 
-std::error_code StagedFile::place(bool data_synced) {
+std::error_code StagedFile::place(bool data_synced, storage::CloseBatch* closing) {
   if (!data_synced && ::fsync(fd_.get()) != 0) return storage::last_error();
   // A target that does not exist yet -- every file of a fresh folder download -- is taken
   // in one call, without looking first (a stat per file was one system call in seven).
@@ -469,7 +469,11 @@ std::error_code StagedFile::place(bool data_synced) {
   if (resumable_) ::unlink(record_path_.c_str());
   committed_ = true;
   guard_while_empty(false);
-  fd_.reset();
+  if (closing != nullptr) {
+    closing->add(std::move(fd_));
+  } else {
+    fd_.reset();
+  }
   return {};
 }
 
@@ -515,7 +519,8 @@ std::vector<std::error_code> publish_staged(std::span<StagedFile* const> files) 
       for (const auto i : d.members) synced[i] = true;
     }
   }
-  for (std::size_t i = 0; i < files.size(); ++i) results[i] = files[i]->place(synced[i]);
+  storage::CloseBatch closing;  // the group's files, once renamed: a close_range per run
+  for (std::size_t i = 0; i < files.size(); ++i) results[i] = files[i]->place(synced[i], &closing);
   return results;
 }
 

@@ -80,7 +80,8 @@ class StagedFile {
   StagedFile() = default;
   // The second half of commit(): fsyncs the data (unless `data_synced`: the caller made it
   // durable) and renames over the target, keeping an existing target's permission bits.
-  std::error_code place(bool data_synced);
+  // Its descriptor then goes to `closing` when given (publish_staged), else is closed.
+  std::error_code place(bool data_synced, storage::CloseBatch* closing = nullptr);
   mode_t with_exec_bits(mode_t m) const;
 
   // Text, not paths: a folder download makes one StagedFile per file (see BatchItem).

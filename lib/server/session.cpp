@@ -91,10 +91,12 @@ Session::~Session() {
   }
   if (!staged_.empty()) settle(" (not answered)");
   log::flush();
-  // Its folders are closed before the server counts it gone (Server::wait_for_sessions),
-  // not with the members after this body. (Not the socket: socket_ refers into stream_,
-  // which a refused connection has handed to Server::refuse and no longer owns.)
+  // Its folders and files are closed before the server counts it gone
+  // (Server::wait_for_sessions), not with the members after this body. (Not the socket:
+  // socket_ refers into stream_, which a refused connection has handed to Server::refuse
+  // and no longer owns.)
   folders_.clear();
+  sent_files_.close_all();
   server_.remove_session(this);
 }
 
@@ -389,6 +391,8 @@ asio::awaitable<std::error_code> Session::read_frame() {
     // for the client or the idle timeout while the server drains.
     if (idle_ && server_.stopping()) co_return asio::error::operation_aborted;
     if (idle_) {
+      // Nor files: one sent and then removed keeps its space until its descriptor goes.
+      sent_files_.close_all();
       // An idle connection keeps only small buffers.
       if (chunk_capacity_ > kSmallBody) {
         chunk_.reset();
@@ -963,6 +967,7 @@ asio::awaitable<std::error_code> Session::handle_get(const Frame& req) {
     if (file.size == 0) break;
   }
   log_transfer("get", req.name, file.size - resumed_at, start, "ok" + resumed);
+  sent_files_.add(std::move(file.fd));  // a close system call per file less
   co_return std::error_code{};
 }
 

@@ -346,7 +346,8 @@ std::error_code Upload::seal(const hash::Digest& expected, std::optional<std::in
   return {};
 }
 
-std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cache, std::span<Upload* const> burst) {
+std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cache, std::span<Upload* const> burst,
+                              CloseBatch* closing) {
   std::error_code ec;
   // The data must be on disk before the rename makes it visible, or a crash could publish
   // a file whose blocks never arrived.
@@ -363,6 +364,7 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
     // The burst's anonymous files hold a descriptor each until linked, where named ones were
     // closed before any folder was opened: at the limit (ulimit -n) they give theirs back.
     if (ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system) {
+      if (closing != nullptr) closing->close_all();
       for (Upload* up : burst) {
         if (up->anonymous_) up->name_in_staging();
       }
@@ -385,7 +387,11 @@ std::error_code Upload::place(bool data_synced, DirFd& folder, FolderCache* cach
   }
   staging_name_.clear();  // it is the final file now
   anonymous_ = false;
-  fd_.reset();
+  if (closing != nullptr) {
+    closing->add(std::move(fd_));
+  } else {
+    fd_.reset();
+  }
   placed_ = true;
   if (resumable_) {
     ::unlinkat(staging_dir_, (key_ + ".state").c_str(), 0);
@@ -459,10 +465,11 @@ std::vector<std::error_code> Storage::publish_staged(std::span<Upload* const> up
   // Uploads into a folder that did not exist when they began: the first makes it, the
   // others find it here.
   FolderCache made;
+  CloseBatch closing;  // the linked files' descriptors: a close_range per run
   for (std::size_t i = 0; i < uploads.size(); ++i) {
     if (results[i]) continue;
     DirFd dir;
-    results[i] = uploads[i]->place(/*data_synced=*/true, dir, &made, uploads.subspan(i + 1));
+    results[i] = uploads[i]->place(/*data_synced=*/true, dir, &made, uploads.subspan(i + 1), &closing);
     if (results[i]) continue;
     auto it = std::find_if(folders.begin(), folders.end(), [&](const auto& f) { return f.first.get() == dir.get(); });
     if (it == folders.end()) it = folders.insert(folders.end(), {std::move(dir), {}});

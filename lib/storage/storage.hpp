@@ -220,9 +220,11 @@ class Upload {
   // success the file is visible, `folder` is its folder, and it is durable once the caller
   // has fsynced that folder. On a failure the staging file is removed. When the folder
   // cannot be opened for want of descriptors, the anonymous staging files of `burst` (and
-  // this one) get names in the staging folder and are closed, and the open is tried again.
+  // this one) get names in the staging folder and are closed, and the open is tried again
+  // (after `closing` closed what it held). A placed file's descriptor goes to `closing`
+  // when given, else is closed.
   std::error_code place(bool data_synced, DirFd& folder, FolderCache* cache = nullptr,
-                        std::span<Upload* const> burst = {});
+                        std::span<Upload* const> burst = {}, CloseBatch* closing = nullptr);
   // An anonymous staging file gets a name in the staging folder, and its descriptor is
   // closed: from then on it is an ordinary named staging file. Nothing changes on failure.
   std::error_code name_in_staging();

@@ -116,6 +116,46 @@ TEST_F(ServerTest, GroupCommittedUploadsAnswerInOrderAroundAFailureAndOtherReque
   EXPECT_TRUE(staging_files(staging()).empty());
 }
 
+// What this process holds open under `root` (the server's own folders; while a burst is
+// handled, its staging files and the folders it writes into; files a GET sent, until the
+// connection is idle).
+std::vector<std::string> open_under(const std::filesystem::path& root) {
+  const std::string prefix = std::filesystem::canonical(root).string();
+  std::vector<std::string> held;
+  for (const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(fd.path(), ec).string();
+    if (!ec && target.rfind(prefix, 0) == 0) held.push_back(target);
+  }
+  std::sort(held.begin(), held.end());
+  return held;
+}
+
+TEST_F(ServerTest, FilesSentAreClosedOnceTheConnectionIsIdle) {
+  // The server closes the files GETs sent a batch at a time (storage::CloseBatch), but
+  // never holds one while it waits for the client: a file removed after its download must
+  // not keep its space for as long as the connection lasts. (The folder they are in stays
+  // open: the connection's folder cache.)
+  const auto files_held = [&] {
+    const auto held = open_under(root());
+    return std::count_if(held.begin(), held.end(), [](const std::string& p) { return p.find("/held/f") != p.npos; });
+  };
+  std::vector<client::BatchItem> items;
+  for (int i = 0; i < 5; ++i) {
+    write_file(root() / ("held/f" + std::to_string(i)), random_bytes(1000, 40 + i));
+    items.push_back({(dir_ / ("h" + std::to_string(i))).string(), "held/f" + std::to_string(i)});
+  }
+  client::Client c(address());
+  c.get("held/f0", dir_ / "single");
+  c.ping();  // answered after the server went idle once more
+  EXPECT_EQ(files_held(), 0);
+  std::size_t ok = 0;
+  c.get_many(items, {}, [&](const client::BatchResult& r) { ok += r.error ? 0 : 1; });
+  EXPECT_EQ(ok, items.size());
+  c.ping();
+  EXPECT_EQ(files_held(), 0);
+}
+
 TEST_F(ServerTest, ABatchStreamingInWhileItsBurstsArePublishedIsAnsweredInOrder) {
   // Enough uploads in one stream that the server publishes one burst on its disk pool while
   // it reads and stages the next (and waits for it once 64 are staged): failures spread
@@ -123,18 +163,7 @@ TEST_F(ServerTest, ABatchStreamingInWhileItsBurstsArePublishedIsAnsweredInOrder)
   // the end must still come back exactly in request order, every upload in place -- also
   // those that replace a file -- and once the connection is gone no descriptor of it (such as
   // a staging file without a name, which nothing on disk would show) is left open.
-  // What this process holds open under the root (the server's own folders; while a burst is
-  // handled, its staging files and the folders it writes into).
-  const auto open_under_root = [root = std::filesystem::canonical(root()).string()] {
-    std::vector<std::string> held;
-    for (const auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
-      std::error_code ec;
-      const std::string target = std::filesystem::read_symlink(fd.path(), ec).string();
-      if (!ec && target.rfind(root, 0) == 0) held.push_back(target);
-    }
-    std::sort(held.begin(), held.end());
-    return held;
-  };
+  const auto open_under_root = [&] { return open_under(root()); };
   const auto held_before = open_under_root();
   constexpr std::size_t kFiles = 1200;
   std::vector<std::string> names;
