@@ -67,6 +67,7 @@ struct Tally {
   std::uint64_t failed = 0;
   std::uint64_t identical = 0;  // --skip-identical: not moved, the other side has them
   std::uint64_t bytes = 0;
+  std::uint64_t folders_failed = 0;  // put -r: an empty folder the server refused to make
   int first_failure = kOk;  // the exit code: that of the first file (in sorted order) that failed
   std::size_t first_failed_index = SIZE_MAX;  // -P reports files out of order
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
@@ -87,7 +88,7 @@ struct Tally {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   nlohmann::json json(const char* op, std::uint64_t skipped) const {
-    return {{"op", op},         {"summary", true},      {"ok", failed == 0},      {"files", files - failed},
+    return {{"op", op},         {"summary", true},      {"ok", failed == 0 && folders_failed == 0}, {"files", files - failed},
             {"failed", failed}, {"identical", identical}, {"skipped", skipped}, {"bytes", bytes},
             {"seconds", seconds()}};
   }
@@ -95,6 +96,7 @@ struct Tally {
   std::string tail(const char* not_moved) const {
     std::string t;
     if (failed > 0) t += ", " + std::to_string(failed) + " failed";
+    if (folders_failed > 0) t += ", an empty folder not made";
     if (identical > 0) t += ", " + std::to_string(identical) + " identical (" + not_moved + ")";
     return t;
   }
@@ -261,8 +263,8 @@ class TreeWalk {
     if (!root_text_.empty() && root_text_.back() != '/') root_text_ += '/';
   }
 
-  // Calls add() with the next files, at least one unless the walk is over -- as many as
-  // the folders walked for it hold, up to a folder's worth past kSome. false: it was over.
+  // Calls add() with the next files: kSome of them, fewer only where the walk ends. false:
+  // it was over (nothing added).
   // Throws client::Error (kLocalIo) for a folder it cannot read.
   bool more(const std::function<void(client::BatchItem&&)>& add) {
     constexpr std::size_t kSome = 64;
@@ -334,6 +336,9 @@ class TreeWalk {
     const std::string shown = rel.empty() ? root_.string() : root_text_ + rel;
     const int dfd = rel.empty() ? ::dup(root_fd_.get())
                                 : ::openat(root_fd_.get(), rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    // Gone (or no longer a folder) since its parent was read -- more likely now that the
+    // walk goes on while files are sent: skipped, as a file gone meanwhile is.
+    if (dfd < 0 && !rel.empty() && (errno == ENOENT || errno == ENOTDIR)) return;
     if (dfd < 0) fail(shown, errno);
     DIR* dir = ::fdopendir(dfd);
     if (dir == nullptr) {
@@ -410,6 +415,22 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
   std::optional<TreeWalk> walk;  // the walk fed to the batch as it goes, if it was
   client::BatchFeed feed;        // its files so far
   bool sending = false;          // the files' batch began
+  // After the files, so a refusal no longer keeps them from going: the first refused MKDIR
+  // is reported (`ftx: server refused mkdir ...`), counted, and ends the folders; the
+  // summary follows, and the exit code is the first failed file's, else the refusal's.
+  const auto make_empty_folders = [&](client::Client& c, const std::vector<std::string>& folders) {
+    for (const auto& folder : folders) {
+      try {
+        c.make_folder(folder);
+      } catch (const client::Error& e) {
+        if (!e.refused()) throw;
+        print_error(e.what());
+        ++tally.folders_failed;
+        if (tally.first_failure == kOk) tally.first_failure = exit_code_for(e.kind());
+        return;
+      }
+    }
+  };
   const auto report = [&](const client::BatchItem& item, const client::BatchResult& r) {
     tally.add(r);
     if (r.error) print_error("put " + storage::quote_name(item.remote) + ": " + r.error->what());
@@ -437,17 +458,15 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
       sending = true;
       c->put_fed(feed, folder_batch_options(1),
                  [&](const client::BatchResult& r) { report(feed.items[r.index], r); });
+      feed.more = nullptr;  // it refers to `unreadable`, which goes now
       if (unreadable) throw client::Error(*unreadable);
-      for (const auto& folder : walk->empty_folders()) c->make_folder(folder);
+      make_empty_folders(*c, walk->empty_folders());
       return;
     }
     tree = scan_local(opts.local, remote_root, bar_wanted);
     auto c = connect(opts.client, address);
     // Empty folders after the files, as when walked as they go (the uploads make the
     // others); parents before children, as sorted.
-    const auto make_empty_folders = [&] {
-      for (const auto& folder : tree.empty_folders) c->make_folder(folder);
-    };
     if (opts.skip_identical) {
       // What the server holds under REMOTE_DIR: names, sizes, mtimes, modes and the SHA-256s
       // it has on record (none there yet is no error: nothing is identical then).
@@ -467,7 +486,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
       }
       tree.files = leave_out_identical(std::move(tree.files), listed, client::Direction::kUpload, opts.client.json,
                                        bar_wanted, tally, tree.bytes, c, [&] { return connect(opts.client, address); });
-      if (tree.files.empty()) return make_empty_folders();  // all there already
+      if (tree.files.empty()) return make_empty_folders(*c, tree.empty_folders);  // all there already
     }
     ProgressBar bar(bar_wanted, tree.bytes, tree.files.size());
     sending = true;
@@ -479,7 +498,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
         },
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
-    make_empty_folders();
+    make_empty_folders(*c, tree.empty_folders);
   });
   // The files found: all of them, once a fed walk is over. One cut short is walked to its
   // end here, to say how many were not confirmed.

@@ -850,8 +850,13 @@ asio::awaitable<std::optional<std::error_code>> Session::open_for_download(const
                                                                            std::chrono::steady_clock::time_point start,
                                                                            storage::ReadFile& file,
                                                                            protocol::Digest& digest) {
-  if (auto ec = server_.storage().open_file(req.name, file, &folders_)) {
-    auto [st, msg] = describe(ec, req.name);
+  auto open_ec = server_.storage().open_file(req.name, file, &folders_);
+  if (open_ec == std::errc::too_many_files_open || open_ec == std::errc::too_many_files_open_in_system) {
+    sent_files_.close_all();  // what this connection still holds of its earlier GETs
+    open_ec = server_.storage().open_file(req.name, file, &folders_);
+  }
+  if (open_ec) {
+    auto [st, msg] = describe(open_ec, req.name);
     log_transfer(op, req.name, 0, start, protocol::to_string(st));
     co_return co_await send_error(st, std::move(msg));
   }

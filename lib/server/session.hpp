@@ -223,7 +223,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::chrono::steady_clock::time_point waiting_since_{};
   bool pipelining_ = false;          // the last request was a streamed upload: read in large bites
   storage::FolderCache folders_;     // the last folder a request resolved; cleared when idle
-  storage::CloseBatch sent_files_;   // files a GET has sent: closed a batch at a time
+  // Files GETs have sent, closed a few at a time (8: a connection's descriptors stay few),
+  // all of them whenever the connection goes idle, and before a GET's open is retried when
+  // the descriptors ran out.
+  storage::CloseBatch sent_files_{8};
   // Pipelined uploads received and verified but not yet published (Upload::stage), in
   // request order; handed to the disk pool as a burst by start_publish() and answered by
   // finish_publish(), or published and answered by settle_off_thread() (settle() for a lone

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include <cerrno>
@@ -23,10 +24,10 @@ void UniqueFd::reset(int fd) {
   fd_ = fd;
 }
 
-CloseBatch::CloseBatch() {
+CloseBatch::CloseBatch(std::size_t at_most) {
   struct rlimit lim {};
   const rlim_t soft = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 ? lim.rlim_cur : 1024;
-  batch_ = static_cast<std::size_t>(std::clamp<rlim_t>(soft / 16, 1, 64));
+  batch_ = static_cast<std::size_t>(std::clamp<rlim_t>(soft / 16, 1, std::max<std::size_t>(at_most, 1)));
   fds_.reserve(batch_);
 }
 
@@ -41,8 +42,12 @@ void CloseBatch::close_all() {
   for (std::size_t first = 0; first < fds_.size();) {
     std::size_t last = first;
     while (last + 1 < fds_.size() && fds_[last + 1] == fds_[last] + 1) ++last;
-    // close_range (Linux 5.9) unknown to the kernel: one by one.
-    if (last == first || ::close_range(static_cast<unsigned>(fds_[first]), static_cast<unsigned>(fds_[last]), 0) != 0) {
+    // close_range (Linux 5.9) unknown to the kernel, or refused (seccomp): one by one,
+    // from then on without asking.
+    static std::atomic<bool> no_close_range{false};
+    if (last == first || no_close_range.load(std::memory_order_relaxed) ||
+        ::close_range(static_cast<unsigned>(fds_[first]), static_cast<unsigned>(fds_[last]), 0) != 0) {
+      if (last != first) no_close_range.store(true, std::memory_order_relaxed);
       for (std::size_t i = first; i <= last; ++i) ::close(fds_[i]);
     }
     first = last + 1;

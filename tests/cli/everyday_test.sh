@@ -212,6 +212,16 @@ jexpect "put -r: files reported in the order of their remote names" "$T/out" "
   and L[-1]['summary'] is True and L[-1]['files'] == 6"
 check "put -r stored the tree walked as it went" diff -r "$O" "$T/root1/order"
 check "put -r made the empty folders found on the way" test -d "$T/root1/order/a/empty" -a -d "$T/root1/order/e1/e2"
+# An empty folder the server refuses to make (a file in the way): the files went first and
+# are stored; the refusal is said, the summary counts it, and the exit code is 5.
+mkdir -p "$T/order2/in-the-way/sub"
+echo kept >"$T/order2/f"
+mkdir -p "$T/root1/order2" && echo file >"$T/root1/order2/in-the-way"
+expect_exit 5 "$FTX" put -r "$T/order2" order2
+check "a refused MKDIR is said" grep -qx 'ftx: server refused mkdir "order2/in-the-way": "order2/in-the-way" already exists' "$T/err"
+grep -qE '^stored 1 of 1 files \(.*\) under order2 in [0-9.]+ s, an empty folder not made$' "$T/out" && ok ||
+  bad "put -r summary with a refused MKDIR: $(cat "$T/out")"
+check "the files went before the refused MKDIR" cmp -s "$T/order2/f" "$T/root1/order2/f"
 
 # A folder the walk cannot read ends the batch there: what went before it is stored and
 # reported, then the error (exit 7), and nothing after it is sent. Root reads every folder,
@@ -234,7 +244,7 @@ else
   check "the files after it were not sent" test ! -e "$T/root1/unread/c"
 fi
 chmod 700 "$U/b"
-rm -rf "$T/root1/order" "$T/root1/unread"  # the listings below count what root1 holds
+rm -rf "$T/root1/order" "$T/root1/order2" "$T/root1/unread"  # the listings below count what root1 holds
 
 # The same tree over 3 connections each way (-P with -r): every file once, the same summary,
 # one JSON object per file.
