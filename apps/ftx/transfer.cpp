@@ -465,8 +465,6 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
     }
     tree = scan_local(opts.local, remote_root, bar_wanted);
     auto c = connect(opts.client, address);
-    // Empty folders after the files, as when walked as they go (the uploads make the
-    // others); parents before children, as sorted.
     if (opts.skip_identical) {
       // What the server holds under REMOTE_DIR: names, sizes, mtimes, modes and the SHA-256s
       // it has on record (none there yet is no error: nothing is identical then).
@@ -498,6 +496,7 @@ int put_folder(const PutOptions& opts, const protocol::Address& address) {
         },
         [&](std::uint64_t n) { bar.add_bytes(n); });
     bar.finish();
+    // After the files, as when walked as they go (the uploads make the others).
     make_empty_folders(*c, tree.empty_folders);
   });
   // The files found: all of them, once a fed walk is over. One cut short is walked to its
